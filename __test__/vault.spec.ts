@@ -1,0 +1,179 @@
+import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { inspect } from 'node:util';
+import { Authpipe } from '..';
+import { jwtLike, newKey, open, opaque, rejection, tempDir } from './helpers';
+
+const ref = { provider: 'attio', tenantId: 'org_acme', userId: 'user_1' };
+
+/** Every byte of the store's files (database, WAL, shared memory). */
+function storeBytes(dir: string): Buffer {
+  return Buffer.concat(readdirSync(dir).map((f) => readFileSync(join(dir, f))));
+}
+
+describe('master keys', () => {
+  const dir = tempDir();
+  const store = join(dir, 'keys.db');
+  const oldKey = newKey();
+  const newerKey = newKey();
+
+  beforeAll(async () => {
+    const first = new Authpipe({ store, masterKeys: [{ id: 'old', key: oldKey }] });
+    await first.importConnection({ ...ref, accessToken: 'token-a' });
+    await first.importConnection({ ...ref, tenantId: 'org_b', accessToken: 'token-b' });
+    await first.close();
+  });
+
+  test('a wrong master key fails clearly, naming key ids and never key material', async () => {
+    const wrong = newKey();
+    const authpipe = new Authpipe({ store, masterKeys: [{ id: 'old', key: wrong }] });
+    const err = await rejection(authpipe.ready(), 'VAULT_KEY_MISMATCH');
+    expect(err.message).toContain("'old'");
+    expect(err.message).not.toContain(wrong);
+    await rejection(authpipe.getCredential(ref), 'VAULT_KEY_MISMATCH');
+    await authpipe.close();
+
+    const unnamed = new Authpipe({ store, masterKey: wrong });
+    expect((await rejection(unnamed.ready(), 'VAULT_KEY_MISMATCH')).message).toMatch(/wrapped with master key\(s\) 'old'/);
+    await unnamed.close();
+  });
+
+  test('rotation keeps every record readable, and the old key can then be retired', async () => {
+    const both = new Authpipe({ store, masterKeys: [{ id: 'new', key: newerKey }, { id: 'old', key: oldKey }] });
+    await rejection(both.retireMasterKey('old'), 'KEY_IN_USE');
+    expect(await both.rotateMasterKey()).toEqual({ primaryKeyId: 'new', rewrapped: 2, alreadyCurrent: 0 });
+    expect(await both.rotateMasterKey()).toEqual({ primaryKeyId: 'new', rewrapped: 0, alreadyCurrent: 2 });
+    expect((await both.getCredential(ref)).credential).toBe('token-a');
+    await rejection(both.retireMasterKey('new'), 'INVALID_ARGUMENT');
+    await both.retireMasterKey('old');
+    await both.close();
+
+    const onlyNew = new Authpipe({ store, masterKeys: [{ id: 'new', key: newerKey }] });
+    expect((await onlyNew.getCredential({ ...ref, tenantId: 'org_b' })).credential).toBe('token-b');
+    await onlyNew.close();
+
+    const onlyOld = new Authpipe({ store, masterKeys: [{ id: 'old', key: oldKey }] });
+    expect((await rejection(onlyOld.ready(), 'INVALID_ARGUMENT')).message).toContain('was retired');
+    await onlyOld.close();
+  });
+
+  test('bad key material rejects ready() with INVALID_ARGUMENT naming the option', async () => {
+    const authpipe = new Authpipe({ store: ':memory:', masterKey: 'c2hvcnQ=' });
+    const err = await rejection(authpipe.ready(), 'INVALID_ARGUMENT');
+    expect(err.message).toMatch(/^masterKey must be 32 random bytes/);
+    expect(err.message).not.toContain('c2hvcnQ=');
+    await authpipe.close();
+  });
+});
+
+describe('what is on disk', () => {
+  const dir = tempDir();
+  const store = join(dir, 'scan.db');
+  const authpipe = open({ store, masterKey: newKey() });
+
+  test('the store files contain none of the plaintext tokens, secrets or extras', async () => {
+    const secrets: string[] = [];
+    const inputs = Array.from({ length: 50 }, (_, i) => {
+      const accessToken = i % 2 ? jwtLike(`s${i}`) : opaque();
+      const refreshToken = opaque();
+      const marker = `extra-marker-${opaque()}`;
+      secrets.push(accessToken, refreshToken, marker);
+      return { provider: 'hubspot', tenantId: `t${i % 5}`, userId: `u${i}`, accessToken, refreshToken, extras: { marker } };
+    });
+    await authpipe.importConnections(inputs);
+    const webhook = `whsec_${opaque()}`;
+    secrets.push(webhook);
+    await authpipe.setSecret({ tenantId: 't0', name: 'webhook', value: webhook });
+
+    const bytes = storeBytes(dir);
+    expect(bytes.length).toBeGreaterThan(0);
+    for (const secret of secrets) {
+      expect(bytes.includes(Buffer.from(secret))).toBe(false);
+      // A 16-byte window too, in case a value were stored split or re-encoded.
+      expect(bytes.includes(Buffer.from(secret.slice(4, 20)))).toBe(false);
+    }
+    // The file is private to its owner.
+    expect(statSync(store).mode & 0o077).toBe(0);
+  });
+
+  test('deleteTenant removes the tenant and nothing else', async () => {
+    await authpipe.importConnection({ ...ref, tenantId: 'doomed', accessToken: 'doomed-token' });
+    await authpipe.setSecret({ tenantId: 'doomed', name: 'webhook', value: 'whsec_doomed' });
+    await authpipe.importConnection({ ...ref, tenantId: 'kept', accessToken: 'kept-token' });
+    expect((await authpipe.getCredential({ ...ref, tenantId: 'doomed' })).credential).toBe('doomed-token');
+    expect(await authpipe.deleteTenant('doomed')).toEqual({ connections: 1, secrets: 1 });
+    await rejection(authpipe.getCredential({ ...ref, tenantId: 'doomed' }), 'CONNECTION_NOT_FOUND');
+    await rejection(authpipe.getSecret({ tenantId: 'doomed', name: 'webhook' }), 'SECRET_NOT_FOUND');
+    expect((await authpipe.getCredential({ ...ref, tenantId: 'kept' })).credential).toBe('kept-token');
+    // (That copies of its rows cannot be decrypted afterwards is tested in Rust: tests/vault_on_disk.rs.)
+  });
+
+  test('no secret appears in inspect() or JSON of returned objects and errors', async () => {
+    const accessToken = `at_${opaque()}`;
+    const refreshToken = `rt_${opaque()}`;
+    const connection = await authpipe.importConnection({ ...ref, userId: 'inspect', accessToken, refreshToken });
+    const listed = await authpipe.listConnections();
+    const notFound = await authpipe.getCredential({ ...ref, userId: 'missing' }).catch((e: unknown) => e);
+    const badType = await authpipe.importConnection({ ...ref, accessToken: 42 as never }).catch((e: unknown) => e);
+    for (const value of [connection, listed, notFound, badType, authpipe, await authpipe.stats()]) {
+      for (const text of [inspect(value, { depth: 10, showHidden: true }), JSON.stringify(value) ?? '']) {
+        expect(text).not.toContain(accessToken);
+        expect(text).not.toContain(refreshToken);
+      }
+    }
+    const credential = await authpipe.getCredential({ ...ref, userId: 'inspect' });
+    expect(JSON.stringify({ ...credential, credential: undefined })).not.toContain(accessToken);
+  });
+});
+
+describe('development master key', () => {
+  const dir = tempDir();
+  const savedEnv = process.env.NODE_ENV;
+  const savedKey = process.env.AUTHPIPE_MASTER_KEY;
+  beforeAll(() => delete process.env.AUTHPIPE_MASTER_KEY);
+  afterAll(() => {
+    process.env.NODE_ENV = savedEnv;
+    if (savedKey !== undefined) process.env.AUTHPIPE_MASTER_KEY = savedKey;
+  });
+
+  test('outside production a 0600 key file is generated beside the store, reused, and announced once', async () => {
+    process.env.NODE_ENV = 'development';
+    const store = join(dir, 'dev.db');
+    const emitWarning = jest.spyOn(process, 'emitWarning').mockImplementation(() => {});
+    let calls: unknown[][];
+    try {
+      const first = new Authpipe({ store });
+      await first.importConnection({ ...ref, accessToken: 'dev-token' });
+      await first.close();
+      const second = new Authpipe({ store });
+      expect((await second.getCredential(ref)).credential).toBe('dev-token');
+      await second.close();
+    } finally {
+      calls = [...emitWarning.mock.calls];
+      emitWarning.mockRestore(); // (this also forgets the calls)
+    }
+    expect(statSync(`${store}.key`).mode & 0o777).toBe(0o600);
+    expect(calls).toHaveLength(1);
+    const [message, options] = calls[0] as [string, unknown];
+    expect(options).toEqual({ code: 'AUTHPIPE_DEV_KEY' });
+    expect(message).toContain(`${store}.key`);
+    expect(message).not.toContain(readFileSync(`${store}.key`, 'utf8').trim());
+  });
+
+  test('in production, no key means no start', async () => {
+    process.env.NODE_ENV = 'production';
+    const authpipe = new Authpipe({ store: join(dir, 'prod.db') });
+    const err = await rejection(authpipe.ready(), 'INVALID_ARGUMENT');
+    expect(err.message).toContain('masterKey is required in production');
+    await authpipe.close();
+  });
+
+  test('AUTHPIPE_MASTER_KEY is used when no key is passed', async () => {
+    process.env.NODE_ENV = 'production';
+    process.env.AUTHPIPE_MASTER_KEY = newKey();
+    const authpipe = new Authpipe({ store: ':memory:' });
+    await authpipe.ready();
+    await authpipe.close();
+    delete process.env.AUTHPIPE_MASTER_KEY;
+  });
+});

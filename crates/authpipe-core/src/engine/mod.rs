@@ -1,0 +1,449 @@
+//! The engine: one per store per process, shared by every `Authpipe` instance that opens that
+//! store. It composes the store (persistence), the vault (keys and sealing) and the cache
+//! (sealed connections in memory), and owns the rules that tie them together:
+//!
+//! - a secret is sealed before it reaches the store and opened only on its way out to a caller;
+//! - the cache mirrors the store, and every change bumps the connection's generation;
+//! - a tenant's data key is created once, by whichever writer comes first.
+
+pub mod input;
+mod open;
+
+pub use open::{open_shared, DevKeyNotice, MasterKeySource, Opened, EngineOptions, StoreLocation};
+
+use crate::cache::{Cache, CachedConnection};
+use crate::clock::Clock;
+use crate::error::{Error, ErrorCode, Result};
+use crate::generations::GenerationPage;
+use crate::ids::{ConnectionKey, TenantId};
+use crate::records::{ConnectionRecord, ConnectionStatus, CredentialKind, ProviderAccount, SecretRecord, Sealed};
+use crate::store::{ListQuery, SecretKey, Store, TenantDeletion};
+use crate::vault::{RecordPlace, TenantKey, Vault};
+use input::{ImportRequest, ImportedCredential};
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A credential on its way out to a caller, with what the JS memo needs to know when it goes
+/// stale: the connection's generation slot and the generation this value belongs to.
+pub struct Credential {
+    pub kind: CredentialKind,
+    pub secret: SecretString,
+    pub expires_at: Option<i64>,
+    /// Provider fields as a JSON object, if any were stored.
+    pub extras_json: Option<SecretString>,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("kind", &self.kind)
+            .field("expires_at", &self.expires_at)
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Result of `rotate_master_key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    pub primary_key_id: String,
+    pub rewrapped: u64,
+    pub already_current: u64,
+}
+
+/// A page of `list`.
+#[derive(Debug)]
+pub struct ConnectionPage {
+    pub connections: Vec<ConnectionRecord>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next_after: Option<ConnectionKey>,
+}
+
+/// Counters for diagnostics and tests.
+#[derive(Clone, Debug)]
+pub struct EngineStats {
+    pub engine_id: u64,
+    pub store: String,
+    pub cached_connections: u64,
+    pub store_reads: u64,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    id: u64,
+    store: Arc<dyn Store>,
+    vault: Vault,
+    cache: Cache,
+    clock: Arc<dyn Clock>,
+    store_reads: AtomicU64,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cache({} connections)", self.len())
+    }
+}
+
+const FIELD_CREDENTIAL: &str = "credential";
+const FIELD_REFRESH_TOKEN: &str = "refresh_token";
+const FIELD_EXTRAS: &str = "extras";
+
+fn connection_place<'a>(key: &'a ConnectionKey, field: &'a str) -> RecordPlace<'a> {
+    RecordPlace {
+        tenant: key.tenant.as_str(),
+        scope: "connection",
+        provider: key.provider.as_str(),
+        subject: key.user.as_str(),
+        field,
+    }
+}
+
+fn secret_place<'a>(key: &'a SecretKey) -> RecordPlace<'a> {
+    RecordPlace {
+        tenant: key.tenant.as_str(),
+        scope: "secret",
+        provider: key.provider.as_ref().map_or("", |p| p.as_str()),
+        subject: key.name.as_str(),
+        field: "value",
+    }
+}
+
+fn not_found(key: &ConnectionKey) -> Error {
+    Error::new(
+        ErrorCode::ConnectionNotFound,
+        format!(
+            "no {} connection for tenant '{}' and user '{}'; connect it first, or import it with importConnection()",
+            key.provider, key.tenant, key.user
+        ),
+    )
+}
+
+fn utf8(bytes: &[u8]) -> Result<SecretString> {
+    std::str::from_utf8(bytes)
+        .map(|s| SecretString::from(s.to_owned()))
+        .map_err(|_| Error::new(ErrorCode::VaultIntegrity, "a decrypted value is not UTF-8"))
+}
+
+impl Engine {
+    async fn new(id: u64, store: Arc<dyn Store>, vault: Vault, clock: Arc<dyn Clock>) -> Result<Self> {
+        let now = clock.now_ms();
+        let tenant_keys = store.tenant_keys().await?;
+        let wrapping = tenant_keys.iter().map(|k| k.master_key_id.clone()).collect();
+        let new_checks = vault.reconcile(&store.master_keys().await?, &wrapping, now)?;
+        if !new_checks.is_empty() {
+            store.add_master_keys(new_checks).await?;
+        }
+        // A tenant key that fails to unwrap is left locked; reading that tenant reports why.
+        for record in &tenant_keys {
+            let _ = vault.unwrap(record);
+        }
+        let cache = Cache::default();
+        for record in store.all_connections().await? {
+            cache.put(record);
+        }
+        Ok(Self { id, store, vault, cache, clock, store_reads: AtomicU64::new(0) })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            engine_id: self.id,
+            store: self.store.describe(),
+            cached_connections: self.cache.len() as u64,
+            store_reads: self.store_reads.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A page of generation counters, for the JS memo.
+    pub fn generation_page(&self, index: usize) -> Option<Arc<GenerationPage>> {
+        self.cache.generations().page(index)
+    }
+
+    fn count_read(&self) {
+        self.store_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    // Credentials ---------------------------------------------------------------------------
+
+    /// The hot path: serves a credential from the cache without I/O. `Ok(None)` means the
+    /// cache cannot answer (not cached, or its tenant key is not in memory); then call
+    /// [`Engine::credential`].
+    pub fn cached_credential(&self, provider: &str, tenant: &str, user: &str) -> Result<Option<Credential>> {
+        match self.cache.get(provider, tenant, user) {
+            Some(entry) => self.reveal(&entry),
+            None => Ok(None),
+        }
+    }
+
+    /// Serves a credential, reading the store on a cache miss.
+    pub async fn credential(&self, key: &ConnectionKey) -> Result<Credential> {
+        if let Some(entry) = self.cache.get_key(key) {
+            if let Some(credential) = self.reveal(&entry)? {
+                return Ok(credential);
+            }
+        }
+        self.count_read();
+        let record = self.store.connection(key).await?.ok_or_else(|| not_found(key))?;
+        self.tenant_key(&key.tenant, false).await?;
+        let entry = self.cache.put(record);
+        self.reveal(&entry)?.ok_or_else(|| Error::internal("tenant key vanished while serving a credential"))
+    }
+
+    fn reveal(&self, entry: &CachedConnection) -> Result<Option<Credential>> {
+        let record = &entry.record;
+        let key = &record.key;
+        if record.status == ConnectionStatus::Revoked {
+            return Err(Error::new(
+                ErrorCode::ConnectionRevoked,
+                format!(
+                    "the {} connection of tenant '{}' and user '{}' was revoked; the user has to connect again",
+                    key.provider, key.tenant, key.user
+                ),
+            ));
+        }
+        if let Some(expires_at) = record.expires_at {
+            if expires_at <= self.clock.now_ms() {
+                return Err(Error::new(
+                    ErrorCode::ConnectionExpired,
+                    format!(
+                        "the {} access token of tenant '{}' and user '{}' expired and could not be refreshed",
+                        key.provider, key.tenant, key.user
+                    ),
+                ));
+            }
+        }
+        let Some(tenant_key) = self.vault.cached(&key.tenant) else { return Ok(None) };
+        let secret = self.vault.open(&tenant_key, &connection_place(key, FIELD_CREDENTIAL), &record.credential)?;
+        let extras_json = match &record.extras {
+            Some(sealed) => Some(utf8(&self.vault.open(&tenant_key, &connection_place(key, FIELD_EXTRAS), sealed)?)?),
+            None => None,
+        };
+        Ok(Some(Credential {
+            kind: record.kind,
+            secret: utf8(&secret)?,
+            expires_at: record.expires_at,
+            extras_json,
+            slot: entry.slot,
+            generation: entry.generation,
+        }))
+    }
+
+    /// The tenant's data key: from memory, else the store, else (if `create`) a new one.
+    async fn tenant_key(&self, tenant: &TenantId, create: bool) -> Result<Arc<TenantKey>> {
+        if let Some(key) = self.vault.cached(tenant) {
+            return Ok(key);
+        }
+        self.count_read();
+        let record = match self.store.tenant_key(tenant).await? {
+            Some(record) => record,
+            None if create => self.store.insert_tenant_key(self.vault.new_tenant_key(tenant, self.now_ms())?).await?,
+            None => {
+                return Err(Error::new(
+                    ErrorCode::VaultKeyMissing,
+                    format!("tenant '{tenant}' has no data key (deleted with deleteTenant()), so its records cannot be decrypted"),
+                ))
+            }
+        };
+        self.vault.unwrap(&record)
+    }
+
+    // Connections ---------------------------------------------------------------------------
+
+    /// Stores connections (all or nothing) and returns them as stored.
+    pub async fn import(&self, requests: Vec<ImportRequest>) -> Result<Vec<ConnectionRecord>> {
+        for request in &requests {
+            request.validate()?;
+        }
+        // One retry: a concurrent deleteTenant can remove a data key between sealing and storing.
+        let mut attempt = 0;
+        loop {
+            let mut records = Vec::with_capacity(requests.len());
+            for request in &requests {
+                records.push(self.seal_import(request).await?);
+            }
+            match self.store.put_connections(records).await {
+                Ok(stored) => {
+                    return Ok(stored.into_iter().map(|r| self.cache.put(r).record.clone()).collect());
+                }
+                Err(e) if e.code == ErrorCode::VaultKeyMissing && attempt == 0 => {
+                    for request in &requests {
+                        self.vault.forget(&request.key.tenant);
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn seal_import(&self, request: &ImportRequest) -> Result<ConnectionRecord> {
+        let key = &request.key;
+        let tenant_key = self.tenant_key(&key.tenant, true).await?;
+        let seal = |field: &str, value: &SecretString| {
+            self.vault.seal(&tenant_key, &connection_place(key, field), value.expose_secret().as_bytes())
+        };
+        let (kind, credential, refresh_token, expires_at) = match &request.credential {
+            ImportedCredential::OAuth2 { access_token, refresh_token, expires_at } => (
+                CredentialKind::OAuth2,
+                seal(FIELD_CREDENTIAL, access_token)?,
+                refresh_token.as_ref().map(|rt| seal(FIELD_REFRESH_TOKEN, rt)).transpose()?,
+                *expires_at,
+            ),
+            ImportedCredential::ApiKey { api_key } => (CredentialKind::ApiKey, seal(FIELD_CREDENTIAL, api_key)?, None, None),
+        };
+        let extras: Option<Sealed> = request.extras.as_ref().map(|e| seal(FIELD_EXTRAS, e)).transpose()?;
+        let now = self.now_ms();
+        Ok(ConnectionRecord {
+            key: key.clone(),
+            kind,
+            status: ConnectionStatus::Active,
+            scopes: request.scopes.clone(),
+            account: ProviderAccount::default(),
+            expires_at,
+            created_at: now,
+            updated_at: now,
+            last_refresh_at: None,
+            next_refresh_at: None,
+            last_check_at: None,
+            last_error: None,
+            credential,
+            refresh_token,
+            extras,
+            version: 0,
+        })
+    }
+
+    /// A connection's metadata, read from the store (the cache follows what it finds).
+    pub async fn connection(&self, key: &ConnectionKey) -> Result<ConnectionRecord> {
+        self.count_read();
+        match self.store.connection(key).await? {
+            Some(record) => Ok(self.cache.put(record).record.clone()),
+            None => {
+                self.cache.remove(key);
+                Err(not_found(key))
+            }
+        }
+    }
+
+    /// One page of connections in (tenant, provider, user) order.
+    pub async fn list(&self, mut query: ListQuery) -> Result<ConnectionPage> {
+        let limit = query.limit as usize;
+        query.limit += 1;
+        self.count_read();
+        let mut connections = self.store.list_connections(&query).await?;
+        let next_after = if connections.len() > limit {
+            connections.truncate(limit);
+            connections.last().map(|r| r.key.clone())
+        } else {
+            None
+        };
+        Ok(ConnectionPage { connections, next_after })
+    }
+
+    /// Deletes a connection; returns whether it existed.
+    pub async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool> {
+        let existed = self.store.delete_connection(key).await?;
+        let cached = self.cache.remove(key);
+        Ok(existed || cached)
+    }
+
+    // Secrets --------------------------------------------------------------------------------
+
+    pub async fn set_secret(&self, key: &SecretKey, value: &SecretString) -> Result<()> {
+        input::check_secret("value", value)?;
+        let mut attempt = 0;
+        loop {
+            let tenant_key = self.tenant_key(&key.tenant, true).await?;
+            let sealed = self.vault.seal(&tenant_key, &secret_place(key), value.expose_secret().as_bytes())?;
+            let now = self.now_ms();
+            let record = SecretRecord {
+                tenant: key.tenant.clone(),
+                provider: key.provider.clone(),
+                name: key.name.clone(),
+                value: sealed,
+                created_at: now,
+                updated_at: now,
+            };
+            match self.store.put_secret(record).await {
+                Err(e) if e.code == ErrorCode::VaultKeyMissing && attempt == 0 => {
+                    self.vault.forget(&key.tenant);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn secret(&self, key: &SecretKey) -> Result<SecretString> {
+        self.count_read();
+        let record = self.store.secret(key).await?.ok_or_else(|| {
+            let provider = key.provider.as_ref().map(|p| format!(" and provider '{p}'")).unwrap_or_default();
+            Error::new(
+                ErrorCode::SecretNotFound,
+                format!("no secret named '{}' for tenant '{}'{provider}; store it with setSecret()", key.name, key.tenant),
+            )
+        })?;
+        let tenant_key = self.tenant_key(&key.tenant, false).await?;
+        utf8(&self.vault.open(&tenant_key, &secret_place(key), &record.value)?)
+    }
+
+    pub async fn delete_secret(&self, key: &SecretKey) -> Result<bool> {
+        self.store.delete_secret(key).await
+    }
+
+    // Keys and tenants ------------------------------------------------------------------------
+
+    /// Rewraps every tenant key under the primary master key, online: tenant data keys do not
+    /// change, so nothing else is re-encrypted and readers never wait.
+    pub async fn rotate_master_key(&self) -> Result<Rotation> {
+        let primary_key_id = self.vault.primary_key_id();
+        let (mut rewrapped, mut already_current) = (0, 0);
+        for record in self.store.tenant_keys().await? {
+            match self.vault.rewrap(&record)? {
+                Some(new) => {
+                    // Lost race: another process rewrapped it first, which is just as good.
+                    if self.store.rewrap_tenant_key(new, &record.master_key_id).await? {
+                        rewrapped += 1;
+                    } else {
+                        already_current += 1;
+                    }
+                }
+                None => already_current += 1,
+            }
+        }
+        Ok(Rotation { primary_key_id, rewrapped, already_current })
+    }
+
+    /// Retires a master key that no tenant key uses any more.
+    pub async fn retire_master_key(&self, id: &str) -> Result<()> {
+        if self.vault.primary_key_id() == id {
+            return Err(Error::invalid_argument(format!(
+                "master key '{id}' is the primary key; put the new key first in masterKeys before retiring this one"
+            )));
+        }
+        // The store refuses (KEY_IN_USE) while a tenant key still uses it; only then forget it.
+        self.store.retire_master_key(id, self.now_ms()).await?;
+        self.vault.retire(id)
+    }
+
+    /// Crypto-shreds a tenant: its data key is destroyed and its rows deleted.
+    pub async fn delete_tenant(&self, tenant: &TenantId) -> Result<TenantDeletion> {
+        self.vault.forget(tenant);
+        self.cache.remove_tenant(tenant);
+        let deletion = self.store.delete_tenant(tenant).await?;
+        // A read that raced the deletion may have reloaded either; drop them again.
+        self.vault.forget(tenant);
+        self.cache.remove_tenant(tenant);
+        Ok(deletion)
+    }
+}

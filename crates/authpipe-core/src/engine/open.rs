@@ -1,0 +1,186 @@
+//! Opening an engine: where the store is, which master keys to use, and sharing one engine
+//! among all instances that open the same store in this process (worker threads included,
+//! since they share the process's native statics).
+
+use super::Engine;
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, ErrorCode, Result};
+use crate::store::sqlite::{canonical_path, SqliteStore};
+use crate::store::Store;
+use crate::vault::{Keyring, MasterKey, MasterKeyConfig, Vault};
+use secrecy::SecretString;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
+
+/// Where the store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// An SQLite file (created if missing).
+    File(PathBuf),
+    /// A private in-memory SQLite database: for tests; never shared, gone on close.
+    Memory,
+}
+
+impl StoreLocation {
+    /// The default embedded store, relative to the working directory.
+    pub const DEFAULT_PATH: &'static str = ".authpipe/authpipe.db";
+
+    /// Parses the `store` option: `":memory:"`, a file path, or `sqlite:<path>`.
+    pub fn parse(value: &str) -> Result<Self> {
+        let value = value.trim();
+        if value == ":memory:" || value == "sqlite::memory:" {
+            return Ok(Self::Memory);
+        }
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            return Err(Error::invalid_argument(
+                "store: PostgreSQL stores are not available in this version; use an SQLite file path",
+            ));
+        }
+        let path = value.strip_prefix("sqlite:").unwrap_or(value);
+        if path.is_empty() || path.contains('\0') {
+            return Err(Error::invalid_argument("store must be a file path, \"sqlite:<path>\" or \":memory:\""));
+        }
+        Ok(Self::File(PathBuf::from(path)))
+    }
+}
+
+/// Where the master keys come from.
+pub enum MasterKeySource {
+    /// Keys from configuration (`masterKey`, `masterKeys` or `AUTHPIPE_MASTER_KEY`), primary first.
+    Configured(Vec<MasterKeyConfig>),
+    /// No key configured. Outside production a development key is generated and kept in a
+    /// 0600 file next to the store; in production this is an error.
+    Development { production: bool },
+}
+
+pub struct EngineOptions {
+    pub store: StoreLocation,
+    pub keys: MasterKeySource,
+    /// Time source; the system clock unless a test brings its own.
+    pub clock: Option<Arc<dyn Clock>>,
+}
+
+/// Tells the caller a development key is in use, so it can say so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DevKeyNotice {
+    /// The key file; `None` for an in-memory store (the key lives as long as the process).
+    pub path: Option<PathBuf>,
+    /// Whether this open created the key.
+    pub created: bool,
+}
+
+pub struct Opened {
+    pub engine: Arc<Engine>,
+    pub dev_key: Option<DevKeyNotice>,
+}
+
+static ENGINES: LazyLock<tokio::sync::Mutex<HashMap<PathBuf, Weak<Engine>>>> = LazyLock::new(Default::default);
+static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Opens the engine for `options.store`, or joins the one this process already has open for
+/// it. Instances sharing an engine must configure the same master keys.
+pub async fn open_shared(options: EngineOptions) -> Result<Opened> {
+    let clock = options.clock.unwrap_or_else(|| Arc::new(SystemClock));
+    let (keyring, dev_key) = resolve_keys(&options.keys, &options.store)?;
+    let id = || NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed);
+    let path = match options.store {
+        StoreLocation::Memory => {
+            let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory()?);
+            let engine = Engine::new(id(), store, Vault::new(keyring), clock).await?;
+            return Ok(Opened { engine: Arc::new(engine), dev_key });
+        }
+        StoreLocation::File(path) => canonical_path(&path),
+    };
+
+    let mut engines = ENGINES.lock().await;
+    if let Some(engine) = engines.get(&path).and_then(Weak::upgrade) {
+        if !engine.vault.same_keys(&keyring) {
+            return Err(Error::invalid_argument(format!(
+                "another Authpipe instance in this process has {} open with different master keys; \
+                 instances that share a store must be configured with the same keys",
+                path.display()
+            )));
+        }
+        return Ok(Opened { engine, dev_key });
+    }
+    engines.retain(|_, engine| engine.strong_count() > 0);
+    let open_path = path.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&open_path))
+        .await
+        .map_err(|e| Error::internal(format!("opening the store failed: {e}")))??;
+    let engine = Arc::new(Engine::new(id(), Arc::new(store), Vault::new(keyring), clock).await?);
+    engines.insert(path, Arc::downgrade(&engine));
+    Ok(Opened { engine, dev_key })
+}
+
+fn resolve_keys(source: &MasterKeySource, store: &StoreLocation) -> Result<(Keyring, Option<DevKeyNotice>)> {
+    match source {
+        MasterKeySource::Configured(configs) => Ok((Keyring::from_config(configs)?, None)),
+        MasterKeySource::Development { production: true } => Err(Error::invalid_argument(
+            "masterKey is required in production: set masterKey or masterKeys, or the AUTHPIPE_MASTER_KEY \
+             environment variable (NODE_ENV is \"production\", so no development key is generated)",
+        )),
+        MasterKeySource::Development { production: false } => match store {
+            StoreLocation::Memory => {
+                let (key, _) = MasterKey::generate(None)?;
+                Ok((Keyring::new(vec![key])?, Some(DevKeyNotice { path: None, created: true })))
+            }
+            StoreLocation::File(db) => {
+                let path = dev_key_path(db);
+                let (encoded, created) = load_or_create_dev_key(&path)?;
+                let key = MasterKey::parse(None, &encoded, "the development key file")?;
+                Ok((Keyring::new(vec![key])?, Some(DevKeyNotice { path: Some(path), created })))
+            }
+        },
+    }
+}
+
+/// `<store file>.key`, beside the store.
+pub fn dev_key_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".key");
+    db.with_file_name(name)
+}
+
+/// Reads the key file, or creates it atomically (0600) with a fresh key. Two processes
+/// starting at once agree on one key: the file appears complete or not at all.
+fn load_or_create_dev_key(path: &Path) -> Result<(SecretString, bool)> {
+    let io = |what: &str, e: std::io::Error| {
+        Error::new(ErrorCode::StoreError, format!("cannot {what} the development key file {}: {e}", path.display()))
+    };
+    let read = || std::fs::read_to_string(path).map(SecretString::from).map_err(|e| io("read", e));
+    if path.exists() {
+        return Ok((read()?, false));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io("create the directory of", e))?;
+        }
+        #[cfg(not(unix))]
+        std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+    }
+    let (_, encoded) = MasterKey::generate(None)?;
+    let tmp = path.with_extension(format!("tmp-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp).map_err(|e| io("create", e))?;
+        use secrecy::ExposeSecret;
+        file.write_all(format!("{}\n", encoded.expose_secret()).as_bytes()).map_err(|e| io("write", e))?;
+        file.sync_all().map_err(|e| io("write", e))?;
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok((encoded, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok((read()?, false)),
+        Err(e) => Err(io("create", e)),
+    }
+}

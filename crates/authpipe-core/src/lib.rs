@@ -1,0 +1,31 @@
+//! The core of `@authpipe/node`: an encrypted, multi-tenant credential vault with an in-memory
+//! cache that serves credentials without I/O. Plain Rust with no Node types, so it is tested
+//! with `cargo test` alone; the napi binding at the repository root only converts.
+//!
+//! Map of the crate, one concern per module:
+//!
+//! | module        | owns                                                                  |
+//! |---------------|-----------------------------------------------------------------------|
+//! | [`ids`]       | validated tenant, user, provider and secret ids                       |
+//! | [`records`]   | what the store persists (secret fields already sealed)                |
+//! | [`vault`]     | master keyring, per-tenant data keys, the sealed record format        |
+//! | [`store`]     | the `Store` trait and its SQLite implementation                       |
+//! | [`cache`]     | sealed connections in memory, and [`generations`] for the JS memo     |
+//! | [`providers`] | which providers exist                                                 |
+//! | [`engine`]    | ties store, vault and cache together; one per store per process       |
+//! | [`client`]    | one `new Authpipe()`: an engine plus that instance's configuration   |
+//! | [`error`]     | `Error` with a stable `ErrorCode`                                     |
+
+pub mod cache;
+pub mod client;
+pub mod clock;
+pub mod engine;
+pub mod error;
+pub mod generations;
+pub mod ids;
+pub mod providers;
+pub mod records;
+pub mod store;
+pub mod vault;
+
+pub use error::{Error, ErrorCode, Result};

@@ -1,0 +1,140 @@
+//! What a store persists. Plain data: secret fields are already [`Sealed`] (ciphertext), so a
+//! store implementation never sees plaintext and needs no crypto.
+
+use crate::ids::{ConnectionKey, ProviderId, SecretName, TenantId};
+use std::fmt;
+
+/// An AES-256-GCM ciphertext in the vault's record format (see `vault::envelope`).
+/// Its `Debug` prints the length only: ciphertext is not secret, but it is noise.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed(pub Vec<u8>);
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sealed({} bytes)", self.0.len())
+    }
+}
+
+/// How a connection authenticates against the provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// A bearer access token, possibly with a refresh token.
+    OAuth2,
+    /// A static API key.
+    ApiKey,
+}
+
+impl CredentialKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::OAuth2 => "oauth2",
+            Self::ApiKey => "api_key",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "oauth2" => Some(Self::OAuth2),
+            "api_key" => Some(Self::ApiKey),
+            _ => None,
+        }
+    }
+}
+
+/// The health of a connection. Stored as its string form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionStatus {
+    Active,
+    Degraded,
+    Expired,
+    Revoked,
+    InsufficientScope,
+}
+
+impl ConnectionStatus {
+    pub const ALL: [ConnectionStatus; 5] =
+        [Self::Active, Self::Degraded, Self::Expired, Self::Revoked, Self::InsufficientScope];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Degraded => "degraded",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+            Self::InsufficientScope => "insufficient_scope",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == value)
+    }
+}
+
+/// The account at the provider a connection belongs to (e.g. an Attio workspace).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProviderAccount {
+    pub id: Option<String>,
+    pub name: Option<String>,
+}
+
+/// The last error seen on a connection: a stable code and a secret-free message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastError {
+    pub code: String,
+    pub message: String,
+}
+
+/// One stored connection. All timestamps are milliseconds since the Unix epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectionRecord {
+    pub key: ConnectionKey,
+    pub kind: CredentialKind,
+    pub status: ConnectionStatus,
+    pub scopes: Vec<String>,
+    pub account: ProviderAccount,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_refresh_at: Option<i64>,
+    pub next_refresh_at: Option<i64>,
+    pub last_check_at: Option<i64>,
+    pub last_error: Option<LastError>,
+    /// The access token or API key.
+    pub credential: Sealed,
+    pub refresh_token: Option<Sealed>,
+    /// Provider fields kept from the token response (a JSON object), e.g. Salesforce `instance_url`.
+    pub extras: Option<Sealed>,
+    /// Bumped by the store on every write; the basis for compare-and-swap updates.
+    pub version: i64,
+}
+
+/// One stored secret (`setSecret`). `provider` is `None` for tenant-wide secrets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretRecord {
+    pub tenant: TenantId,
+    pub provider: Option<ProviderId>,
+    pub name: SecretName,
+    pub value: Sealed,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A tenant's data key, wrapped by one master key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantKeyRecord {
+    pub tenant: TenantId,
+    /// Which data key of the tenant this is; part of every record header it sealed.
+    pub generation: u32,
+    pub master_key_id: String,
+    pub wrapped: Sealed,
+    pub created_at: i64,
+}
+
+/// Proof, per master key id, of which key material the store was used with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MasterKeyRecord {
+    pub id: String,
+    pub key_check: Sealed,
+    pub created_at: i64,
+    pub retired_at: Option<i64>,
+}

@@ -1,0 +1,88 @@
+//! Persistence behind one trait. The engine, vault and cache only ever see [`Store`]; a backend
+//! persists records that are already sealed and never needs a key.
+//!
+//! Backends:
+//! - [`sqlite::SqliteStore`]: the embedded default, one file, safe for several processes on
+//!   one machine (WAL, busy timeout).
+//! - PostgreSQL (many app instances) implements the same trait.
+
+pub mod sqlite;
+
+use crate::error::Result;
+use crate::ids::{ConnectionKey, ProviderId, SecretName, TenantId};
+use crate::records::{ConnectionRecord, ConnectionStatus, MasterKeyRecord, SecretRecord, TenantKeyRecord};
+use async_trait::async_trait;
+
+/// A page request for [`Store::list_connections`]. Results are ordered by
+/// (tenant, provider, user) and start strictly after `after`.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub tenant: Option<TenantId>,
+    pub provider: Option<ProviderId>,
+    pub status: Option<ConnectionStatus>,
+    pub after: Option<ConnectionKey>,
+    pub limit: u32,
+}
+
+/// What `delete_tenant` removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantDeletion {
+    pub connections: u64,
+    pub secrets: u64,
+    pub had_key: bool,
+}
+
+/// A secret's address: (tenant, provider or none, name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretKey {
+    pub tenant: TenantId,
+    pub provider: Option<ProviderId>,
+    pub name: SecretName,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// A description for messages, without credentials (e.g. `sqlite:/srv/app/.authpipe/authpipe.db`).
+    fn describe(&self) -> String;
+
+    // Master keys and tenant keys -------------------------------------------------------------
+
+    async fn master_keys(&self) -> Result<Vec<MasterKeyRecord>>;
+    /// Inserts key-check records; existing ids are left as they are.
+    async fn add_master_keys(&self, records: Vec<MasterKeyRecord>) -> Result<()>;
+    /// Marks a master key retired. Fails with `KEY_IN_USE` (checked in the same transaction)
+    /// while any tenant key is still wrapped by it.
+    async fn retire_master_key(&self, id: &str, now: i64) -> Result<()>;
+
+    async fn tenant_keys(&self) -> Result<Vec<TenantKeyRecord>>;
+    async fn tenant_key(&self, tenant: &TenantId) -> Result<Option<TenantKeyRecord>>;
+    /// Stores a tenant's first data key unless one exists; returns the stored key either way,
+    /// so concurrent creators (other processes too) agree on one key.
+    async fn insert_tenant_key(&self, record: TenantKeyRecord) -> Result<TenantKeyRecord>;
+    /// Replaces a tenant key's wrapping if it is still wrapped by `expected_master_key_id`.
+    /// Returns whether it was replaced.
+    async fn rewrap_tenant_key(&self, record: TenantKeyRecord, expected_master_key_id: &str) -> Result<bool>;
+    /// Deletes the tenant's data key, connections and secrets in one transaction, and makes
+    /// sure the deleted key bytes do not linger in the store's files.
+    async fn delete_tenant(&self, tenant: &TenantId) -> Result<TenantDeletion>;
+
+    // Connections ------------------------------------------------------------------------------
+
+    /// Inserts or replaces connections in one transaction (all or nothing). `created_at` of an
+    /// existing row is kept and its version bumped. Fails with `VAULT_KEY_MISSING` if a
+    /// record's tenant has no data key (it was deleted meanwhile). Returns the rows as stored.
+    async fn put_connections(&self, records: Vec<ConnectionRecord>) -> Result<Vec<ConnectionRecord>>;
+    async fn connection(&self, key: &ConnectionKey) -> Result<Option<ConnectionRecord>>;
+    /// Every connection, for warming the cache when an engine opens.
+    async fn all_connections(&self) -> Result<Vec<ConnectionRecord>>;
+    async fn list_connections(&self, query: &ListQuery) -> Result<Vec<ConnectionRecord>>;
+    /// Returns whether a row was deleted.
+    async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool>;
+
+    // Secrets ----------------------------------------------------------------------------------
+
+    /// Inserts or replaces a secret; same tenant-key check as `put_connections`.
+    async fn put_secret(&self, record: SecretRecord) -> Result<()>;
+    async fn secret(&self, key: &SecretKey) -> Result<Option<SecretRecord>>;
+    async fn delete_secret(&self, key: &SecretKey) -> Result<bool>;
+}

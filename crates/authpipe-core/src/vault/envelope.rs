@@ -1,0 +1,244 @@
+//! Byte formats of everything the vault encrypts, and the associated data (AAD) that binds each
+//! ciphertext to the one place it belongs.
+//!
+//! Record (a secret field of a connection or a secret):
+//!
+//! ```text
+//! [0]      format version (1)
+//! [1..5]   tenant data-key generation, u32 big-endian
+//! [5..17]  96-bit random nonce
+//! [17..]   AES-256-GCM ciphertext || 16-byte tag
+//! ```
+//!
+//! The AAD of a record is its header plus (tenant, scope, provider, subject, field), each part
+//! length-prefixed so no two different tuples encode alike. A ciphertext copied into another
+//! row, field, user or tenant therefore fails authentication.
+//!
+//! A wrapped tenant key is `nonce || ciphertext || tag` under a master key, with AAD
+//! (tenant, master key id, generation); a key check is the same under (master key id).
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::records::Sealed;
+use aes_gcm::aead::{Aead, AeadCore, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use zeroize::Zeroizing;
+
+pub const RECORD_FORMAT_V1: u8 = 1;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const RECORD_HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
+
+/// Where a sealed value lives. Every part goes into the AAD.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordPlace<'a> {
+    pub tenant: &'a str,
+    /// `"connection"` or `"secret"`.
+    pub scope: &'a str,
+    /// Provider id; empty for tenant-wide secrets.
+    pub provider: &'a str,
+    /// User id for connections, secret name for secrets.
+    pub subject: &'a str,
+    /// `"credential"`, `"refresh_token"`, `"extras"` or `"value"`.
+    pub field: &'a str,
+}
+
+/// Concatenates a domain label and length-prefixed parts.
+fn associated_data(domain: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(domain.len() + parts.iter().map(|p| p.len() + 4).sum::<usize>());
+    out.extend_from_slice(domain);
+    for part in parts {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+fn record_aad(header: &[u8], place: &RecordPlace<'_>) -> Vec<u8> {
+    associated_data(
+        b"authpipe.record.v1",
+        &[
+            header,
+            place.tenant.as_bytes(),
+            place.scope.as_bytes(),
+            place.provider.as_bytes(),
+            place.subject.as_bytes(),
+            place.field.as_bytes(),
+        ],
+    )
+}
+
+/// Encrypts `plaintext` for `place` under a tenant data key.
+pub fn seal_record(cipher: &Aes256Gcm, generation: u32, place: &RecordPlace<'_>, plaintext: &[u8]) -> Result<Sealed> {
+    let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+    let mut header = [0u8; RECORD_HEADER_LEN];
+    header[0] = RECORD_FORMAT_V1;
+    header[1..5].copy_from_slice(&generation.to_be_bytes());
+    header[5..].copy_from_slice(&nonce);
+    let aad = record_aad(&header, place);
+    let ciphertext = cipher
+        .encrypt(&nonce, Payload { msg: plaintext, aad: &aad })
+        .map_err(|_| Error::internal("AES-GCM encryption failed"))?;
+    let mut out = Vec::with_capacity(RECORD_HEADER_LEN + ciphertext.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&ciphertext);
+    Ok(Sealed(out))
+}
+
+/// The tenant data-key generation a record was sealed with, read from its header.
+pub fn record_generation(sealed: &Sealed) -> Result<u32> {
+    let bytes = &sealed.0;
+    if bytes.len() < RECORD_HEADER_LEN + TAG_LEN || bytes[0] != RECORD_FORMAT_V1 {
+        return Err(Error::new(
+            ErrorCode::VaultIntegrity,
+            "a stored ciphertext is truncated or in an unknown format",
+        ));
+    }
+    Ok(u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]))
+}
+
+/// Decrypts a record sealed for `place`. Any change to the bytes, or a different place, fails
+/// with `VAULT_INTEGRITY`.
+pub fn open_record(cipher: &Aes256Gcm, place: &RecordPlace<'_>, sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>> {
+    record_generation(sealed)?;
+    let (header, ciphertext) = sealed.0.split_at(RECORD_HEADER_LEN);
+    let aad = record_aad(header, place);
+    cipher
+        .decrypt(Nonce::from_slice(&header[5..]), Payload { msg: ciphertext, aad: &aad })
+        .map(Zeroizing::new)
+        .map_err(|_| {
+            Error::new(
+                ErrorCode::VaultIntegrity,
+                format!(
+                    "the stored {} of {} {}/{}/{} failed authentication: it was modified, or copied from another row or tenant",
+                    place.field, place.scope, place.provider, place.tenant, place.subject
+                ),
+            )
+        })
+}
+
+fn tenant_key_aad(tenant: &str, master_key_id: &str, generation: u32) -> Vec<u8> {
+    associated_data(
+        b"authpipe.tenant-key.v1",
+        &[tenant.as_bytes(), master_key_id.as_bytes(), &generation.to_be_bytes()],
+    )
+}
+
+fn key_check_aad(master_key_id: &str) -> Vec<u8> {
+    associated_data(b"authpipe.key-check.v1", &[master_key_id.as_bytes()])
+}
+
+/// A known plaintext: decrypting a key check proves the configured key is the stored one.
+const KEY_CHECK_PLAINTEXT: &[u8] = b"authpipe master key check";
+
+fn seal_raw(cipher: &Aes256Gcm, aad: &[u8], plaintext: &[u8]) -> Result<Sealed> {
+    let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+    let ciphertext = cipher
+        .encrypt(&nonce, Payload { msg: plaintext, aad })
+        .map_err(|_| Error::internal("AES-GCM encryption failed"))?;
+    let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ciphertext);
+    Ok(Sealed(out))
+}
+
+fn open_raw(cipher: &Aes256Gcm, aad: &[u8], sealed: &Sealed) -> Option<Zeroizing<Vec<u8>>> {
+    if sealed.0.len() < NONCE_LEN + TAG_LEN {
+        return None;
+    }
+    let (nonce, ciphertext) = sealed.0.split_at(NONCE_LEN);
+    cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad })
+        .ok()
+        .map(Zeroizing::new)
+}
+
+pub fn wrap_tenant_key(master: &Aes256Gcm, master_key_id: &str, tenant: &str, generation: u32, key: &[u8]) -> Result<Sealed> {
+    seal_raw(master, &tenant_key_aad(tenant, master_key_id, generation), key)
+}
+
+/// `None` when the key does not authenticate under this master key and place.
+pub fn unwrap_tenant_key(
+    master: &Aes256Gcm,
+    master_key_id: &str,
+    tenant: &str,
+    generation: u32,
+    wrapped: &Sealed,
+) -> Option<Zeroizing<Vec<u8>>> {
+    open_raw(master, &tenant_key_aad(tenant, master_key_id, generation), wrapped)
+}
+
+pub fn make_key_check(master: &Aes256Gcm, master_key_id: &str) -> Result<Sealed> {
+    seal_raw(master, &key_check_aad(master_key_id), KEY_CHECK_PLAINTEXT)
+}
+
+pub fn verify_key_check(master: &Aes256Gcm, master_key_id: &str, check: &Sealed) -> bool {
+    open_raw(master, &key_check_aad(master_key_id), check).is_some_and(|p| p.as_slice() == KEY_CHECK_PLAINTEXT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aes_gcm::KeyInit;
+
+    fn cipher(byte: u8) -> Aes256Gcm {
+        Aes256Gcm::new_from_slice(&[byte; 32]).unwrap()
+    }
+
+    fn place<'a>(tenant: &'a str, user: &'a str, field: &'a str) -> RecordPlace<'a> {
+        RecordPlace { tenant, scope: "connection", provider: "attio", subject: user, field }
+    }
+
+    #[test]
+    fn round_trip_and_fresh_nonces() {
+        let c = cipher(1);
+        let p = place("org_acme", "u1", "credential");
+        let a = seal_record(&c, 7, &p, b"token").unwrap();
+        let b = seal_record(&c, 7, &p, b"token").unwrap();
+        assert_ne!(a, b, "each seal uses a fresh nonce");
+        assert_eq!(record_generation(&a).unwrap(), 7);
+        assert_eq!(open_record(&c, &p, &a).unwrap().as_slice(), b"token");
+        assert_eq!(a.0.len(), RECORD_HEADER_LEN + 5 + TAG_LEN);
+    }
+
+    #[test]
+    fn any_other_place_fails() {
+        let c = cipher(1);
+        let sealed = seal_record(&c, 1, &place("t1", "u1", "credential"), b"token").unwrap();
+        for other in [place("t2", "u1", "credential"), place("t1", "u2", "credential"), place("t1", "u1", "refresh_token")] {
+            let err = open_record(&c, &other, &sealed).unwrap_err();
+            assert_eq!(err.code, ErrorCode::VaultIntegrity);
+        }
+        // Length prefixes keep ("ab","c") and ("a","bc") apart.
+        let s = seal_record(&c, 1, &place("ab", "c", "f"), b"x").unwrap();
+        assert!(open_record(&c, &place("a", "bc", "f"), &s).is_err());
+    }
+
+    #[test]
+    fn every_flipped_bit_fails() {
+        let c = cipher(1);
+        let p = place("t", "u", "credential");
+        let sealed = seal_record(&c, 1, &p, b"some token").unwrap();
+        for i in 0..sealed.0.len() * 8 {
+            let mut bytes = sealed.0.clone();
+            bytes[i / 8] ^= 1 << (i % 8);
+            assert!(open_record(&c, &p, &Sealed(bytes)).is_err(), "bit {i}");
+        }
+        assert!(open_record(&c, &p, &Sealed(sealed.0[..20].to_vec())).is_err());
+    }
+
+    #[test]
+    fn tenant_keys_and_key_checks_bind_their_context() {
+        let m = cipher(9);
+        let wrapped = wrap_tenant_key(&m, "k1", "t1", 1, &[5; 32]).unwrap();
+        assert_eq!(unwrap_tenant_key(&m, "k1", "t1", 1, &wrapped).unwrap().as_slice(), &[5; 32]);
+        assert!(unwrap_tenant_key(&m, "k1", "t2", 1, &wrapped).is_none());
+        assert!(unwrap_tenant_key(&m, "k2", "t1", 1, &wrapped).is_none());
+        assert!(unwrap_tenant_key(&m, "k1", "t1", 2, &wrapped).is_none());
+        assert!(unwrap_tenant_key(&cipher(8), "k1", "t1", 1, &wrapped).is_none());
+
+        let check = make_key_check(&m, "k1").unwrap();
+        assert!(verify_key_check(&m, "k1", &check));
+        assert!(!verify_key_check(&cipher(8), "k1", &check));
+        assert!(!verify_key_check(&m, "k2", &check));
+    }
+}

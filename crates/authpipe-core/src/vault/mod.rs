@@ -1,0 +1,321 @@
+//! Envelope encryption with per-tenant key isolation.
+//!
+//! ```text
+//! master keyring (config) ──wraps──► tenant data key (random, one per tenant, stored wrapped)
+//!                                        └──seals──► each secret field (AES-256-GCM, AAD = its place)
+//! ```
+//!
+//! The vault is pure computation over keys it holds in memory; the engine brings it records
+//! from the store. Unwrapped tenant keys are kept in memory (zeroized on drop) so a cache hit
+//! costs one AES-GCM decryption and no key unwrap.
+
+mod envelope;
+mod keyring;
+
+pub use envelope::RecordPlace;
+pub use keyring::{Keyring, MasterKey, MasterKeyConfig, KEY_BYTES};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::ids::TenantId;
+use crate::records::{MasterKeyRecord, Sealed, TenantKeyRecord};
+use aes_gcm::{Aes256Gcm, KeyInit};
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// The generation of a tenant's first data key. Later generations would come with per-tenant
+/// key rotation; the record header already carries the generation for that.
+const FIRST_GENERATION: u32 = 1;
+
+/// An unwrapped tenant data key. The AES key schedule is zeroized when this is dropped.
+pub struct TenantKey {
+    generation: u32,
+    cipher: Aes256Gcm,
+}
+
+impl fmt::Debug for TenantKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantKey").field("generation", &self.generation).finish_non_exhaustive()
+    }
+}
+
+/// Master keyring plus the tenant data keys unwrapped so far.
+#[derive(Debug)]
+pub struct Vault {
+    keyring: RwLock<Keyring>,
+    tenant_keys: DashMap<TenantId, Arc<TenantKey>>,
+}
+
+impl Vault {
+    pub fn new(keyring: Keyring) -> Self {
+        Self { keyring: RwLock::new(keyring), tenant_keys: DashMap::new() }
+    }
+
+    pub fn same_keys(&self, other: &Keyring) -> bool {
+        self.keyring.read().same_keys(other)
+    }
+
+    pub fn primary_key_id(&self) -> String {
+        self.keyring.read().primary().id().to_owned()
+    }
+
+    /// Checks the configured keyring against what the store says about master keys, before
+    /// anything is read or written. Returns key-check records for keys the store has not seen.
+    ///
+    /// - a configured key whose stored check does not decrypt is the wrong key material;
+    /// - a key that wraps any tenant key must be configured;
+    /// - a store that has keys must share at least one with the configuration;
+    /// - a retired key may not come back.
+    pub fn reconcile(
+        &self,
+        stored: &[MasterKeyRecord],
+        wrapping_key_ids: &BTreeSet<String>,
+        now: i64,
+    ) -> Result<Vec<MasterKeyRecord>> {
+        let keyring = self.keyring.read();
+        let configured: Vec<&str> = keyring.ids().collect();
+        for record in stored {
+            let Some(key) = keyring.get(&record.id) else { continue };
+            if let Some(retired_at) = record.retired_at {
+                return Err(Error::invalid_argument(format!(
+                    "master key '{}' was retired (at {retired_at} ms since epoch); remove it from masterKeys",
+                    record.id
+                )));
+            }
+            if !envelope::verify_key_check(&key.cipher, &record.id, &record.key_check) {
+                return Err(Error::new(
+                    ErrorCode::VaultKeyMismatch,
+                    format!(
+                        "master key '{}' is not the key this store was created with: its key material differs",
+                        record.id
+                    ),
+                ));
+            }
+        }
+        let missing: Vec<&str> =
+            wrapping_key_ids.iter().map(String::as_str).filter(|id| keyring.get(id).is_none()).collect();
+        if !missing.is_empty() {
+            return Err(Error::new(
+                ErrorCode::VaultKeyMismatch,
+                format!(
+                    "tenant keys in this store are wrapped with master key(s) {}, which are not configured (configured: {}); \
+                     configure the key(s) this store was written with",
+                    quote_list(&missing),
+                    quote_list(&configured)
+                ),
+            ));
+        }
+        let active: Vec<&str> = stored.iter().filter(|r| r.retired_at.is_none()).map(|r| r.id.as_str()).collect();
+        if !active.is_empty() && !active.iter().any(|id| keyring.get(id).is_some()) {
+            return Err(Error::new(
+                ErrorCode::VaultKeyMismatch,
+                format!(
+                    "this store was written with master key(s) {}, none of which is configured (configured: {})",
+                    quote_list(&active),
+                    quote_list(&configured)
+                ),
+            ));
+        }
+        configured
+            .iter()
+            .filter(|id| !stored.iter().any(|r| r.id == **id))
+            .map(|id| {
+                let key = keyring.get(id).expect("listed from the keyring");
+                Ok(MasterKeyRecord {
+                    id: (*id).to_owned(),
+                    key_check: envelope::make_key_check(&key.cipher, id)?,
+                    created_at: now,
+                    retired_at: None,
+                })
+            })
+            .collect()
+    }
+
+    /// A new random data key for `tenant`, wrapped by the primary master key. The caller
+    /// stores the record (first writer wins) and then calls [`Vault::unwrap`] on the winner.
+    pub fn new_tenant_key(&self, tenant: &TenantId, now: i64) -> Result<TenantKeyRecord> {
+        let key: Zeroizing<[u8; KEY_BYTES]> = Zeroizing::new(rand::random());
+        let keyring = self.keyring.read();
+        let primary = keyring.primary();
+        let wrapped = envelope::wrap_tenant_key(&primary.cipher, primary.id(), tenant.as_str(), FIRST_GENERATION, &key[..])?;
+        Ok(TenantKeyRecord {
+            tenant: tenant.clone(),
+            generation: FIRST_GENERATION,
+            master_key_id: primary.id().to_owned(),
+            wrapped,
+            created_at: now,
+        })
+    }
+
+    /// Unwraps a stored tenant key and keeps it in memory.
+    pub fn unwrap(&self, record: &TenantKeyRecord) -> Result<Arc<TenantKey>> {
+        if let Some(key) = self.cached(&record.tenant) {
+            if key.generation == record.generation {
+                return Ok(key);
+            }
+        }
+        let keyring = self.keyring.read();
+        let master = keyring.get(&record.master_key_id).ok_or_else(|| {
+            Error::new(
+                ErrorCode::VaultKeyMismatch,
+                format!(
+                    "tenant '{}' has its data key wrapped with master key '{}', which is not configured",
+                    record.tenant, record.master_key_id
+                ),
+            )
+        })?;
+        let bytes = envelope::unwrap_tenant_key(
+            &master.cipher,
+            &record.master_key_id,
+            record.tenant.as_str(),
+            record.generation,
+            &record.wrapped,
+        )
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::VaultKeyMismatch,
+                format!(
+                    "the data key of tenant '{}' does not decrypt with master key '{}': wrong key material, or the wrapped key was altered",
+                    record.tenant, record.master_key_id
+                ),
+            )
+        })?;
+        let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| Error::internal("tenant key length"))?;
+        let key = Arc::new(TenantKey { generation: record.generation, cipher });
+        self.tenant_keys.insert(record.tenant.clone(), key.clone());
+        Ok(key)
+    }
+
+    pub fn cached(&self, tenant: &TenantId) -> Option<Arc<TenantKey>> {
+        self.tenant_keys.get(tenant).map(|k| k.clone())
+    }
+
+    /// Drops a tenant's key from memory (after `deleteTenant`).
+    pub fn forget(&self, tenant: &TenantId) {
+        self.tenant_keys.remove(tenant);
+    }
+
+    /// The same data key wrapped by the primary master key, or `None` if it already is.
+    pub fn rewrap(&self, record: &TenantKeyRecord) -> Result<Option<TenantKeyRecord>> {
+        let keyring = self.keyring.read();
+        let primary = keyring.primary();
+        if record.master_key_id == primary.id() {
+            return Ok(None);
+        }
+        let old = keyring.get(&record.master_key_id).ok_or_else(|| {
+            Error::new(ErrorCode::VaultKeyMismatch, format!("master key '{}' is not configured", record.master_key_id))
+        })?;
+        let bytes = envelope::unwrap_tenant_key(&old.cipher, old.id(), record.tenant.as_str(), record.generation, &record.wrapped)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::VaultKeyMismatch,
+                    format!("the data key of tenant '{}' does not decrypt with master key '{}'", record.tenant, old.id()),
+                )
+            })?;
+        let wrapped = envelope::wrap_tenant_key(&primary.cipher, primary.id(), record.tenant.as_str(), record.generation, &bytes)?;
+        Ok(Some(TenantKeyRecord { master_key_id: primary.id().to_owned(), wrapped, ..record.clone() }))
+    }
+
+    /// Removes a retired key from memory.
+    pub fn retire(&self, id: &str) -> Result<()> {
+        self.keyring.write().remove(id)
+    }
+
+    pub fn seal(&self, key: &TenantKey, place: &RecordPlace<'_>, plaintext: &[u8]) -> Result<Sealed> {
+        envelope::seal_record(&key.cipher, key.generation, place, plaintext)
+    }
+
+    pub fn open(&self, key: &TenantKey, place: &RecordPlace<'_>, sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>> {
+        let generation = envelope::record_generation(sealed)?;
+        if generation != key.generation {
+            return Err(Error::new(
+                ErrorCode::VaultIntegrity,
+                format!(
+                    "the stored {} of {} {}/{}/{} was sealed with data key generation {generation}, but the tenant's key is generation {}",
+                    place.field, place.scope, place.provider, place.tenant, place.subject, key.generation
+                ),
+            ));
+        }
+        envelope::open_record(&key.cipher, place, sealed)
+    }
+}
+
+fn quote_list(ids: &[&str]) -> String {
+    if ids.is_empty() {
+        return "none".to_owned();
+    }
+    ids.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault(ids: &[&str]) -> (Vault, Vec<secrecy::SecretString>) {
+        let (keys, secrets): (Vec<_>, Vec<_>) = ids.iter().map(|id| MasterKey::generate(Some(id)).unwrap()).unzip();
+        (Vault::new(Keyring::new(keys).unwrap()), secrets)
+    }
+
+    fn place(tenant: &str) -> RecordPlace<'_> {
+        RecordPlace { tenant, scope: "connection", provider: "attio", subject: "u", field: "credential" }
+    }
+
+    #[test]
+    fn tenant_keys_isolate_tenants() {
+        let (v, _) = vault(&["k1"]);
+        let t1 = TenantId::parse("t1").unwrap();
+        let t2 = TenantId::parse("t2").unwrap();
+        let k1 = v.unwrap(&v.new_tenant_key(&t1, 0).unwrap()).unwrap();
+        let k2 = v.unwrap(&v.new_tenant_key(&t2, 0).unwrap()).unwrap();
+        let sealed = v.seal(&k1, &place("t1"), b"tok").unwrap();
+        assert_eq!(v.open(&k1, &place("t1"), &sealed).unwrap().as_slice(), b"tok");
+        // Even with the AAD of t1, t2's key cannot open it.
+        assert_eq!(v.open(&k2, &place("t1"), &sealed).unwrap_err().code, ErrorCode::VaultIntegrity);
+    }
+
+    #[test]
+    fn rewrap_moves_tenant_keys_to_the_primary_and_keeps_them_usable() {
+        let (old_vault, secrets) = vault(&["old"]);
+        let t = TenantId::parse("t").unwrap();
+        let record = old_vault.new_tenant_key(&t, 0).unwrap();
+        let sealed = old_vault.seal(&old_vault.unwrap(&record).unwrap(), &place("t"), b"tok").unwrap();
+
+        let (new_key, _) = MasterKey::generate(Some("new")).unwrap();
+        let old_key = MasterKey::parse(Some("old"), &secrets[0], "k").unwrap();
+        let rotated = Vault::new(Keyring::new(vec![new_key, old_key]).unwrap());
+        let rewrapped = rotated.rewrap(&record).unwrap().expect("needs rewrapping");
+        assert_eq!(rewrapped.master_key_id, "new");
+        assert!(rotated.rewrap(&rewrapped).unwrap().is_none());
+        rotated.retire("old").unwrap();
+        rotated.forget(&t);
+        let key = rotated.unwrap(&rewrapped).unwrap();
+        assert_eq!(rotated.open(&key, &place("t"), &sealed).unwrap().as_slice(), b"tok");
+        rotated.forget(&t);
+        assert_eq!(rotated.unwrap(&record).unwrap_err().code, ErrorCode::VaultKeyMismatch, "old key retired");
+    }
+
+    #[test]
+    fn reconcile_catches_wrong_missing_and_retired_keys() {
+        let (v, _) = vault(&["k1"]);
+        let fresh = v.reconcile(&[], &BTreeSet::new(), 5).unwrap();
+        assert_eq!(fresh.len(), 1);
+        assert!(v.reconcile(&fresh, &BTreeSet::from(["k1".to_owned()]), 6).unwrap().is_empty());
+
+        let (impostor, _) = vault(&["k1"]);
+        let err = impostor.reconcile(&fresh, &BTreeSet::new(), 6).unwrap_err();
+        assert_eq!(err.code, ErrorCode::VaultKeyMismatch);
+        assert!(err.message.contains("key material differs"), "{}", err.message);
+
+        let (other, _) = vault(&["k2"]);
+        let err = other.reconcile(&fresh, &BTreeSet::from(["k1".to_owned()]), 6).unwrap_err();
+        assert!(err.message.contains("'k1'") && err.message.contains("configured: 'k2'"), "{}", err.message);
+        let err = other.reconcile(&fresh, &BTreeSet::new(), 6).unwrap_err();
+        assert!(err.message.contains("none of which is configured"), "{}", err.message);
+
+        let retired = vec![MasterKeyRecord { retired_at: Some(1), ..fresh[0].clone() }];
+        assert!(v.reconcile(&retired, &BTreeSet::new(), 6).unwrap_err().message.contains("was retired"));
+    }
+}

@@ -1,0 +1,9 @@
+/** @type {import('jest').Config} */
+module.exports = {
+  testEnvironment: 'node',
+  testMatch: ['<rootDir>/__test__/**/*.spec.ts'],
+  transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: '<rootDir>/__test__/tsconfig.json' }] },
+  // Each file gets its own stores; several Jest workers would fight over 2 cores for no gain.
+  maxWorkers: 1,
+  testTimeout: 30000,
+};

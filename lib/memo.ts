@@ -1,0 +1,76 @@
+/**
+ * The warm path of `getCredential`: credentials this instance already handed out, kept until
+ * the connection changes. Validity is checked against the connection's generation counter,
+ * which Rust bumps on every change (new token, revoked, deleted) and which JS reads straight
+ * from shared memory, so a hit is three Map lookups and one typed-array read, with no call
+ * into Rust. Expiry is checked against the clock, so an expired token is never served.
+ * @internal
+ */
+import type { Credential } from './types';
+import { native, type NativeAuthpipe } from './native';
+
+interface Entry {
+  readonly value: Credential;
+  readonly counters: Uint32Array;
+  readonly index: number;
+  readonly generation: number;
+  /** ms since epoch when this value must no longer be served; Infinity if it never expires. */
+  readonly staleAt: number;
+}
+
+const SLOTS_PER_PAGE = native.GENERATION_PAGE_SLOTS;
+
+export class CredentialMemo {
+  readonly #native: NativeAuthpipe;
+  readonly #limit: number;
+  readonly #pages: Uint32Array[] = [];
+  /** provider -> tenantId -> userId -> entry. Nested maps avoid building a key string per call. */
+  #entries = new Map<string, Map<string, Map<string, Entry>>>();
+  #size = 0;
+
+  constructor(nativeHandle: NativeAuthpipe, limit: number) {
+    this.#native = nativeHandle;
+    this.#limit = limit;
+  }
+
+  get(provider: string, tenantId: string, userId: string): Credential | undefined {
+    const entry = this.#entries.get(provider)?.get(tenantId)?.get(userId);
+    if (entry === undefined) return undefined;
+    if (entry.counters[entry.index] === entry.generation && (entry.staleAt === Infinity || Date.now() < entry.staleAt)) {
+      return entry.value;
+    }
+    return undefined;
+  }
+
+  set(provider: string, tenantId: string, userId: string, value: Credential, slot: number, generation: number): void {
+    const counters = this.#page(Math.floor(slot / SLOTS_PER_PAGE));
+    if (counters === undefined) return;
+    if (this.#size >= this.#limit) this.clear();
+    let byTenant = this.#entries.get(provider);
+    if (byTenant === undefined) this.#entries.set(provider, (byTenant = new Map()));
+    let byUser = byTenant.get(tenantId);
+    if (byUser === undefined) byTenant.set(tenantId, (byUser = new Map()));
+    if (!byUser.has(userId)) this.#size++;
+    const staleAt = value.expiresAt === null ? Infinity : value.expiresAt.getTime();
+    byUser.set(userId, { value, counters, index: slot % SLOTS_PER_PAGE, generation, staleAt });
+  }
+
+  delete(provider: string, tenantId: string, userId: string): void {
+    if (this.#entries.get(provider)?.get(tenantId)?.delete(userId)) this.#size--;
+  }
+
+  clear(): void {
+    this.#entries = new Map();
+    this.#size = 0;
+  }
+
+  #page(index: number): Uint32Array | undefined {
+    let page = this.#pages[index];
+    if (page === undefined) {
+      const buffer = this.#native.generationPage(index);
+      if (buffer === null) return undefined;
+      page = this.#pages[index] = new Uint32Array(buffer);
+    }
+    return page;
+  }
+}

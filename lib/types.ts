@@ -1,0 +1,159 @@
+/** Public types of @authpipe/node. */
+
+/** A master key: 32 random bytes, as base64 (44 chars) or hex (64 chars), or the raw bytes. */
+export type MasterKeyMaterial = string | Uint8Array;
+
+/** Options of `new Authpipe()`. */
+export interface AuthpipeOptions {
+  /**
+   * Where connections are stored: an SQLite file path (`sqlite:` prefix optional), or
+   * `':memory:'` for a private in-memory store (tests). Default: `./.authpipe/authpipe.db`.
+   */
+  store?: string;
+  /**
+   * The master key that wraps every tenant's data key. Defaults to the `AUTHPIPE_MASTER_KEY`
+   * environment variable. With neither, outside `NODE_ENV=production`, a development key is
+   * generated into a 0600 file beside the store (`<store>.key`); in production, `new Authpipe()`
+   * fails with `INVALID_ARGUMENT`.
+   *
+   * Generate one with `node -e "console.log(require('crypto').randomBytes(32).toString('base64'))"`.
+   */
+  masterKey?: MasterKeyMaterial;
+  /**
+   * Several master keys, for rotation: the first encrypts, all decrypt. To rotate, put the new
+   * key first, call `rotateMasterKey()`, then `retireMasterKey(oldId)`, then drop the old key.
+   */
+  masterKeys?: ReadonlyArray<{ id: string; key: MasterKeyMaterial }>;
+  /**
+   * Provider configuration by provider id. A key that is not a built-in provider
+   * (attio, close, copper, dynamics365, hubspot, pipedrive, salesforce, zoho) adds a custom one.
+   */
+  providers?: Readonly<Record<string, ProviderConfig>>;
+  /**
+   * Most credentials this instance keeps in its in-process memo (default 100,000). The memo
+   * only holds credentials already handed out, and drops each one the moment it changes.
+   */
+  memoLimit?: number;
+}
+
+/** Configuration of one provider. */
+export interface ProviderConfig {
+  [setting: string]: unknown;
+}
+
+/** Names one connection: one user of one tenant, connected to one provider. */
+export interface ConnectionRef {
+  provider: string;
+  tenantId: string;
+  userId: string;
+}
+
+/** What `getCredential` returns. Frozen; safe to share. */
+export interface Credential {
+  /** The access token or API key, to send to the provider. */
+  readonly credential: string;
+  readonly type: CredentialType;
+  /** When the access token expires; `null` when it does not (API keys, Attio tokens). */
+  readonly expiresAt: Date | null;
+  /** Provider fields kept with the connection (e.g. Salesforce `instance_url`); `{}` if none. */
+  readonly extras: Readonly<Record<string, unknown>>;
+}
+
+export type CredentialType = 'oauth2' | 'api_key';
+
+export type ConnectionStatus = 'active' | 'degraded' | 'expired' | 'revoked' | 'insufficient_scope';
+
+/** A connection's metadata. Never contains a secret. */
+export interface Connection {
+  readonly provider: string;
+  readonly tenantId: string;
+  readonly userId: string;
+  readonly type: CredentialType;
+  readonly status: ConnectionStatus;
+  readonly scopes: readonly string[];
+  /** The account at the provider (e.g. the Attio workspace), when known. */
+  readonly account: { readonly id: string | null; readonly name: string | null } | null;
+  readonly hasRefreshToken: boolean;
+  readonly expiresAt: Date | null;
+  readonly createdAt: Date;
+  readonly updatedAt: Date;
+  readonly lastRefreshAt: Date | null;
+  readonly nextRefreshAt: Date | null;
+  readonly lastCheckAt: Date | null;
+  readonly lastError: { readonly code: string; readonly message: string } | null;
+}
+
+interface ImportBase extends ConnectionRef {
+  /** Scopes granted to the connection. */
+  scopes?: readonly string[];
+  /** Provider fields to keep with the connection (a plain JSON object), returned by `getCredential`. */
+  extras?: Readonly<Record<string, unknown>>;
+}
+
+/** An OAuth connection to import (e.g. migrated from another tool). */
+export interface ImportOAuthConnection extends ImportBase {
+  accessToken: string;
+  refreshToken?: string;
+  /** When the access token expires: a Date or ms since the epoch. Omit if it never expires. */
+  expiresAt?: Date | number;
+  apiKey?: never;
+}
+
+/** An API-key connection to import. */
+export interface ImportApiKeyConnection extends ImportBase {
+  apiKey: string;
+  accessToken?: never;
+  refreshToken?: never;
+  expiresAt?: never;
+}
+
+export type ImportConnectionInput = ImportOAuthConnection | ImportApiKeyConnection;
+
+/** Filters and paging of `listConnections`. */
+export interface ListConnectionsQuery {
+  tenantId?: string;
+  provider?: string;
+  status?: ConnectionStatus;
+  /** Page size, 1-1000 (default 100). */
+  limit?: number;
+  /** `nextCursor` of the previous page. */
+  cursor?: string;
+}
+
+export interface ConnectionPage {
+  readonly connections: readonly Connection[];
+  /** Pass as `cursor` for the next page; `null` on the last page. */
+  readonly nextCursor: string | null;
+}
+
+/** Names a secret kept with `setSecret`. Without `provider` the secret is tenant-wide. */
+export interface SecretRef {
+  tenantId: string;
+  name: string;
+  provider?: string;
+}
+
+export interface MasterKeyRotation {
+  /** The key every tenant key is now wrapped with. */
+  readonly primaryKeyId: string;
+  /** Tenant keys rewrapped by this call. */
+  readonly rewrapped: number;
+  /** Tenant keys that were already wrapped with the primary key. */
+  readonly alreadyCurrent: number;
+}
+
+export interface TenantDeletion {
+  readonly connections: number;
+  readonly secrets: number;
+}
+
+/** Diagnostics of the native engine behind an instance. */
+export interface AuthpipeStats {
+  /** Same value for every instance sharing one engine (one store in one process). */
+  readonly engineId: number;
+  /** The store, without credentials. */
+  readonly store: string;
+  readonly cachedConnections: number;
+  /** Reads that went to the store (cache misses, metadata and list calls). */
+  readonly storeReads: number;
+}

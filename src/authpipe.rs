@@ -1,0 +1,167 @@
+//! `NativeAuthpipe`: one JS `Authpipe` instance's handle on the core. Every method converts its
+//! arguments, calls the core and converts the result; none makes a decision of its own.
+//! (Class methods cost about 0.6 µs more than free functions, which is irrelevant here: the
+//! hot path is the JS memo, and this class serves only its misses.)
+
+use crate::convert::{
+    ConnectionOutput, CredentialOutput, DevKeyInfo, ImportInput, IntoNapi, ListInput, ListOutput, RotationOutput,
+    StatsOutput, TenantDeletionOutput,
+};
+use crate::generation_pages::{page_buffer, PageBuffer};
+use authpipe_core::client::{encode_cursor, Client, ListFilter};
+use authpipe_core::engine::DevKeyNotice;
+use authpipe_core::{Error, ErrorCode};
+use napi::Env;
+use napi_derive::napi;
+use parking_lot::RwLock;
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+
+#[napi]
+pub struct NativeAuthpipe {
+    client: RwLock<Option<Arc<Client>>>,
+    dev_key: Option<DevKeyNotice>,
+}
+
+impl NativeAuthpipe {
+    pub fn new(client: Client, dev_key: Option<DevKeyNotice>) -> Self {
+        Self { client: RwLock::new(Some(Arc::new(client))), dev_key }
+    }
+
+    fn client(&self) -> napi::Result<Arc<Client>> {
+        self.client
+            .read()
+            .clone()
+            .ok_or_else(|| Error::new(ErrorCode::Closed, "this Authpipe instance was closed"))
+            .napi()
+    }
+}
+
+#[napi]
+impl NativeAuthpipe {
+    /// Set when a development master key is in use.
+    #[napi(catch_unwind)]
+    pub fn dev_key(&self) -> Option<DevKeyInfo> {
+        self.dev_key.as_ref().map(|n| DevKeyInfo {
+            path: n.path.as_ref().map(|p| p.display().to_string()),
+            created: n.created,
+        })
+    }
+
+    /// Serves a credential from the cache, or `null` when only the store can answer.
+    #[napi(catch_unwind)]
+    pub fn cached_credential(&self, provider: String, tenant_id: String, user_id: String) -> napi::Result<Option<CredentialOutput>> {
+        let client = self.client()?;
+        match client.engine().cached_credential(&provider, &tenant_id, &user_id).napi()? {
+            Some(credential) => Ok(Some(credential.into())),
+            // A miss: validate now, so bad input gets its proper error before any I/O.
+            None => client.connection_key(&provider, &tenant_id, &user_id).map(|_| None).napi(),
+        }
+    }
+
+    #[napi]
+    pub async fn credential(&self, provider: String, tenant_id: String, user_id: String) -> napi::Result<CredentialOutput> {
+        let client = self.client()?;
+        let key = client.connection_key(&provider, &tenant_id, &user_id).napi()?;
+        client.engine().credential(&key).await.map(Into::into).napi()
+    }
+
+    #[napi]
+    pub async fn import_connections(&self, inputs: Vec<ImportInput>) -> napi::Result<Vec<ConnectionOutput>> {
+        let client = self.client()?;
+        let requests = inputs.into_iter().map(|i| i.into_request(&client)).collect::<authpipe_core::Result<Vec<_>>>().napi()?;
+        let stored = client.engine().import(requests).await.napi()?;
+        Ok(stored.into_iter().map(Into::into).collect())
+    }
+
+    #[napi]
+    pub async fn connection(&self, provider: String, tenant_id: String, user_id: String) -> napi::Result<ConnectionOutput> {
+        let client = self.client()?;
+        let key = client.connection_key(&provider, &tenant_id, &user_id).napi()?;
+        client.engine().connection(&key).await.map(Into::into).napi()
+    }
+
+    #[napi]
+    pub async fn list_connections(&self, input: ListInput) -> napi::Result<ListOutput> {
+        let client = self.client()?;
+        let query = client
+            .list_query(&ListFilter {
+                tenant: input.tenant_id.as_deref(),
+                provider: input.provider.as_deref(),
+                status: input.status.as_deref(),
+                limit: input.limit,
+                cursor: input.cursor.as_deref(),
+            })
+            .napi()?;
+        let page = client.engine().list(query).await.napi()?;
+        Ok(ListOutput {
+            connections: page.connections.into_iter().map(Into::into).collect(),
+            next_cursor: page.next_after.as_ref().map(encode_cursor),
+        })
+    }
+
+    #[napi]
+    pub async fn delete_connection(&self, provider: String, tenant_id: String, user_id: String) -> napi::Result<bool> {
+        let client = self.client()?;
+        let key = client.connection_key(&provider, &tenant_id, &user_id).napi()?;
+        client.engine().delete_connection(&key).await.napi()
+    }
+
+    #[napi]
+    pub async fn set_secret(&self, tenant_id: String, provider: Option<String>, name: String, value: String) -> napi::Result<()> {
+        let client = self.client()?;
+        let key = client.secret_key(&tenant_id, provider.as_deref(), &name).napi()?;
+        client.engine().set_secret(&key, &SecretString::from(value)).await.napi()
+    }
+
+    #[napi]
+    pub async fn get_secret(&self, tenant_id: String, provider: Option<String>, name: String) -> napi::Result<String> {
+        let client = self.client()?;
+        let key = client.secret_key(&tenant_id, provider.as_deref(), &name).napi()?;
+        let secret = client.engine().secret(&key).await.napi()?;
+        Ok(secret.expose_secret().to_owned())
+    }
+
+    #[napi]
+    pub async fn delete_secret(&self, tenant_id: String, provider: Option<String>, name: String) -> napi::Result<bool> {
+        let client = self.client()?;
+        let key = client.secret_key(&tenant_id, provider.as_deref(), &name).napi()?;
+        client.engine().delete_secret(&key).await.napi()
+    }
+
+    #[napi]
+    pub async fn rotate_master_key(&self) -> napi::Result<RotationOutput> {
+        self.client()?.engine().rotate_master_key().await.map(Into::into).napi()
+    }
+
+    #[napi]
+    pub async fn retire_master_key(&self, id: String) -> napi::Result<()> {
+        self.client()?.engine().retire_master_key(&id).await.napi()
+    }
+
+    #[napi]
+    pub async fn delete_tenant(&self, tenant_id: String) -> napi::Result<TenantDeletionOutput> {
+        let tenant = authpipe_core::ids::TenantId::parse(tenant_id).napi()?;
+        self.client()?.engine().delete_tenant(&tenant).await.map(Into::into).napi()
+    }
+
+    /// Page `index` of the engine's generation counters (`null` if not allocated yet).
+    #[napi(catch_unwind, ts_return_type = "ArrayBuffer | null")]
+    pub fn generation_page(&self, env: Env, index: u32) -> napi::Result<Option<PageBuffer>> {
+        match self.client()?.engine().generation_page(index as usize) {
+            Some(page) => page_buffer(&env, page).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    #[napi(catch_unwind)]
+    pub fn stats(&self) -> napi::Result<StatsOutput> {
+        Ok(self.client()?.engine().stats().into())
+    }
+
+    /// Releases this instance's hold on the engine; the engine closes with its last instance.
+    #[napi(catch_unwind)]
+    pub fn close(&self) {
+        self.client.write().take();
+    }
+}

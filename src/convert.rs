@@ -1,0 +1,221 @@
+//! JS shapes in and out of the binding, and core errors into JS errors. Only conversions live
+//! here: every rule about what is valid belongs to `authpipe-core`.
+
+use authpipe_core::client::Client;
+use authpipe_core::engine::input::{ImportFields, ImportRequest};
+use authpipe_core::engine::{Credential, EngineStats, Rotation};
+use authpipe_core::records::ConnectionRecord;
+use authpipe_core::store::TenantDeletion;
+use authpipe_core::{Error, ErrorCode};
+use napi_derive::napi;
+use secrecy::{ExposeSecret, SecretString};
+
+/// Core errors cross as `AUTHPIPE:<CODE>:<message>`; the JS wrapper turns that into an
+/// `AuthpipeError` with `code`. (napi's async functions cannot carry a custom `code`, so one
+/// encoding serves sync and async calls alike.)
+pub fn to_napi(err: Error) -> napi::Error {
+    napi::Error::new(napi::Status::GenericFailure, format!("AUTHPIPE:{}:{}", err.code, err.message))
+}
+
+pub trait IntoNapi<T> {
+    fn napi(self) -> napi::Result<T>;
+}
+
+impl<T> IntoNapi<T> for authpipe_core::Result<T> {
+    fn napi(self) -> napi::Result<T> {
+        self.map_err(to_napi)
+    }
+}
+
+#[napi(object)]
+pub struct MasterKeyInput {
+    pub id: Option<String>,
+    pub key: String,
+}
+
+#[napi(object)]
+pub struct OpenInput {
+    /// `":memory:"`, a file path or `sqlite:<path>`; the default embedded file when absent.
+    pub store: Option<String>,
+    /// Configured master keys, primary first; absent means "development key if allowed".
+    pub master_keys: Option<Vec<MasterKeyInput>>,
+    /// `NODE_ENV === "production"`: refuse to generate a development key.
+    pub production: bool,
+    /// Provider ids named in the `providers` option (built-in ones are configured, others added).
+    pub providers: Vec<String>,
+}
+
+#[napi(object)]
+pub struct DevKeyInfo {
+    pub path: Option<String>,
+    pub created: bool,
+}
+
+#[napi(object)]
+pub struct ImportInput {
+    pub provider: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    pub access_token: Option<String>,
+    pub refresh_token: Option<String>,
+    /// Milliseconds since the epoch.
+    pub expires_at: Option<f64>,
+    pub api_key: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    /// `extras` as JSON.
+    pub extras: Option<String>,
+}
+
+impl ImportInput {
+    pub fn into_request(self, client: &Client) -> authpipe_core::Result<ImportRequest> {
+        let key = client.connection_key(&self.provider, &self.tenant_id, &self.user_id)?;
+        let secret = |s: String| SecretString::from(s);
+        let fields = ImportFields {
+            access_token: self.access_token.map(secret),
+            refresh_token: self.refresh_token.map(secret),
+            expires_at_ms: self.expires_at,
+            api_key: self.api_key.map(secret),
+            scopes: self.scopes.unwrap_or_default(),
+            extras_json: self.extras.map(secret),
+        };
+        ImportRequest::new(key, fields)
+    }
+}
+
+/// A credential for the JS memo: the value plus its generation slot.
+#[napi(object)]
+pub struct CredentialOutput {
+    pub credential: String,
+    #[napi(js_name = "type")]
+    pub kind: String,
+    pub expires_at: Option<f64>,
+    pub extras: Option<String>,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+impl From<Credential> for CredentialOutput {
+    fn from(c: Credential) -> Self {
+        Self {
+            credential: c.secret.expose_secret().to_owned(),
+            kind: c.kind.as_str().to_owned(),
+            expires_at: c.expires_at.map(|v| v as f64),
+            extras: c.extras_json.map(|e| e.expose_secret().to_owned()),
+            slot: c.slot,
+            generation: c.generation,
+        }
+    }
+}
+
+/// Connection metadata. Never a secret.
+#[napi(object)]
+pub struct ConnectionOutput {
+    pub provider: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    #[napi(js_name = "type")]
+    pub kind: String,
+    pub status: String,
+    pub scopes: Vec<String>,
+    pub account_id: Option<String>,
+    pub account_name: Option<String>,
+    pub has_refresh_token: bool,
+    pub expires_at: Option<f64>,
+    pub created_at: f64,
+    pub updated_at: f64,
+    pub last_refresh_at: Option<f64>,
+    pub next_refresh_at: Option<f64>,
+    pub last_check_at: Option<f64>,
+    pub last_error_code: Option<String>,
+    pub last_error_message: Option<String>,
+}
+
+impl From<ConnectionRecord> for ConnectionOutput {
+    fn from(r: ConnectionRecord) -> Self {
+        let ms = |v: i64| v as f64;
+        Self {
+            provider: r.key.provider.to_string(),
+            tenant_id: r.key.tenant.to_string(),
+            user_id: r.key.user.to_string(),
+            kind: r.kind.as_str().to_owned(),
+            status: r.status.as_str().to_owned(),
+            scopes: r.scopes,
+            account_id: r.account.id,
+            account_name: r.account.name,
+            has_refresh_token: r.refresh_token.is_some(),
+            expires_at: r.expires_at.map(ms),
+            created_at: ms(r.created_at),
+            updated_at: ms(r.updated_at),
+            last_refresh_at: r.last_refresh_at.map(ms),
+            next_refresh_at: r.next_refresh_at.map(ms),
+            last_check_at: r.last_check_at.map(ms),
+            last_error_code: r.last_error.as_ref().map(|e| e.code.clone()),
+            last_error_message: r.last_error.map(|e| e.message),
+        }
+    }
+}
+
+#[napi(object)]
+pub struct ListInput {
+    pub tenant_id: Option<String>,
+    pub provider: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[napi(object)]
+pub struct ListOutput {
+    pub connections: Vec<ConnectionOutput>,
+    pub next_cursor: Option<String>,
+}
+
+#[napi(object)]
+pub struct RotationOutput {
+    pub primary_key_id: String,
+    pub rewrapped: u32,
+    pub already_current: u32,
+}
+
+impl From<Rotation> for RotationOutput {
+    fn from(r: Rotation) -> Self {
+        Self { primary_key_id: r.primary_key_id, rewrapped: r.rewrapped as u32, already_current: r.already_current as u32 }
+    }
+}
+
+#[napi(object)]
+pub struct TenantDeletionOutput {
+    pub connections: u32,
+    pub secrets: u32,
+}
+
+impl From<TenantDeletion> for TenantDeletionOutput {
+    fn from(d: TenantDeletion) -> Self {
+        Self { connections: d.connections as u32, secrets: d.secrets as u32 }
+    }
+}
+
+#[napi(object)]
+pub struct StatsOutput {
+    pub engine_id: u32,
+    pub store: String,
+    pub cached_connections: u32,
+    pub store_reads: u32,
+}
+
+impl From<EngineStats> for StatsOutput {
+    fn from(s: EngineStats) -> Self {
+        Self {
+            engine_id: s.engine_id as u32,
+            store: s.store,
+            cached_connections: s.cached_connections as u32,
+            store_reads: s.store_reads as u32,
+        }
+    }
+}
+
+/// Every stable error code, so the JS wrapper and its types can be checked against the core.
+#[napi]
+pub fn error_codes() -> Vec<String> {
+    ErrorCode::ALL.iter().map(|c| c.as_str().to_owned()).collect()
+}
