@@ -5,5 +5,6 @@ module.exports = {
   transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: '<rootDir>/__test__/tsconfig.json' }] },
   // Each file gets its own stores; several Jest workers would fight over 2 cores for no gain.
   maxWorkers: 1,
+  reporters: ['<rootDir>/__test__/summary-reporter.js', 'default'],
   testTimeout: 30000,
 };

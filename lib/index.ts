@@ -99,8 +99,7 @@ export class Authpipe {
    * await fetch('https://api.attio.com/v2/self', { headers: { authorization: `Bearer ${credential}` } });
    */
   getCredential(ref: ConnectionRef): Promise<Credential> {
-    const hit = this.#memo?.get(ref?.provider, ref?.tenantId, ref?.userId);
-    return hit !== undefined ? Promise.resolve(hit) : this.#getCredentialSlow(ref);
+    return this.#memo?.get(ref?.provider, ref?.tenantId, ref?.userId) ?? this.#getCredentialSlow(ref);
   }
 
   async #getCredentialSlow(ref: ConnectionRef): Promise<Credential> {

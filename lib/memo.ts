@@ -3,19 +3,19 @@
  * the connection changes. Validity is checked against the connection's generation counter,
  * which Rust bumps on every change (new token, revoked, deleted) and which JS reads straight
  * from shared memory, so a hit is three Map lookups and one typed-array read, with no call
- * into Rust. Expiry is checked against the clock, so an expired token is never served.
+ * into Rust and no clock read: Rust also bumps the counter shortly before a token expires
+ * (see deadlines.rs), and checks expiry exactly whenever it serves.
  * @internal
  */
 import type { Credential } from './types';
 import { native, type NativeAuthpipe } from './native';
 
 interface Entry {
-  readonly value: Credential;
+  /** Resolved once and handed out on every hit: awaiting it allocates nothing. */
+  readonly promise: Promise<Credential>;
   readonly counters: Uint32Array;
   readonly index: number;
   readonly generation: number;
-  /** ms since epoch when this value must no longer be served; Infinity if it never expires. */
-  readonly staleAt: number;
 }
 
 const SLOTS_PER_PAGE = native.GENERATION_PAGE_SLOTS;
@@ -33,13 +33,9 @@ export class CredentialMemo {
     this.#limit = limit;
   }
 
-  get(provider: string, tenantId: string, userId: string): Credential | undefined {
+  get(provider: string, tenantId: string, userId: string): Promise<Credential> | undefined {
     const entry = this.#entries.get(provider)?.get(tenantId)?.get(userId);
-    if (entry === undefined) return undefined;
-    if (entry.counters[entry.index] === entry.generation && (entry.staleAt === Infinity || Date.now() < entry.staleAt)) {
-      return entry.value;
-    }
-    return undefined;
+    return entry !== undefined && entry.counters[entry.index] === entry.generation ? entry.promise : undefined;
   }
 
   set(provider: string, tenantId: string, userId: string, value: Credential, slot: number, generation: number): void {
@@ -51,8 +47,7 @@ export class CredentialMemo {
     let byUser = byTenant.get(tenantId);
     if (byUser === undefined) byTenant.set(tenantId, (byUser = new Map()));
     if (!byUser.has(userId)) this.#size++;
-    const staleAt = value.expiresAt === null ? Infinity : value.expiresAt.getTime();
-    byUser.set(userId, { value, counters, index: slot % SLOTS_PER_PAGE, generation, staleAt });
+    byUser.set(userId, { promise: Promise.resolve(value), counters, index: slot % SLOTS_PER_PAGE, generation });
   }
 
   delete(provider: string, tenantId: string, userId: string): void {

@@ -4,8 +4,8 @@
 //! hot path is the JS memo, and this class serves only its misses.)
 
 use crate::convert::{
-    ConnectionOutput, CredentialOutput, DevKeyInfo, ImportInput, IntoNapi, ListInput, ListOutput, RotationOutput,
-    StatsOutput, TenantDeletionOutput,
+    ConnectionOutput, CredentialOutput, DevKeyInfo, ImportInput, IntoNapi, ListInput, ListOutput,
+    RotationOutput, StatsOutput, TenantDeletionOutput,
 };
 use crate::generation_pages::{page_buffer, PageBuffer};
 use authpipe_core::client::{encode_cursor, Client, ListFilter};
@@ -25,7 +25,10 @@ pub struct NativeAuthpipe {
 
 impl NativeAuthpipe {
     pub fn new(client: Client, dev_key: Option<DevKeyNotice>) -> Self {
-        Self { client: RwLock::new(Some(Arc::new(client))), dev_key }
+        Self {
+            client: RwLock::new(Some(Arc::new(client))),
+            dev_key,
+        }
     }
 
     fn client(&self) -> napi::Result<Arc<Client>> {
@@ -50,35 +53,78 @@ impl NativeAuthpipe {
 
     /// Serves a credential from the cache, or `null` when only the store can answer.
     #[napi(catch_unwind)]
-    pub fn cached_credential(&self, provider: String, tenant_id: String, user_id: String) -> napi::Result<Option<CredentialOutput>> {
+    pub fn cached_credential(
+        &self,
+        provider: String,
+        tenant_id: String,
+        user_id: String,
+    ) -> napi::Result<Option<CredentialOutput>> {
         let client = self.client()?;
-        match client.engine().cached_credential(&provider, &tenant_id, &user_id).napi()? {
+        match client
+            .engine()
+            .cached_credential(&provider, &tenant_id, &user_id)
+            .napi()?
+        {
             Some(credential) => Ok(Some(credential.into())),
             // A miss: validate now, so bad input gets its proper error before any I/O.
-            None => client.connection_key(&provider, &tenant_id, &user_id).map(|_| None).napi(),
+            None => client
+                .connection_key(&provider, &tenant_id, &user_id)
+                .map(|_| None)
+                .napi(),
         }
     }
 
     #[napi]
-    pub async fn credential(&self, provider: String, tenant_id: String, user_id: String) -> napi::Result<CredentialOutput> {
+    pub async fn credential(
+        &self,
+        provider: String,
+        tenant_id: String,
+        user_id: String,
+    ) -> napi::Result<CredentialOutput> {
         let client = self.client()?;
-        let key = client.connection_key(&provider, &tenant_id, &user_id).napi()?;
-        client.engine().credential(&key).await.map(Into::into).napi()
+        let key = client
+            .connection_key(&provider, &tenant_id, &user_id)
+            .napi()?;
+        client
+            .engine()
+            .credential(&key)
+            .await
+            .map(Into::into)
+            .napi()
     }
 
     #[napi]
-    pub async fn import_connections(&self, inputs: Vec<ImportInput>) -> napi::Result<Vec<ConnectionOutput>> {
+    pub async fn import_connections(
+        &self,
+        inputs: Vec<ImportInput>,
+    ) -> napi::Result<Vec<ConnectionOutput>> {
         let client = self.client()?;
-        let requests = inputs.into_iter().map(|i| i.into_request(&client)).collect::<authpipe_core::Result<Vec<_>>>().napi()?;
+        let requests = inputs
+            .into_iter()
+            .map(|i| i.into_request(&client))
+            .collect::<authpipe_core::Result<Vec<_>>>()
+            .napi()?;
         let stored = client.engine().import(requests).await.napi()?;
         Ok(stored.into_iter().map(Into::into).collect())
     }
 
     #[napi]
-    pub async fn connection(&self, provider: String, tenant_id: String, user_id: String) -> napi::Result<ConnectionOutput> {
+    pub async fn connection(
+        &self,
+        provider: String,
+        tenant_id: String,
+        user_id: String,
+    ) -> napi::Result<ConnectionOutput> {
         let client = self.client()?;
-        let key = client.connection_key(&provider, &tenant_id, &user_id).napi()?;
-        client.engine().connection(&key).await.map(Into::into).napi()
+        let key = client
+            .connection_key(&provider, &tenant_id, &user_id)
+            .napi()?;
+        client
+            .engine()
+            .connection(&key)
+            .await
+            .map(Into::into)
+            .napi()
     }
 
     #[napi]
@@ -101,37 +147,75 @@ impl NativeAuthpipe {
     }
 
     #[napi]
-    pub async fn delete_connection(&self, provider: String, tenant_id: String, user_id: String) -> napi::Result<bool> {
+    pub async fn delete_connection(
+        &self,
+        provider: String,
+        tenant_id: String,
+        user_id: String,
+    ) -> napi::Result<bool> {
         let client = self.client()?;
-        let key = client.connection_key(&provider, &tenant_id, &user_id).napi()?;
+        let key = client
+            .connection_key(&provider, &tenant_id, &user_id)
+            .napi()?;
         client.engine().delete_connection(&key).await.napi()
     }
 
     #[napi]
-    pub async fn set_secret(&self, tenant_id: String, provider: Option<String>, name: String, value: String) -> napi::Result<()> {
+    pub async fn set_secret(
+        &self,
+        tenant_id: String,
+        provider: Option<String>,
+        name: String,
+        value: String,
+    ) -> napi::Result<()> {
         let client = self.client()?;
-        let key = client.secret_key(&tenant_id, provider.as_deref(), &name).napi()?;
-        client.engine().set_secret(&key, &SecretString::from(value)).await.napi()
+        let key = client
+            .secret_key(&tenant_id, provider.as_deref(), &name)
+            .napi()?;
+        client
+            .engine()
+            .set_secret(&key, &SecretString::from(value))
+            .await
+            .napi()
     }
 
     #[napi]
-    pub async fn get_secret(&self, tenant_id: String, provider: Option<String>, name: String) -> napi::Result<String> {
+    pub async fn get_secret(
+        &self,
+        tenant_id: String,
+        provider: Option<String>,
+        name: String,
+    ) -> napi::Result<String> {
         let client = self.client()?;
-        let key = client.secret_key(&tenant_id, provider.as_deref(), &name).napi()?;
+        let key = client
+            .secret_key(&tenant_id, provider.as_deref(), &name)
+            .napi()?;
         let secret = client.engine().secret(&key).await.napi()?;
         Ok(secret.expose_secret().to_owned())
     }
 
     #[napi]
-    pub async fn delete_secret(&self, tenant_id: String, provider: Option<String>, name: String) -> napi::Result<bool> {
+    pub async fn delete_secret(
+        &self,
+        tenant_id: String,
+        provider: Option<String>,
+        name: String,
+    ) -> napi::Result<bool> {
         let client = self.client()?;
-        let key = client.secret_key(&tenant_id, provider.as_deref(), &name).napi()?;
+        let key = client
+            .secret_key(&tenant_id, provider.as_deref(), &name)
+            .napi()?;
         client.engine().delete_secret(&key).await.napi()
     }
 
     #[napi]
     pub async fn rotate_master_key(&self) -> napi::Result<RotationOutput> {
-        self.client()?.engine().rotate_master_key().await.map(Into::into).napi()
+        self.client()?
+            .engine()
+            .rotate_master_key()
+            .await
+            .map(Into::into)
+            .napi()
     }
 
     #[napi]
@@ -142,7 +226,12 @@ impl NativeAuthpipe {
     #[napi]
     pub async fn delete_tenant(&self, tenant_id: String) -> napi::Result<TenantDeletionOutput> {
         let tenant = authpipe_core::ids::TenantId::parse(tenant_id).napi()?;
-        self.client()?.engine().delete_tenant(&tenant).await.map(Into::into).napi()
+        self.client()?
+            .engine()
+            .delete_tenant(&tenant)
+            .await
+            .map(Into::into)
+            .napi()
     }
 
     /// Page `index` of the engine's generation counters (`null` if not allocated yet).

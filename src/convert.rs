@@ -14,7 +14,10 @@ use secrecy::{ExposeSecret, SecretString};
 /// `AuthpipeError` with `code`. (napi's async functions cannot carry a custom `code`, so one
 /// encoding serves sync and async calls alike.)
 pub fn to_napi(err: Error) -> napi::Error {
-    napi::Error::new(napi::Status::GenericFailure, format!("AUTHPIPE:{}:{}", err.code, err.message))
+    napi::Error::new(
+        napi::Status::GenericFailure,
+        format!("AUTHPIPE:{}:{}", err.code, err.message),
+    )
 }
 
 pub trait IntoNapi<T> {
@@ -179,7 +182,11 @@ pub struct RotationOutput {
 
 impl From<Rotation> for RotationOutput {
     fn from(r: Rotation) -> Self {
-        Self { primary_key_id: r.primary_key_id, rewrapped: r.rewrapped as u32, already_current: r.already_current as u32 }
+        Self {
+            primary_key_id: r.primary_key_id,
+            rewrapped: r.rewrapped as u32,
+            already_current: r.already_current as u32,
+        }
     }
 }
 
@@ -191,7 +198,10 @@ pub struct TenantDeletionOutput {
 
 impl From<TenantDeletion> for TenantDeletionOutput {
     fn from(d: TenantDeletion) -> Self {
-        Self { connections: d.connections as u32, secrets: d.secrets as u32 }
+        Self {
+            connections: d.connections as u32,
+            secrets: d.secrets as u32,
+        }
     }
 }
 
@@ -216,6 +226,10 @@ impl From<EngineStats> for StatsOutput {
 
 /// Every stable error code, so the JS wrapper and its types can be checked against the core.
 #[napi]
+#[allow(dead_code)] // reached only through napi's export registration
 pub fn error_codes() -> Vec<String> {
-    ErrorCode::ALL.iter().map(|c| c.as_str().to_owned()).collect()
+    ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect()
 }

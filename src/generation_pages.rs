@@ -15,6 +15,7 @@ use napi_derive::napi;
 
 /// Counters per page, so JS finds slot `s` at page `s / GENERATION_PAGE_SLOTS`.
 #[napi]
+#[allow(dead_code)] // reached only through napi's export registration
 pub const GENERATION_PAGE_SLOTS: u32 = PAGE_SLOTS as u32;
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -52,12 +53,22 @@ pub fn page_buffer(env: &Env, page: Arc<GenerationPage>) -> napi::Result<PageBuf
     // SAFETY: `data` points to `len` bytes owned by the page, which `hint` keeps alive until
     // `release_page` runs. The counters are atomics; JS only reads them (32-bit aligned loads).
     let status = unsafe {
-        sys::napi_create_external_arraybuffer(env.raw(), data, len, Some(release_page), hint.cast(), &mut value)
+        sys::napi_create_external_arraybuffer(
+            env.raw(),
+            data,
+            len,
+            Some(release_page),
+            hint.cast(),
+            &mut value,
+        )
     };
     if status != sys::Status::napi_ok {
         // SAFETY: the call failed, so the finalizer will never run; reclaim the hint here.
         drop(unsafe { Box::from_raw(hint) });
-        return Err(napi::Error::new(napi::Status::GenericFailure, "cannot expose generation counters to JS"));
+        return Err(napi::Error::new(
+            napi::Status::GenericFailure,
+            "cannot expose generation counters to JS",
+        ));
     }
     Ok(PageBuffer(value))
 }

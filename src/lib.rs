@@ -19,16 +19,43 @@ use secrecy::SecretString;
 /// Opens (or joins) the engine for the configured store and returns an instance handle.
 #[napi]
 pub async fn open(input: OpenInput) -> napi::Result<NativeAuthpipe> {
-    let store = StoreLocation::parse(input.store.as_deref().unwrap_or(StoreLocation::DEFAULT_PATH)).napi()?;
+    let store = StoreLocation::parse(
+        input
+            .store
+            .as_deref()
+            .unwrap_or(StoreLocation::DEFAULT_PATH),
+    )
+    .napi()?;
     let keys = match input.master_keys {
         Some(keys) => MasterKeySource::Configured(
-            keys.into_iter().map(|k| MasterKeyConfig { id: k.id, key: SecretString::from(k.key) }).collect(),
+            keys.into_iter()
+                .map(|k| MasterKeyConfig {
+                    id: k.id,
+                    key: SecretString::from(k.key),
+                })
+                .collect(),
         ),
-        None => MasterKeySource::Development { production: input.production },
+        None => MasterKeySource::Development {
+            production: input.production,
+        },
     };
-    let custom = input.providers.into_iter().map(ProviderId::parse).collect::<Result<Vec<_>, _>>().napi()?;
-    let opened = open_shared(EngineOptions { store, keys, clock: None }).await.napi()?;
-    Ok(NativeAuthpipe::new(Client::new(opened.engine, Catalog::new(custom)), opened.dev_key))
+    let custom = input
+        .providers
+        .into_iter()
+        .map(ProviderId::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .napi()?;
+    let opened = open_shared(EngineOptions {
+        store,
+        keys,
+        clock: None,
+    })
+    .await
+    .napi()?;
+    Ok(NativeAuthpipe::new(
+        Client::new(opened.engine, Catalog::new(custom)),
+        opened.dev_key,
+    ))
 }
 
 /// Panics inside Rust, for the test that proves a panic becomes a JS error, not an abort.

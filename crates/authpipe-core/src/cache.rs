@@ -22,12 +22,14 @@ pub struct CachedConnection {
 #[derive(Default)]
 pub struct Cache {
     entries: DashMap<String, Arc<CachedConnection>>,
-    generations: Generations,
+    generations: Arc<Generations>,
 }
 
 impl Cache {
     pub fn get(&self, provider: &str, tenant: &str, user: &str) -> Option<Arc<CachedConnection>> {
-        self.entries.get(&cache_key(provider, tenant, user)).map(|e| e.clone())
+        self.entries
+            .get(&cache_key(provider, tenant, user))
+            .map(|e| e.clone())
     }
 
     pub fn get_key(&self, key: &ConnectionKey) -> Option<Arc<CachedConnection>> {
@@ -47,13 +49,21 @@ impl Cache {
                 }
                 let slot = current.slot;
                 let generation = self.generations.bump(slot);
-                let entry = Arc::new(CachedConnection { record, slot, generation });
+                let entry = Arc::new(CachedConnection {
+                    record,
+                    slot,
+                    generation,
+                });
                 occupied.insert(entry.clone());
                 entry
             }
             Entry::Vacant(vacant) => {
                 let (slot, generation) = self.generations.allocate();
-                let entry = Arc::new(CachedConnection { record, slot, generation });
+                let entry = Arc::new(CachedConnection {
+                    record,
+                    slot,
+                    generation,
+                });
                 vacant.insert(entry.clone());
                 entry
             }
@@ -88,7 +98,7 @@ impl Cache {
         self.entries.is_empty()
     }
 
-    pub fn generations(&self) -> &Generations {
+    pub fn generations(&self) -> &Arc<Generations> {
         &self.generations
     }
 }
@@ -126,18 +136,28 @@ mod tests {
         let g1 = cache.generations().current(slot);
 
         cache.put(record("u1", 1, b"a"));
-        assert_eq!(cache.generations().current(slot), g1, "an identical write changes nothing");
+        assert_eq!(
+            cache.generations().current(slot),
+            g1,
+            "an identical write changes nothing"
+        );
 
         cache.put(record("u1", 2, b"b"));
         let g2 = cache.generations().current(slot);
         assert!(g2 > g1);
 
         let kept = cache.put(record("u1", 1, b"old"));
-        assert_eq!(kept.record.credential.0, b"b", "an older version never replaces a newer one");
+        assert_eq!(
+            kept.record.credential.0, b"b",
+            "an older version never replaces a newer one"
+        );
         assert_eq!(cache.generations().current(slot), g2);
 
         assert!(cache.remove(&kept.record.key));
-        assert!(cache.generations().current(slot) > g2, "removal invalidates memos");
+        assert!(
+            cache.generations().current(slot) > g2,
+            "removal invalidates memos"
+        );
         assert!(cache.get("attio", "t1", "u1").is_none());
     }
 }

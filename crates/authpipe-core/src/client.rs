@@ -27,14 +27,19 @@ pub struct ListFilter<'a> {
 
 /// An opaque cursor: the last key of a page, as URL-safe base64 of a JSON triple.
 pub fn encode_cursor(key: &ConnectionKey) -> String {
-    let json = serde_json::json!([key.tenant.as_str(), key.provider.as_str(), key.user.as_str()]);
+    let json = serde_json::json!([
+        key.tenant.as_str(),
+        key.provider.as_str(),
+        key.user.as_str()
+    ]);
     URL_SAFE_NO_PAD.encode(json.to_string())
 }
 
 fn decode_cursor(cursor: &str) -> Result<ConnectionKey> {
     let bad = || Error::invalid_argument("cursor is not a cursor returned by listConnections()");
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let [tenant, provider, user]: [String; 3] = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let [tenant, provider, user]: [String; 3] =
+        serde_json::from_slice(&bytes).map_err(|_| bad())?;
     ConnectionKey::parse(&provider, &tenant, &user).map_err(|_| bad())
 }
 
@@ -61,15 +66,26 @@ impl Client {
     }
 
     /// Validates (provider, tenant, user); the provider must be in this instance's catalog.
-    pub fn connection_key(&self, provider: &str, tenant: &str, user: &str) -> Result<ConnectionKey> {
-        Ok(ConnectionKey::new(self.provider(provider)?, TenantId::parse(tenant)?, UserId::parse(user)?))
+    pub fn connection_key(
+        &self,
+        provider: &str,
+        tenant: &str,
+        user: &str,
+    ) -> Result<ConnectionKey> {
+        Ok(ConnectionKey::new(
+            self.provider(provider)?,
+            TenantId::parse(tenant)?,
+            UserId::parse(user)?,
+        ))
     }
 
     /// A validated page request.
     pub fn list_query(&self, filter: &ListFilter<'_>) -> Result<ListQuery> {
         let limit = filter.limit.unwrap_or(DEFAULT_PAGE_SIZE);
         if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-            return Err(Error::invalid_argument(format!("limit must be between 1 and {MAX_PAGE_SIZE}")));
+            return Err(Error::invalid_argument(format!(
+                "limit must be between 1 and {MAX_PAGE_SIZE}"
+            )));
         }
         let status = filter
             .status
@@ -89,7 +105,12 @@ impl Client {
         })
     }
 
-    pub fn secret_key(&self, tenant: &str, provider: Option<&str>, name: &str) -> Result<SecretKey> {
+    pub fn secret_key(
+        &self,
+        tenant: &str,
+        provider: Option<&str>,
+        name: &str,
+    ) -> Result<SecretKey> {
         Ok(SecretKey {
             tenant: TenantId::parse(tenant)?,
             provider: provider.map(|p| self.provider(p)).transpose()?,
@@ -106,8 +127,16 @@ mod tests {
     fn cursors_round_trip_and_garbage_is_rejected() {
         let key = ConnectionKey::parse("attio", "t/1", "ü \"x\"").unwrap();
         assert_eq!(decode_cursor(&encode_cursor(&key)).unwrap(), key);
-        for bad in ["", "!!", "WzFd", &URL_SAFE_NO_PAD.encode(r#"["t","Bad","u"]"#)] {
-            assert!(decode_cursor(bad).unwrap_err().message.contains("cursor"), "{bad}");
+        for bad in [
+            "",
+            "!!",
+            "WzFd",
+            &URL_SAFE_NO_PAD.encode(r#"["t","Bad","u"]"#),
+        ] {
+            assert!(
+                decode_cursor(bad).unwrap_err().message.contains("cursor"),
+                "{bad}"
+            );
         }
     }
 }

@@ -22,7 +22,9 @@ pub struct GenerationPage {
 
 impl GenerationPage {
     fn new() -> Self {
-        Self { cells: (0..PAGE_SLOTS).map(|_| AtomicU32::new(0)).collect() }
+        Self {
+            cells: (0..PAGE_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+        }
     }
 
     /// The counters, for exposing the page's memory to JS.
@@ -69,7 +71,9 @@ impl Generations {
     /// Marks the slot's connection as changed. Release ordering: whatever the cache wrote
     /// before the bump is visible to a reader that sees the new value.
     pub fn bump(&self, slot: u32) -> u32 {
-        self.cell(slot, |cell| cell.fetch_add(1, Ordering::Release).wrapping_add(1))
+        self.cell(slot, |cell| {
+            cell.fetch_add(1, Ordering::Release).wrapping_add(1)
+        })
     }
 
     pub fn current(&self, slot: u32) -> u32 {
@@ -119,8 +123,15 @@ mod tests {
             g.allocate();
         }
         assert!(g.page(1).is_some());
-        assert_eq!(g.page(0).unwrap().cells().as_ptr(), ptr, "a page never moves");
+        assert_eq!(
+            g.page(0).unwrap().cells().as_ptr(),
+            ptr,
+            "a page never moves"
+        );
         g.bump(first);
-        assert_eq!(page0.cells()[first as usize].load(Ordering::Acquire), g.current(first));
+        assert_eq!(
+            page0.cells()[first as usize].load(Ordering::Acquire),
+            g.current(first)
+        );
     }
 }

@@ -15,7 +15,9 @@ pub const MAX_PROVIDER_ID_BYTES: usize = 64;
 
 fn check_id(field: &str, value: &str, max: usize) -> Result<()> {
     if value.is_empty() {
-        return Err(Error::invalid_argument(format!("{field} must not be empty")));
+        return Err(Error::invalid_argument(format!(
+            "{field} must not be empty"
+        )));
     }
     if value.len() > max {
         return Err(Error::invalid_argument(format!(
@@ -90,8 +92,11 @@ impl ProviderId {
         let value = value.into();
         check_id("provider", &value, MAX_PROVIDER_ID_BYTES)?;
         let mut chars = value.chars();
-        let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let rest_ok =
+            chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
         if !(first_ok && rest_ok) {
             return Err(Error::invalid_argument(
                 "provider must be lowercase letters, digits, '-' or '_' (for example \"attio\")",
@@ -127,17 +132,29 @@ pub struct ConnectionKey {
 
 impl ConnectionKey {
     pub fn new(provider: ProviderId, tenant: TenantId, user: UserId) -> Self {
-        Self { tenant, provider, user }
+        Self {
+            tenant,
+            provider,
+            user,
+        }
     }
 
     /// Parses the three parts as they arrive from JS.
     pub fn parse(provider: &str, tenant: &str, user: &str) -> Result<Self> {
-        Ok(Self::new(ProviderId::parse(provider)?, TenantId::parse(tenant)?, UserId::parse(user)?))
+        Ok(Self::new(
+            ProviderId::parse(provider)?,
+            TenantId::parse(tenant)?,
+            UserId::parse(user)?,
+        ))
     }
 
     /// A single string key for hash maps. Unambiguous because no part may contain NUL.
     pub fn cache_key(&self) -> String {
-        cache_key(self.provider.as_str(), self.tenant.as_str(), self.user.as_str())
+        cache_key(
+            self.provider.as_str(),
+            self.tenant.as_str(),
+            self.user.as_str(),
+        )
     }
 }
 

@@ -11,6 +11,7 @@
 //! | [`vault`]     | master keyring, per-tenant data keys, the sealed record format        |
 //! | [`store`]     | the `Store` trait and its SQLite implementation                       |
 //! | [`cache`]     | sealed connections in memory, and [`generations`] for the JS memo     |
+//! | [`deadlines`] | invalidates memoized tokens just before they expire                   |
 //! | [`providers`] | which providers exist                                                 |
 //! | [`engine`]    | ties store, vault and cache together; one per store per process       |
 //! | [`client`]    | one `new Authpipe()`: an engine plus that instance's configuration   |
@@ -19,6 +20,7 @@
 pub mod cache;
 pub mod client;
 pub mod clock;
+pub mod deadlines;
 pub mod engine;
 pub mod error;
 pub mod generations;

@@ -6,7 +6,16 @@ use crate::ids::ProviderId;
 use std::collections::BTreeSet;
 
 /// Providers built into the catalog.
-pub const BUILTIN: [&str; 8] = ["attio", "close", "copper", "dynamics365", "hubspot", "pipedrive", "salesforce", "zoho"];
+pub const BUILTIN: [&str; 8] = [
+    "attio",
+    "close",
+    "copper",
+    "dynamics365",
+    "hubspot",
+    "pipedrive",
+    "salesforce",
+    "zoho",
+];
 
 #[derive(Clone, Debug)]
 pub struct Catalog {
@@ -16,8 +25,10 @@ pub struct Catalog {
 impl Catalog {
     /// The built-in providers plus `custom` ids from the app's configuration.
     pub fn new(custom: impl IntoIterator<Item = ProviderId>) -> Self {
-        let mut ids: BTreeSet<ProviderId> =
-            BUILTIN.iter().map(|id| ProviderId::parse(*id).expect("built-in ids are valid")).collect();
+        let mut ids: BTreeSet<ProviderId> = BUILTIN
+            .iter()
+            .map(|id| ProviderId::parse(*id).expect("built-in ids are valid"))
+            .collect();
         ids.extend(custom);
         Self { ids }
     }
@@ -49,9 +60,15 @@ mod tests {
     #[test]
     fn knows_builtins_and_custom_ids() {
         let catalog = Catalog::new([ProviderId::parse("mycrm").unwrap()]);
-        assert!(catalog.require(&ProviderId::parse("attio").unwrap()).is_ok());
-        assert!(catalog.require(&ProviderId::parse("mycrm").unwrap()).is_ok());
-        let err = catalog.require(&ProviderId::parse("nope").unwrap()).unwrap_err();
+        assert!(catalog
+            .require(&ProviderId::parse("attio").unwrap())
+            .is_ok());
+        assert!(catalog
+            .require(&ProviderId::parse("mycrm").unwrap())
+            .is_ok());
+        let err = catalog
+            .require(&ProviderId::parse("nope").unwrap())
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::UnknownProvider);
         assert!(err.message.contains("'nope'") && err.message.contains("attio"));
     }

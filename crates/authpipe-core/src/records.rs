@@ -52,8 +52,13 @@ pub enum ConnectionStatus {
 }
 
 impl ConnectionStatus {
-    pub const ALL: [ConnectionStatus; 5] =
-        [Self::Active, Self::Degraded, Self::Expired, Self::Revoked, Self::InsufficientScope];
+    pub const ALL: [ConnectionStatus; 5] = [
+        Self::Active,
+        Self::Degraded,
+        Self::Expired,
+        Self::Revoked,
+        Self::InsufficientScope,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {

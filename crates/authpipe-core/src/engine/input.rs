@@ -18,8 +18,14 @@ const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_000;
 
 /// The secret part of an imported connection.
 pub enum ImportedCredential {
-    OAuth2 { access_token: SecretString, refresh_token: Option<SecretString>, expires_at: Option<i64> },
-    ApiKey { api_key: SecretString },
+    OAuth2 {
+        access_token: SecretString,
+        refresh_token: Option<SecretString>,
+        expires_at: Option<i64>,
+    },
+    ApiKey {
+        api_key: SecretString,
+    },
 }
 
 /// One connection to import (`importConnection`).
@@ -54,19 +60,36 @@ impl ImportRequest {
             None => None,
         };
         let credential = match (fields.access_token, fields.api_key) {
-            (Some(access_token), None) => {
-                ImportedCredential::OAuth2 { access_token, refresh_token: fields.refresh_token, expires_at }
-            }
+            (Some(access_token), None) => ImportedCredential::OAuth2 {
+                access_token,
+                refresh_token: fields.refresh_token,
+                expires_at,
+            },
             (None, Some(api_key)) if fields.refresh_token.is_none() && expires_at.is_none() => {
                 ImportedCredential::ApiKey { api_key }
             }
             (None, Some(_)) => {
-                return Err(Error::invalid_argument("refreshToken and expiresAt belong to OAuth connections, not to apiKey"))
+                return Err(Error::invalid_argument(
+                    "refreshToken and expiresAt belong to OAuth connections, not to apiKey",
+                ))
             }
-            (Some(_), Some(_)) => return Err(Error::invalid_argument("pass either accessToken or apiKey, not both")),
-            (None, None) => return Err(Error::invalid_argument("accessToken (OAuth) or apiKey is required")),
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid_argument(
+                    "pass either accessToken or apiKey, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(Error::invalid_argument(
+                    "accessToken (OAuth) or apiKey is required",
+                ))
+            }
         };
-        let request = Self { key, credential, scopes: fields.scopes, extras: fields.extras_json };
+        let request = Self {
+            key,
+            credential,
+            scopes: fields.scopes,
+            extras: fields.extras_json,
+        };
         request.validate()?;
         Ok(request)
     }
@@ -74,7 +97,11 @@ impl ImportRequest {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
         match &self.credential {
-            ImportedCredential::OAuth2 { access_token, refresh_token, expires_at } => {
+            ImportedCredential::OAuth2 {
+                access_token,
+                refresh_token,
+                expires_at,
+            } => {
                 check_secret("accessToken", access_token)?;
                 if let Some(rt) = refresh_token {
                     check_secret("refreshToken", rt)?;
@@ -96,7 +123,9 @@ impl ImportRequest {
 pub fn check_secret(field: &str, value: &SecretString) -> Result<()> {
     let value = value.expose_secret();
     if value.is_empty() {
-        return Err(Error::invalid_argument(format!("{field} must not be empty")));
+        return Err(Error::invalid_argument(format!(
+            "{field} must not be empty"
+        )));
     }
     if value.len() > MAX_SECRET_BYTES {
         return Err(Error::invalid_argument(format!(
@@ -105,7 +134,9 @@ pub fn check_secret(field: &str, value: &SecretString) -> Result<()> {
         )));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::invalid_argument(format!("{field} must not contain control characters (NUL, newline, ...)")));
+        return Err(Error::invalid_argument(format!(
+            "{field} must not contain control characters (NUL, newline, ...)"
+        )));
     }
     Ok(())
 }
@@ -122,13 +153,18 @@ pub fn check_timestamp(field: &str, ms: i64) -> Result<()> {
 
 fn check_scopes(scopes: &[String]) -> Result<()> {
     if scopes.len() > MAX_SCOPES {
-        return Err(Error::invalid_argument(format!("scopes has {} entries; the limit is {MAX_SCOPES}", scopes.len())));
+        return Err(Error::invalid_argument(format!(
+            "scopes has {} entries; the limit is {MAX_SCOPES}",
+            scopes.len()
+        )));
     }
     for (i, scope) in scopes.iter().enumerate() {
         // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
         let valid = !scope.is_empty()
             && scope.len() <= MAX_SCOPE_BYTES
-            && scope.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+            && scope
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
         if !valid {
             return Err(Error::invalid_argument(format!(
                 "scopes[{i}] is not a scope token: 1-{MAX_SCOPE_BYTES} printable ASCII characters, no spaces, quotes or backslashes"
@@ -148,7 +184,9 @@ fn check_extras(extras: &SecretString) -> Result<()> {
     }
     match serde_json::from_str::<serde_json::Value>(json) {
         Ok(serde_json::Value::Object(_)) => Ok(()),
-        _ => Err(Error::invalid_argument("extras must be a plain JSON object")),
+        _ => Err(Error::invalid_argument(
+            "extras must be a plain JSON object",
+        )),
     }
 }
 
@@ -164,7 +202,11 @@ mod tests {
     fn oauth(token: &str) -> ImportRequest {
         ImportRequest {
             key: ConnectionKey::parse("attio", "t", "u").unwrap(),
-            credential: ImportedCredential::OAuth2 { access_token: s(token), refresh_token: None, expires_at: None },
+            credential: ImportedCredential::OAuth2 {
+                access_token: s(token),
+                refresh_token: None,
+                expires_at: None,
+            },
             scopes: vec!["record_permission:read".into()],
             extras: None,
         }
@@ -200,10 +242,18 @@ mod tests {
 
         let mut req = oauth("t");
         req.extras = Some(s("[1,2]"));
-        assert!(req.validate().unwrap_err().message.contains("extras must be a plain JSON object"));
+        assert!(req
+            .validate()
+            .unwrap_err()
+            .message
+            .contains("extras must be a plain JSON object"));
 
         let mut req = oauth("t");
-        req.credential = ImportedCredential::OAuth2 { access_token: s("t"), refresh_token: None, expires_at: Some(42) };
+        req.credential = ImportedCredential::OAuth2 {
+            access_token: s("t"),
+            refresh_token: None,
+            expires_at: Some(42),
+        };
         assert!(req.validate().unwrap_err().message.contains("expiresAt"));
     }
 }

@@ -9,14 +9,17 @@
 pub mod input;
 mod open;
 
-pub use open::{open_shared, DevKeyNotice, MasterKeySource, Opened, EngineOptions, StoreLocation};
+pub use open::{open_shared, DevKeyNotice, EngineOptions, MasterKeySource, Opened, StoreLocation};
 
 use crate::cache::{Cache, CachedConnection};
 use crate::clock::Clock;
+use crate::deadlines::Deadlines;
 use crate::error::{Error, ErrorCode, Result};
 use crate::generations::GenerationPage;
 use crate::ids::{ConnectionKey, TenantId};
-use crate::records::{ConnectionRecord, ConnectionStatus, CredentialKind, ProviderAccount, SecretRecord, Sealed};
+use crate::records::{
+    ConnectionRecord, ConnectionStatus, CredentialKind, ProviderAccount, Sealed, SecretRecord,
+};
 use crate::store::{ListQuery, SecretKey, Store, TenantDeletion};
 use crate::vault::{RecordPlace, TenantKey, Vault};
 use input::{ImportRequest, ImportedCredential};
@@ -77,6 +80,7 @@ pub struct Engine {
     store: Arc<dyn Store>,
     vault: Vault,
     cache: Cache,
+    deadlines: Deadlines,
     clock: Arc<dyn Clock>,
     store_reads: AtomicU64,
 }
@@ -128,10 +132,18 @@ fn utf8(bytes: &[u8]) -> Result<SecretString> {
 }
 
 impl Engine {
-    async fn new(id: u64, store: Arc<dyn Store>, vault: Vault, clock: Arc<dyn Clock>) -> Result<Self> {
+    async fn new(
+        id: u64,
+        store: Arc<dyn Store>,
+        vault: Vault,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
         let now = clock.now_ms();
         let tenant_keys = store.tenant_keys().await?;
-        let wrapping = tenant_keys.iter().map(|k| k.master_key_id.clone()).collect();
+        let wrapping = tenant_keys
+            .iter()
+            .map(|k| k.master_key_id.clone())
+            .collect();
         let new_checks = vault.reconcile(&store.master_keys().await?, &wrapping, now)?;
         if !new_checks.is_empty() {
             store.add_master_keys(new_checks).await?;
@@ -141,10 +153,30 @@ impl Engine {
             let _ = vault.unwrap(record);
         }
         let cache = Cache::default();
-        for record in store.all_connections().await? {
-            cache.put(record);
+        let deadlines = Deadlines::start(cache.generations().clone(), clock.clone());
+        let engine = Self {
+            id,
+            store,
+            vault,
+            cache,
+            deadlines,
+            clock,
+            store_reads: AtomicU64::new(0),
+        };
+        for record in engine.store.all_connections().await? {
+            engine.cache_put(record);
         }
-        Ok(Self { id, store, vault, cache, clock, store_reads: AtomicU64::new(0) })
+        Ok(engine)
+    }
+
+    /// Caches a record and arranges for memoized copies of its token to lapse before expiry.
+    fn cache_put(&self, record: ConnectionRecord) -> Arc<CachedConnection> {
+        let entry = self.cache.put(record);
+        if let Some(expires_at) = entry.record.expires_at {
+            self.deadlines
+                .watch(expires_at, entry.slot, entry.generation);
+        }
+        entry
     }
 
     pub fn id(&self) -> u64 {
@@ -178,7 +210,12 @@ impl Engine {
     /// The hot path: serves a credential from the cache without I/O. `Ok(None)` means the
     /// cache cannot answer (not cached, or its tenant key is not in memory); then call
     /// [`Engine::credential`].
-    pub fn cached_credential(&self, provider: &str, tenant: &str, user: &str) -> Result<Option<Credential>> {
+    pub fn cached_credential(
+        &self,
+        provider: &str,
+        tenant: &str,
+        user: &str,
+    ) -> Result<Option<Credential>> {
         match self.cache.get(provider, tenant, user) {
             Some(entry) => self.reveal(&entry),
             None => Ok(None),
@@ -193,10 +230,15 @@ impl Engine {
             }
         }
         self.count_read();
-        let record = self.store.connection(key).await?.ok_or_else(|| not_found(key))?;
+        let record = self
+            .store
+            .connection(key)
+            .await?
+            .ok_or_else(|| not_found(key))?;
         self.tenant_key(&key.tenant, false).await?;
-        let entry = self.cache.put(record);
-        self.reveal(&entry)?.ok_or_else(|| Error::internal("tenant key vanished while serving a credential"))
+        let entry = self.cache_put(record);
+        self.reveal(&entry)?
+            .ok_or_else(|| Error::internal("tenant key vanished while serving a credential"))
     }
 
     fn reveal(&self, entry: &CachedConnection) -> Result<Option<Credential>> {
@@ -222,10 +264,20 @@ impl Engine {
                 ));
             }
         }
-        let Some(tenant_key) = self.vault.cached(&key.tenant) else { return Ok(None) };
-        let secret = self.vault.open(&tenant_key, &connection_place(key, FIELD_CREDENTIAL), &record.credential)?;
+        let Some(tenant_key) = self.vault.cached(&key.tenant) else {
+            return Ok(None);
+        };
+        let secret = self.vault.open(
+            &tenant_key,
+            &connection_place(key, FIELD_CREDENTIAL),
+            &record.credential,
+        )?;
         let extras_json = match &record.extras {
-            Some(sealed) => Some(utf8(&self.vault.open(&tenant_key, &connection_place(key, FIELD_EXTRAS), sealed)?)?),
+            Some(sealed) => Some(utf8(&self.vault.open(
+                &tenant_key,
+                &connection_place(key, FIELD_EXTRAS),
+                sealed,
+            )?)?),
             None => None,
         };
         Ok(Some(Credential {
@@ -273,7 +325,10 @@ impl Engine {
             }
             match self.store.put_connections(records).await {
                 Ok(stored) => {
-                    return Ok(stored.into_iter().map(|r| self.cache.put(r).record.clone()).collect());
+                    return Ok(stored
+                        .into_iter()
+                        .map(|r| self.cache_put(r).record.clone())
+                        .collect());
                 }
                 Err(e) if e.code == ErrorCode::VaultKeyMissing && attempt == 0 => {
                     for request in &requests {
@@ -290,18 +345,38 @@ impl Engine {
         let key = &request.key;
         let tenant_key = self.tenant_key(&key.tenant, true).await?;
         let seal = |field: &str, value: &SecretString| {
-            self.vault.seal(&tenant_key, &connection_place(key, field), value.expose_secret().as_bytes())
+            self.vault.seal(
+                &tenant_key,
+                &connection_place(key, field),
+                value.expose_secret().as_bytes(),
+            )
         };
         let (kind, credential, refresh_token, expires_at) = match &request.credential {
-            ImportedCredential::OAuth2 { access_token, refresh_token, expires_at } => (
+            ImportedCredential::OAuth2 {
+                access_token,
+                refresh_token,
+                expires_at,
+            } => (
                 CredentialKind::OAuth2,
                 seal(FIELD_CREDENTIAL, access_token)?,
-                refresh_token.as_ref().map(|rt| seal(FIELD_REFRESH_TOKEN, rt)).transpose()?,
+                refresh_token
+                    .as_ref()
+                    .map(|rt| seal(FIELD_REFRESH_TOKEN, rt))
+                    .transpose()?,
                 *expires_at,
             ),
-            ImportedCredential::ApiKey { api_key } => (CredentialKind::ApiKey, seal(FIELD_CREDENTIAL, api_key)?, None, None),
+            ImportedCredential::ApiKey { api_key } => (
+                CredentialKind::ApiKey,
+                seal(FIELD_CREDENTIAL, api_key)?,
+                None,
+                None,
+            ),
         };
-        let extras: Option<Sealed> = request.extras.as_ref().map(|e| seal(FIELD_EXTRAS, e)).transpose()?;
+        let extras: Option<Sealed> = request
+            .extras
+            .as_ref()
+            .map(|e| seal(FIELD_EXTRAS, e))
+            .transpose()?;
         let now = self.now_ms();
         Ok(ConnectionRecord {
             key: key.clone(),
@@ -327,7 +402,7 @@ impl Engine {
     pub async fn connection(&self, key: &ConnectionKey) -> Result<ConnectionRecord> {
         self.count_read();
         match self.store.connection(key).await? {
-            Some(record) => Ok(self.cache.put(record).record.clone()),
+            Some(record) => Ok(self.cache_put(record).record.clone()),
             None => {
                 self.cache.remove(key);
                 Err(not_found(key))
@@ -347,7 +422,10 @@ impl Engine {
         } else {
             None
         };
-        Ok(ConnectionPage { connections, next_after })
+        Ok(ConnectionPage {
+            connections,
+            next_after,
+        })
     }
 
     /// Deletes a connection; returns whether it existed.
@@ -364,7 +442,11 @@ impl Engine {
         let mut attempt = 0;
         loop {
             let tenant_key = self.tenant_key(&key.tenant, true).await?;
-            let sealed = self.vault.seal(&tenant_key, &secret_place(key), value.expose_secret().as_bytes())?;
+            let sealed = self.vault.seal(
+                &tenant_key,
+                &secret_place(key),
+                value.expose_secret().as_bytes(),
+            )?;
             let now = self.now_ms();
             let record = SecretRecord {
                 tenant: key.tenant.clone(),
@@ -387,14 +469,25 @@ impl Engine {
     pub async fn secret(&self, key: &SecretKey) -> Result<SecretString> {
         self.count_read();
         let record = self.store.secret(key).await?.ok_or_else(|| {
-            let provider = key.provider.as_ref().map(|p| format!(" and provider '{p}'")).unwrap_or_default();
+            let provider = key
+                .provider
+                .as_ref()
+                .map(|p| format!(" and provider '{p}'"))
+                .unwrap_or_default();
             Error::new(
                 ErrorCode::SecretNotFound,
-                format!("no secret named '{}' for tenant '{}'{provider}; store it with setSecret()", key.name, key.tenant),
+                format!(
+                    "no secret named '{}' for tenant '{}'{provider}; store it with setSecret()",
+                    key.name, key.tenant
+                ),
             )
         })?;
         let tenant_key = self.tenant_key(&key.tenant, false).await?;
-        utf8(&self.vault.open(&tenant_key, &secret_place(key), &record.value)?)
+        utf8(
+            &self
+                .vault
+                .open(&tenant_key, &secret_place(key), &record.value)?,
+        )
     }
 
     pub async fn delete_secret(&self, key: &SecretKey) -> Result<bool> {
@@ -412,7 +505,11 @@ impl Engine {
             match self.vault.rewrap(&record)? {
                 Some(new) => {
                     // Lost race: another process rewrapped it first, which is just as good.
-                    if self.store.rewrap_tenant_key(new, &record.master_key_id).await? {
+                    if self
+                        .store
+                        .rewrap_tenant_key(new, &record.master_key_id)
+                        .await?
+                    {
                         rewrapped += 1;
                     } else {
                         already_current += 1;
@@ -421,7 +518,11 @@ impl Engine {
                 None => already_current += 1,
             }
         }
-        Ok(Rotation { primary_key_id, rewrapped, already_current })
+        Ok(Rotation {
+            primary_key_id,
+            rewrapped,
+            already_current,
+        })
     }
 
     /// Retires a master key that no tenant key uses any more.

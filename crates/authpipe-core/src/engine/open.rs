@@ -41,7 +41,9 @@ impl StoreLocation {
         }
         let path = value.strip_prefix("sqlite:").unwrap_or(value);
         if path.is_empty() || path.contains('\0') {
-            return Err(Error::invalid_argument("store must be a file path, \"sqlite:<path>\" or \":memory:\""));
+            return Err(Error::invalid_argument(
+                "store must be a file path, \"sqlite:<path>\" or \":memory:\"",
+            ));
         }
         Ok(Self::File(PathBuf::from(path)))
     }
@@ -77,7 +79,8 @@ pub struct Opened {
     pub dev_key: Option<DevKeyNotice>,
 }
 
-static ENGINES: LazyLock<tokio::sync::Mutex<HashMap<PathBuf, Weak<Engine>>>> = LazyLock::new(Default::default);
+static ENGINES: LazyLock<tokio::sync::Mutex<HashMap<PathBuf, Weak<Engine>>>> =
+    LazyLock::new(Default::default);
 static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Opens the engine for `options.store`, or joins the one this process already has open for
@@ -90,7 +93,10 @@ pub async fn open_shared(options: EngineOptions) -> Result<Opened> {
         StoreLocation::Memory => {
             let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory()?);
             let engine = Engine::new(id(), store, Vault::new(keyring), clock).await?;
-            return Ok(Opened { engine: Arc::new(engine), dev_key });
+            return Ok(Opened {
+                engine: Arc::new(engine),
+                dev_key,
+            });
         }
         StoreLocation::File(path) => canonical_path(&path),
     };
@@ -116,7 +122,10 @@ pub async fn open_shared(options: EngineOptions) -> Result<Opened> {
     Ok(Opened { engine, dev_key })
 }
 
-fn resolve_keys(source: &MasterKeySource, store: &StoreLocation) -> Result<(Keyring, Option<DevKeyNotice>)> {
+fn resolve_keys(
+    source: &MasterKeySource,
+    store: &StoreLocation,
+) -> Result<(Keyring, Option<DevKeyNotice>)> {
     match source {
         MasterKeySource::Configured(configs) => Ok((Keyring::from_config(configs)?, None)),
         MasterKeySource::Development { production: true } => Err(Error::invalid_argument(
@@ -149,9 +158,19 @@ pub fn dev_key_path(db: &Path) -> PathBuf {
 /// starting at once agree on one key: the file appears complete or not at all.
 fn load_or_create_dev_key(path: &Path) -> Result<(SecretString, bool)> {
     let io = |what: &str, e: std::io::Error| {
-        Error::new(ErrorCode::StoreError, format!("cannot {what} the development key file {}: {e}", path.display()))
+        Error::new(
+            ErrorCode::StoreError,
+            format!(
+                "cannot {what} the development key file {}: {e}",
+                path.display()
+            ),
+        )
     };
-    let read = || std::fs::read_to_string(path).map(SecretString::from).map_err(|e| io("read", e));
+    let read = || {
+        std::fs::read_to_string(path)
+            .map(SecretString::from)
+            .map_err(|e| io("read", e))
+    };
     if path.exists() {
         return Ok((read()?, false));
     }
@@ -159,13 +178,21 @@ fn load_or_create_dev_key(path: &Path) -> Result<(SecretString, bool)> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io("create the directory of", e))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| io("create the directory of", e))?;
         }
         #[cfg(not(unix))]
         std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
     }
     let (_, encoded) = MasterKey::generate(None)?;
-    let tmp = path.with_extension(format!("tmp-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+    let tmp = path.with_extension(format!(
+        "tmp-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     {
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -173,7 +200,8 @@ fn load_or_create_dev_key(path: &Path) -> Result<(SecretString, bool)> {
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&tmp).map_err(|e| io("create", e))?;
         use secrecy::ExposeSecret;
-        file.write_all(format!("{}\n", encoded.expose_secret()).as_bytes()).map_err(|e| io("write", e))?;
+        file.write_all(format!("{}\n", encoded.expose_secret()).as_bytes())
+            .map_err(|e| io("write", e))?;
         file.sync_all().map_err(|e| io("write", e))?;
     }
     let linked = std::fs::hard_link(&tmp, path);

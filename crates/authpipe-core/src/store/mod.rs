@@ -10,7 +10,9 @@ pub mod sqlite;
 
 use crate::error::Result;
 use crate::ids::{ConnectionKey, ProviderId, SecretName, TenantId};
-use crate::records::{ConnectionRecord, ConnectionStatus, MasterKeyRecord, SecretRecord, TenantKeyRecord};
+use crate::records::{
+    ConnectionRecord, ConnectionStatus, MasterKeyRecord, SecretRecord, TenantKeyRecord,
+};
 use async_trait::async_trait;
 
 /// A page request for [`Store::list_connections`]. Results are ordered by
@@ -61,7 +63,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn insert_tenant_key(&self, record: TenantKeyRecord) -> Result<TenantKeyRecord>;
     /// Replaces a tenant key's wrapping if it is still wrapped by `expected_master_key_id`.
     /// Returns whether it was replaced.
-    async fn rewrap_tenant_key(&self, record: TenantKeyRecord, expected_master_key_id: &str) -> Result<bool>;
+    async fn rewrap_tenant_key(
+        &self,
+        record: TenantKeyRecord,
+        expected_master_key_id: &str,
+    ) -> Result<bool>;
     /// Deletes the tenant's data key, connections and secrets in one transaction, and makes
     /// sure the deleted key bytes do not linger in the store's files.
     async fn delete_tenant(&self, tenant: &TenantId) -> Result<TenantDeletion>;
@@ -71,7 +77,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Inserts or replaces connections in one transaction (all or nothing). `created_at` of an
     /// existing row is kept and its version bumped. Fails with `VAULT_KEY_MISSING` if a
     /// record's tenant has no data key (it was deleted meanwhile). Returns the rows as stored.
-    async fn put_connections(&self, records: Vec<ConnectionRecord>) -> Result<Vec<ConnectionRecord>>;
+    async fn put_connections(
+        &self,
+        records: Vec<ConnectionRecord>,
+    ) -> Result<Vec<ConnectionRecord>>;
     async fn connection(&self, key: &ConnectionKey) -> Result<Option<ConnectionRecord>>;
     /// Every connection, for warming the cache when an engine opens.
     async fn all_connections(&self) -> Result<Vec<ConnectionRecord>>;

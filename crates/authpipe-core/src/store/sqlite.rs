@@ -12,13 +12,15 @@ use super::{ListQuery, SecretKey, Store, TenantDeletion};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
 use crate::records::{
-    ConnectionRecord, ConnectionStatus, CredentialKind, LastError, MasterKeyRecord, ProviderAccount, SecretRecord,
-    Sealed, TenantKeyRecord,
+    ConnectionRecord, ConnectionStatus, CredentialKind, LastError, MasterKeyRecord,
+    ProviderAccount, Sealed, SecretRecord, TenantKeyRecord,
 };
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{
+    params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,11 +104,16 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self> {
         let label = format!("sqlite:{}", path.display());
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            create_private_dir(dir).map_err(|e| Error::store(&format!("cannot create {}", dir.display()), e))?;
+            create_private_dir(dir)
+                .map_err(|e| Error::store(&format!("cannot create {}", dir.display()), e))?;
         }
-        create_private_file(path).map_err(|e| Error::store(&format!("cannot create {}", path.display()), e))?;
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|e| Error::store(&format!("cannot open {}", path.display()), e))?;
+        create_private_file(path)
+            .map_err(|e| Error::store(&format!("cannot create {}", path.display()), e))?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::store(&format!("cannot open {}", path.display()), e))?;
         Self::init(conn, label)
     }
 
@@ -118,7 +125,10 @@ impl SqliteStore {
     fn init(mut conn: Connection, label: String) -> Result<Self> {
         conn.busy_timeout(Duration::from_secs(10))?;
         let not_ours = |what: &str| {
-            Error::new(ErrorCode::StoreError, format!("{label} is not an Authpipe store ({what}); point `store` at another file"))
+            Error::new(
+                ErrorCode::StoreError,
+                format!("{label} is not an Authpipe store ({what}); point `store` at another file"),
+            )
         };
         let app_id: i32 = conn
             .query_row("PRAGMA application_id", [], |r| r.get(0))
@@ -131,7 +141,10 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "secure_delete", "ON")?;
         migrate(&mut conn)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), label })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            label,
+        })
     }
 
     /// Runs `f` with the connection on tokio's blocking pool.
@@ -171,7 +184,10 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 #[cfg(not(unix))]
@@ -198,7 +214,9 @@ pub fn canonical_path(path: &Path) -> PathBuf {
     let absolute = if path.is_absolute() {
         path.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
     };
     // The file may not exist yet; canonicalize its directory when that exists.
     match (absolute.parent(), absolute.file_name()) {
@@ -208,7 +226,10 @@ pub fn canonical_path(path: &Path) -> PathBuf {
 }
 
 fn invalid_row(what: &str) -> Error {
-    Error::new(ErrorCode::StoreError, format!("the store holds an invalid {what}; was the file edited by hand?"))
+    Error::new(
+        ErrorCode::StoreError,
+        format!("the store holds an invalid {what}; was the file edited by hand?"),
+    )
 }
 
 fn connection_from_row(row: &Row<'_>) -> Result<ConnectionRecord> {
@@ -217,11 +238,20 @@ fn connection_from_row(row: &Row<'_>) -> Result<ConnectionRecord> {
         TenantId::parse(row.get::<_, String>(0)?).map_err(|_| invalid_row("tenant id"))?,
         UserId::parse(row.get::<_, String>(2)?).map_err(|_| invalid_row("user id"))?,
     );
-    let kind = CredentialKind::parse(&row.get::<_, String>(3)?).ok_or_else(|| invalid_row("credential kind"))?;
-    let status = ConnectionStatus::parse(&row.get::<_, String>(4)?).ok_or_else(|| invalid_row("status"))?;
-    let scopes: Vec<String> = serde_json::from_str(&row.get::<_, String>(5)?).map_err(|_| invalid_row("scope list"))?;
-    let last_error = match (row.get::<_, Option<String>>(14)?, row.get::<_, Option<String>>(15)?) {
-        (Some(code), message) => Some(LastError { code, message: message.unwrap_or_default() }),
+    let kind = CredentialKind::parse(&row.get::<_, String>(3)?)
+        .ok_or_else(|| invalid_row("credential kind"))?;
+    let status =
+        ConnectionStatus::parse(&row.get::<_, String>(4)?).ok_or_else(|| invalid_row("status"))?;
+    let scopes: Vec<String> =
+        serde_json::from_str(&row.get::<_, String>(5)?).map_err(|_| invalid_row("scope list"))?;
+    let last_error = match (
+        row.get::<_, Option<String>>(14)?,
+        row.get::<_, Option<String>>(15)?,
+    ) {
+        (Some(code), message) => Some(LastError {
+            code,
+            message: message.unwrap_or_default(),
+        }),
         _ => None,
     };
     Ok(ConnectionRecord {
@@ -229,7 +259,10 @@ fn connection_from_row(row: &Row<'_>) -> Result<ConnectionRecord> {
         kind,
         status,
         scopes,
-        account: ProviderAccount { id: row.get(6)?, name: row.get(7)? },
+        account: ProviderAccount {
+            id: row.get(6)?,
+            name: row.get(7)?,
+        },
         expires_at: row.get(8)?,
         created_at: row.get(9)?,
         updated_at: row.get(10)?,
@@ -254,7 +287,11 @@ fn tenant_key_from_row(row: &Row<'_>) -> Result<TenantKeyRecord> {
     })
 }
 
-fn query_connections(conn: &Connection, sql: &str, params: Vec<Value>) -> Result<Vec<ConnectionRecord>> {
+fn query_connections(
+    conn: &Connection,
+    sql: &str,
+    params: Vec<Value>,
+) -> Result<Vec<ConnectionRecord>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params_from_iter(params))?;
     let mut out = Vec::new();
@@ -265,7 +302,10 @@ fn query_connections(conn: &Connection, sql: &str, params: Vec<Value>) -> Result
 }
 
 fn provider_column(provider: &Option<ProviderId>) -> String {
-    provider.as_ref().map(|p| p.as_str().to_owned()).unwrap_or_default()
+    provider
+        .as_ref()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default()
 }
 
 #[async_trait]
@@ -320,7 +360,9 @@ impl Store for SqliteStore {
 
     async fn tenant_keys(&self) -> Result<Vec<TenantKeyRecord>> {
         self.run(|conn| {
-            let mut stmt = conn.prepare("SELECT tenant_id, generation, master_key_id, wrapped, created_at FROM tenant_keys")?;
+            let mut stmt = conn.prepare(
+                "SELECT tenant_id, generation, master_key_id, wrapped, created_at FROM tenant_keys",
+            )?;
             let mut rows = stmt.query([])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
@@ -362,7 +404,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn rewrap_tenant_key(&self, record: TenantKeyRecord, expected_master_key_id: &str) -> Result<bool> {
+    async fn rewrap_tenant_key(
+        &self,
+        record: TenantKeyRecord,
+        expected_master_key_id: &str,
+    ) -> Result<bool> {
         let expected = expected_master_key_id.to_owned();
         self.run(move |conn| {
             let changed = conn.execute(
@@ -378,18 +424,34 @@ impl Store for SqliteStore {
         let tenant = tenant.clone();
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let had_key = tx.execute("DELETE FROM tenant_keys WHERE tenant_id = ?1", [tenant.as_str()])? > 0;
-            let connections = tx.execute("DELETE FROM connections WHERE tenant_id = ?1", [tenant.as_str()])? as u64;
-            let secrets = tx.execute("DELETE FROM secrets WHERE tenant_id = ?1", [tenant.as_str()])? as u64;
+            let had_key = tx.execute(
+                "DELETE FROM tenant_keys WHERE tenant_id = ?1",
+                [tenant.as_str()],
+            )? > 0;
+            let connections = tx.execute(
+                "DELETE FROM connections WHERE tenant_id = ?1",
+                [tenant.as_str()],
+            )? as u64;
+            let secrets = tx.execute(
+                "DELETE FROM secrets WHERE tenant_id = ?1",
+                [tenant.as_str()],
+            )? as u64;
             tx.commit()?;
             // secure_delete zeroed the pages in the database; the WAL may still hold copies.
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-            Ok(TenantDeletion { connections, secrets, had_key })
+            Ok(TenantDeletion {
+                connections,
+                secrets,
+                had_key,
+            })
         })
         .await
     }
 
-    async fn put_connections(&self, records: Vec<ConnectionRecord>) -> Result<Vec<ConnectionRecord>> {
+    async fn put_connections(
+        &self,
+        records: Vec<ConnectionRecord>,
+    ) -> Result<Vec<ConnectionRecord>> {
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut stored = Vec::with_capacity(records.len());
@@ -471,7 +533,14 @@ impl Store for SqliteStore {
     }
 
     async fn all_connections(&self) -> Result<Vec<ConnectionRecord>> {
-        self.run(|conn| query_connections(conn, &format!("SELECT {CONNECTION_COLUMNS} FROM connections"), Vec::new())).await
+        self.run(|conn| {
+            query_connections(
+                conn,
+                &format!("SELECT {CONNECTION_COLUMNS} FROM connections"),
+                Vec::new(),
+            )
+        })
+        .await
     }
 
     async fn list_connections(&self, query: &ListQuery) -> Result<Vec<ConnectionRecord>> {
@@ -515,7 +584,11 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             let n = conn.execute(
                 "DELETE FROM connections WHERE tenant_id = ?1 AND provider = ?2 AND user_id = ?3",
-                params![key.tenant.as_str(), key.provider.as_str(), key.user.as_str()],
+                params![
+                    key.tenant.as_str(),
+                    key.provider.as_str(),
+                    key.user.as_str()
+                ],
             )?;
             Ok(n > 0)
         })
@@ -577,7 +650,11 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             let n = conn.execute(
                 "DELETE FROM secrets WHERE tenant_id = ?1 AND provider = ?2 AND name = ?3",
-                params![key.tenant.as_str(), provider_column(&key.provider), key.name.as_str()],
+                params![
+                    key.tenant.as_str(),
+                    provider_column(&key.provider),
+                    key.name.as_str()
+                ],
             )?;
             Ok(n > 0)
         })

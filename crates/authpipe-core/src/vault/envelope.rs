@@ -44,7 +44,8 @@ pub struct RecordPlace<'a> {
 
 /// Concatenates a domain label and length-prefixed parts.
 fn associated_data(domain: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(domain.len() + parts.iter().map(|p| p.len() + 4).sum::<usize>());
+    let mut out =
+        Vec::with_capacity(domain.len() + parts.iter().map(|p| p.len() + 4).sum::<usize>());
     out.extend_from_slice(domain);
     for part in parts {
         out.extend_from_slice(&(part.len() as u32).to_be_bytes());
@@ -68,7 +69,12 @@ fn record_aad(header: &[u8], place: &RecordPlace<'_>) -> Vec<u8> {
 }
 
 /// Encrypts `plaintext` for `place` under a tenant data key.
-pub fn seal_record(cipher: &Aes256Gcm, generation: u32, place: &RecordPlace<'_>, plaintext: &[u8]) -> Result<Sealed> {
+pub fn seal_record(
+    cipher: &Aes256Gcm,
+    generation: u32,
+    place: &RecordPlace<'_>,
+    plaintext: &[u8],
+) -> Result<Sealed> {
     let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
     let mut header = [0u8; RECORD_HEADER_LEN];
     header[0] = RECORD_FORMAT_V1;
@@ -76,7 +82,13 @@ pub fn seal_record(cipher: &Aes256Gcm, generation: u32, place: &RecordPlace<'_>,
     header[5..].copy_from_slice(&nonce);
     let aad = record_aad(&header, place);
     let ciphertext = cipher
-        .encrypt(&nonce, Payload { msg: plaintext, aad: &aad })
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad: &aad,
+            },
+        )
         .map_err(|_| Error::internal("AES-GCM encryption failed"))?;
     let mut out = Vec::with_capacity(RECORD_HEADER_LEN + ciphertext.len());
     out.extend_from_slice(&header);
@@ -98,7 +110,11 @@ pub fn record_generation(sealed: &Sealed) -> Result<u32> {
 
 /// Decrypts a record sealed for `place`. Any change to the bytes, or a different place, fails
 /// with `VAULT_INTEGRITY`.
-pub fn open_record(cipher: &Aes256Gcm, place: &RecordPlace<'_>, sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>> {
+pub fn open_record(
+    cipher: &Aes256Gcm,
+    place: &RecordPlace<'_>,
+    sealed: &Sealed,
+) -> Result<Zeroizing<Vec<u8>>> {
     record_generation(sealed)?;
     let (header, ciphertext) = sealed.0.split_at(RECORD_HEADER_LEN);
     let aad = record_aad(header, place);
@@ -119,7 +135,11 @@ pub fn open_record(cipher: &Aes256Gcm, place: &RecordPlace<'_>, sealed: &Sealed)
 fn tenant_key_aad(tenant: &str, master_key_id: &str, generation: u32) -> Vec<u8> {
     associated_data(
         b"authpipe.tenant-key.v1",
-        &[tenant.as_bytes(), master_key_id.as_bytes(), &generation.to_be_bytes()],
+        &[
+            tenant.as_bytes(),
+            master_key_id.as_bytes(),
+            &generation.to_be_bytes(),
+        ],
     )
 }
 
@@ -133,7 +153,13 @@ const KEY_CHECK_PLAINTEXT: &[u8] = b"authpipe master key check";
 fn seal_raw(cipher: &Aes256Gcm, aad: &[u8], plaintext: &[u8]) -> Result<Sealed> {
     let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
     let ciphertext = cipher
-        .encrypt(&nonce, Payload { msg: plaintext, aad })
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .map_err(|_| Error::internal("AES-GCM encryption failed"))?;
     let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
     out.extend_from_slice(&nonce);
@@ -147,13 +173,29 @@ fn open_raw(cipher: &Aes256Gcm, aad: &[u8], sealed: &Sealed) -> Option<Zeroizing
     }
     let (nonce, ciphertext) = sealed.0.split_at(NONCE_LEN);
     cipher
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad })
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
         .ok()
         .map(Zeroizing::new)
 }
 
-pub fn wrap_tenant_key(master: &Aes256Gcm, master_key_id: &str, tenant: &str, generation: u32, key: &[u8]) -> Result<Sealed> {
-    seal_raw(master, &tenant_key_aad(tenant, master_key_id, generation), key)
+pub fn wrap_tenant_key(
+    master: &Aes256Gcm,
+    master_key_id: &str,
+    tenant: &str,
+    generation: u32,
+    key: &[u8],
+) -> Result<Sealed> {
+    seal_raw(
+        master,
+        &tenant_key_aad(tenant, master_key_id, generation),
+        key,
+    )
 }
 
 /// `None` when the key does not authenticate under this master key and place.
@@ -164,7 +206,11 @@ pub fn unwrap_tenant_key(
     generation: u32,
     wrapped: &Sealed,
 ) -> Option<Zeroizing<Vec<u8>>> {
-    open_raw(master, &tenant_key_aad(tenant, master_key_id, generation), wrapped)
+    open_raw(
+        master,
+        &tenant_key_aad(tenant, master_key_id, generation),
+        wrapped,
+    )
 }
 
 pub fn make_key_check(master: &Aes256Gcm, master_key_id: &str) -> Result<Sealed> {
@@ -172,7 +218,8 @@ pub fn make_key_check(master: &Aes256Gcm, master_key_id: &str) -> Result<Sealed>
 }
 
 pub fn verify_key_check(master: &Aes256Gcm, master_key_id: &str, check: &Sealed) -> bool {
-    open_raw(master, &key_check_aad(master_key_id), check).is_some_and(|p| p.as_slice() == KEY_CHECK_PLAINTEXT)
+    open_raw(master, &key_check_aad(master_key_id), check)
+        .is_some_and(|p| p.as_slice() == KEY_CHECK_PLAINTEXT)
 }
 
 #[cfg(test)]
@@ -185,7 +232,13 @@ mod tests {
     }
 
     fn place<'a>(tenant: &'a str, user: &'a str, field: &'a str) -> RecordPlace<'a> {
-        RecordPlace { tenant, scope: "connection", provider: "attio", subject: user, field }
+        RecordPlace {
+            tenant,
+            scope: "connection",
+            provider: "attio",
+            subject: user,
+            field,
+        }
     }
 
     #[test]
@@ -204,7 +257,11 @@ mod tests {
     fn any_other_place_fails() {
         let c = cipher(1);
         let sealed = seal_record(&c, 1, &place("t1", "u1", "credential"), b"token").unwrap();
-        for other in [place("t2", "u1", "credential"), place("t1", "u2", "credential"), place("t1", "u1", "refresh_token")] {
+        for other in [
+            place("t2", "u1", "credential"),
+            place("t1", "u2", "credential"),
+            place("t1", "u1", "refresh_token"),
+        ] {
             let err = open_record(&c, &other, &sealed).unwrap_err();
             assert_eq!(err.code, ErrorCode::VaultIntegrity);
         }
@@ -230,7 +287,12 @@ mod tests {
     fn tenant_keys_and_key_checks_bind_their_context() {
         let m = cipher(9);
         let wrapped = wrap_tenant_key(&m, "k1", "t1", 1, &[5; 32]).unwrap();
-        assert_eq!(unwrap_tenant_key(&m, "k1", "t1", 1, &wrapped).unwrap().as_slice(), &[5; 32]);
+        assert_eq!(
+            unwrap_tenant_key(&m, "k1", "t1", 1, &wrapped)
+                .unwrap()
+                .as_slice(),
+            &[5; 32]
+        );
         assert!(unwrap_tenant_key(&m, "k1", "t2", 1, &wrapped).is_none());
         assert!(unwrap_tenant_key(&m, "k2", "t1", 1, &wrapped).is_none());
         assert!(unwrap_tenant_key(&m, "k1", "t1", 2, &wrapped).is_none());

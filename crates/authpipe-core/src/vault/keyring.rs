@@ -45,8 +45,13 @@ impl MasterKey {
             }
             None => default_key_id(&fingerprint),
         };
-        let cipher = Aes256Gcm::new_from_slice(&bytes[..]).map_err(|_| Error::internal("AES key length"))?;
-        Ok(Self { id, fingerprint, cipher })
+        let cipher =
+            Aes256Gcm::new_from_slice(&bytes[..]).map_err(|_| Error::internal("AES key length"))?;
+        Ok(Self {
+            id,
+            fingerprint,
+            cipher,
+        })
     }
 
     /// A fresh random key (development default, tests).
@@ -63,19 +68,22 @@ impl MasterKey {
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MasterKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("MasterKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
 fn decode_key(encoded: &str) -> Option<Zeroizing<Vec<u8>>> {
     let trimmed = encoded.trim();
-    let decoded = if trimmed.len() == KEY_BYTES * 2 && trimmed.bytes().all(|b| b.is_ascii_hexdigit()) {
-        decode_hex(trimmed)
-    } else {
-        [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD]
-            .iter()
-            .find_map(|engine| engine.decode(trimmed).ok())
-    }?;
+    let decoded =
+        if trimmed.len() == KEY_BYTES * 2 && trimmed.bytes().all(|b| b.is_ascii_hexdigit()) {
+            decode_hex(trimmed)
+        } else {
+            [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD]
+                .iter()
+                .find_map(|engine| engine.decode(trimmed).ok())
+        }?;
     let decoded = Zeroizing::new(decoded);
     (decoded.len() == KEY_BYTES).then_some(decoded)
 }
@@ -90,7 +98,9 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 fn check_key_id(id: &str, field: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if ok {
         Ok(())
     } else {
@@ -108,7 +118,10 @@ fn fingerprint(key: &[u8]) -> [u8; 32] {
 }
 
 fn default_key_id(fingerprint: &[u8; 32]) -> String {
-    let hex: String = fingerprint[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = fingerprint[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("k-{hex}")
 }
 
@@ -122,12 +135,17 @@ impl Keyring {
     /// Builds a keyring; rejects an empty list, duplicate ids and the same key under two ids.
     pub fn new(keys: Vec<MasterKey>) -> Result<Self> {
         if keys.is_empty() {
-            return Err(Error::invalid_argument("masterKeys must contain at least one key"));
+            return Err(Error::invalid_argument(
+                "masterKeys must contain at least one key",
+            ));
         }
         for (i, key) in keys.iter().enumerate() {
             for other in &keys[..i] {
                 if other.id == key.id {
-                    return Err(Error::invalid_argument(format!("masterKeys has two keys with id '{}'", key.id)));
+                    return Err(Error::invalid_argument(format!(
+                        "masterKeys has two keys with id '{}'",
+                        key.id
+                    )));
                 }
                 if other.fingerprint == key.fingerprint {
                     return Err(Error::invalid_argument(format!(
@@ -146,7 +164,11 @@ impl Keyring {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let field = if configs.len() == 1 && c.id.is_none() { "masterKey".to_owned() } else { format!("masterKeys[{i}].key") };
+                let field = if configs.len() == 1 && c.id.is_none() {
+                    "masterKey".to_owned()
+                } else {
+                    format!("masterKeys[{i}].key")
+                };
                 MasterKey::parse(c.id.as_deref(), &c.key, &field)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -184,7 +206,11 @@ impl Keyring {
     /// in one process must agree, or one of them would write what the other cannot read).
     pub fn same_keys(&self, other: &Keyring) -> bool {
         self.keys.len() == other.keys.len()
-            && self.keys.iter().zip(&other.keys).all(|(a, b)| a.id == b.id && a.fingerprint == b.fingerprint)
+            && self
+                .keys
+                .iter()
+                .zip(&other.keys)
+                .all(|(a, b)| a.id == b.id && a.fingerprint == b.fingerprint)
     }
 }
 
@@ -203,7 +229,12 @@ mod tests {
         let hex = "3031323334353637383961626364656630313233343536373839616263646566";
         let ids: Vec<String> = [B64, B64.trim_end_matches('='), hex]
             .iter()
-            .map(|e| MasterKey::parse(None, &secret(e), "masterKey").unwrap().id().to_owned())
+            .map(|e| {
+                MasterKey::parse(None, &secret(e), "masterKey")
+                    .unwrap()
+                    .id()
+                    .to_owned()
+            })
             .collect();
         assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
         assert!(ids[0].starts_with("k-"));
@@ -213,7 +244,11 @@ mod tests {
     fn rejects_wrong_lengths_without_echoing_the_value() {
         for bad in ["", "short", "MDEyMzQ1Njc4OWFiY2RlZg==", &"ab".repeat(33)] {
             let err = MasterKey::parse(None, &secret(bad), "masterKey").unwrap_err();
-            assert!(err.message.starts_with("masterKey must be 32 random bytes"), "{}", err.message);
+            assert!(
+                err.message.starts_with("masterKey must be 32 random bytes"),
+                "{}",
+                err.message
+            );
             if !bad.is_empty() {
                 assert!(!err.message.contains(bad));
             }
@@ -230,10 +265,16 @@ mod tests {
     fn keyring_rules() {
         let (a, _) = MasterKey::generate(Some("a")).unwrap();
         let (a2, _) = MasterKey::generate(Some("a")).unwrap();
-        assert!(Keyring::new(vec![a, a2]).unwrap_err().message.contains("two keys with id 'a'"));
+        assert!(Keyring::new(vec![a, a2])
+            .unwrap_err()
+            .message
+            .contains("two keys with id 'a'"));
         let same1 = MasterKey::parse(Some("x"), &secret(B64), "k").unwrap();
         let same2 = MasterKey::parse(Some("y"), &secret(B64), "k").unwrap();
-        assert!(Keyring::new(vec![same1, same2]).unwrap_err().message.contains("same key material"));
+        assert!(Keyring::new(vec![same1, same2])
+            .unwrap_err()
+            .message
+            .contains("same key material"));
         assert!(Keyring::new(vec![]).is_err());
 
         let (p, _) = MasterKey::generate(Some("new")).unwrap();

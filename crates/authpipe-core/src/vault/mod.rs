@@ -38,7 +38,9 @@ pub struct TenantKey {
 
 impl fmt::Debug for TenantKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TenantKey").field("generation", &self.generation).finish_non_exhaustive()
+        f.debug_struct("TenantKey")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,7 +53,10 @@ pub struct Vault {
 
 impl Vault {
     pub fn new(keyring: Keyring) -> Self {
-        Self { keyring: RwLock::new(keyring), tenant_keys: DashMap::new() }
+        Self {
+            keyring: RwLock::new(keyring),
+            tenant_keys: DashMap::new(),
+        }
     }
 
     pub fn same_keys(&self, other: &Keyring) -> bool {
@@ -78,7 +83,9 @@ impl Vault {
         let keyring = self.keyring.read();
         let configured: Vec<&str> = keyring.ids().collect();
         for record in stored {
-            let Some(key) = keyring.get(&record.id) else { continue };
+            let Some(key) = keyring.get(&record.id) else {
+                continue;
+            };
             if let Some(retired_at) = record.retired_at {
                 return Err(Error::invalid_argument(format!(
                     "master key '{}' was retired (at {retired_at} ms since epoch); remove it from masterKeys",
@@ -95,8 +102,11 @@ impl Vault {
                 ));
             }
         }
-        let missing: Vec<&str> =
-            wrapping_key_ids.iter().map(String::as_str).filter(|id| keyring.get(id).is_none()).collect();
+        let missing: Vec<&str> = wrapping_key_ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| keyring.get(id).is_none())
+            .collect();
         if !missing.is_empty() {
             return Err(Error::new(
                 ErrorCode::VaultKeyMismatch,
@@ -108,7 +118,11 @@ impl Vault {
                 ),
             ));
         }
-        let active: Vec<&str> = stored.iter().filter(|r| r.retired_at.is_none()).map(|r| r.id.as_str()).collect();
+        let active: Vec<&str> = stored
+            .iter()
+            .filter(|r| r.retired_at.is_none())
+            .map(|r| r.id.as_str())
+            .collect();
         if !active.is_empty() && !active.iter().any(|id| keyring.get(id).is_some()) {
             return Err(Error::new(
                 ErrorCode::VaultKeyMismatch,
@@ -140,7 +154,13 @@ impl Vault {
         let key: Zeroizing<[u8; KEY_BYTES]> = Zeroizing::new(rand::random());
         let keyring = self.keyring.read();
         let primary = keyring.primary();
-        let wrapped = envelope::wrap_tenant_key(&primary.cipher, primary.id(), tenant.as_str(), FIRST_GENERATION, &key[..])?;
+        let wrapped = envelope::wrap_tenant_key(
+            &primary.cipher,
+            primary.id(),
+            tenant.as_str(),
+            FIRST_GENERATION,
+            &key[..],
+        )?;
         Ok(TenantKeyRecord {
             tenant: tenant.clone(),
             generation: FIRST_GENERATION,
@@ -183,8 +203,12 @@ impl Vault {
                 ),
             )
         })?;
-        let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| Error::internal("tenant key length"))?;
-        let key = Arc::new(TenantKey { generation: record.generation, cipher });
+        let cipher =
+            Aes256Gcm::new_from_slice(&bytes).map_err(|_| Error::internal("tenant key length"))?;
+        let key = Arc::new(TenantKey {
+            generation: record.generation,
+            cipher,
+        });
         self.tenant_keys.insert(record.tenant.clone(), key.clone());
         Ok(key)
     }
@@ -206,17 +230,40 @@ impl Vault {
             return Ok(None);
         }
         let old = keyring.get(&record.master_key_id).ok_or_else(|| {
-            Error::new(ErrorCode::VaultKeyMismatch, format!("master key '{}' is not configured", record.master_key_id))
+            Error::new(
+                ErrorCode::VaultKeyMismatch,
+                format!("master key '{}' is not configured", record.master_key_id),
+            )
         })?;
-        let bytes = envelope::unwrap_tenant_key(&old.cipher, old.id(), record.tenant.as_str(), record.generation, &record.wrapped)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::VaultKeyMismatch,
-                    format!("the data key of tenant '{}' does not decrypt with master key '{}'", record.tenant, old.id()),
-                )
-            })?;
-        let wrapped = envelope::wrap_tenant_key(&primary.cipher, primary.id(), record.tenant.as_str(), record.generation, &bytes)?;
-        Ok(Some(TenantKeyRecord { master_key_id: primary.id().to_owned(), wrapped, ..record.clone() }))
+        let bytes = envelope::unwrap_tenant_key(
+            &old.cipher,
+            old.id(),
+            record.tenant.as_str(),
+            record.generation,
+            &record.wrapped,
+        )
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::VaultKeyMismatch,
+                format!(
+                    "the data key of tenant '{}' does not decrypt with master key '{}'",
+                    record.tenant,
+                    old.id()
+                ),
+            )
+        })?;
+        let wrapped = envelope::wrap_tenant_key(
+            &primary.cipher,
+            primary.id(),
+            record.tenant.as_str(),
+            record.generation,
+            &bytes,
+        )?;
+        Ok(Some(TenantKeyRecord {
+            master_key_id: primary.id().to_owned(),
+            wrapped,
+            ..record.clone()
+        }))
     }
 
     /// Removes a retired key from memory.
@@ -224,11 +271,21 @@ impl Vault {
         self.keyring.write().remove(id)
     }
 
-    pub fn seal(&self, key: &TenantKey, place: &RecordPlace<'_>, plaintext: &[u8]) -> Result<Sealed> {
+    pub fn seal(
+        &self,
+        key: &TenantKey,
+        place: &RecordPlace<'_>,
+        plaintext: &[u8],
+    ) -> Result<Sealed> {
         envelope::seal_record(&key.cipher, key.generation, place, plaintext)
     }
 
-    pub fn open(&self, key: &TenantKey, place: &RecordPlace<'_>, sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>> {
+    pub fn open(
+        &self,
+        key: &TenantKey,
+        place: &RecordPlace<'_>,
+        sealed: &Sealed,
+    ) -> Result<Zeroizing<Vec<u8>>> {
         let generation = envelope::record_generation(sealed)?;
         if generation != key.generation {
             return Err(Error::new(
@@ -247,7 +304,10 @@ fn quote_list(ids: &[&str]) -> String {
     if ids.is_empty() {
         return "none".to_owned();
     }
-    ids.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(", ")
+    ids.iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -255,12 +315,21 @@ mod tests {
     use super::*;
 
     fn vault(ids: &[&str]) -> (Vault, Vec<secrecy::SecretString>) {
-        let (keys, secrets): (Vec<_>, Vec<_>) = ids.iter().map(|id| MasterKey::generate(Some(id)).unwrap()).unzip();
+        let (keys, secrets): (Vec<_>, Vec<_>) = ids
+            .iter()
+            .map(|id| MasterKey::generate(Some(id)).unwrap())
+            .unzip();
         (Vault::new(Keyring::new(keys).unwrap()), secrets)
     }
 
     fn place(tenant: &str) -> RecordPlace<'_> {
-        RecordPlace { tenant, scope: "connection", provider: "attio", subject: "u", field: "credential" }
+        RecordPlace {
+            tenant,
+            scope: "connection",
+            provider: "attio",
+            subject: "u",
+            field: "credential",
+        }
     }
 
     #[test]
@@ -271,9 +340,15 @@ mod tests {
         let k1 = v.unwrap(&v.new_tenant_key(&t1, 0).unwrap()).unwrap();
         let k2 = v.unwrap(&v.new_tenant_key(&t2, 0).unwrap()).unwrap();
         let sealed = v.seal(&k1, &place("t1"), b"tok").unwrap();
-        assert_eq!(v.open(&k1, &place("t1"), &sealed).unwrap().as_slice(), b"tok");
+        assert_eq!(
+            v.open(&k1, &place("t1"), &sealed).unwrap().as_slice(),
+            b"tok"
+        );
         // Even with the AAD of t1, t2's key cannot open it.
-        assert_eq!(v.open(&k2, &place("t1"), &sealed).unwrap_err().code, ErrorCode::VaultIntegrity);
+        assert_eq!(
+            v.open(&k2, &place("t1"), &sealed).unwrap_err().code,
+            ErrorCode::VaultIntegrity
+        );
     }
 
     #[test]
@@ -281,7 +356,9 @@ mod tests {
         let (old_vault, secrets) = vault(&["old"]);
         let t = TenantId::parse("t").unwrap();
         let record = old_vault.new_tenant_key(&t, 0).unwrap();
-        let sealed = old_vault.seal(&old_vault.unwrap(&record).unwrap(), &place("t"), b"tok").unwrap();
+        let sealed = old_vault
+            .seal(&old_vault.unwrap(&record).unwrap(), &place("t"), b"tok")
+            .unwrap();
 
         let (new_key, _) = MasterKey::generate(Some("new")).unwrap();
         let old_key = MasterKey::parse(Some("old"), &secrets[0], "k").unwrap();
@@ -292,9 +369,16 @@ mod tests {
         rotated.retire("old").unwrap();
         rotated.forget(&t);
         let key = rotated.unwrap(&rewrapped).unwrap();
-        assert_eq!(rotated.open(&key, &place("t"), &sealed).unwrap().as_slice(), b"tok");
+        assert_eq!(
+            rotated.open(&key, &place("t"), &sealed).unwrap().as_slice(),
+            b"tok"
+        );
         rotated.forget(&t);
-        assert_eq!(rotated.unwrap(&record).unwrap_err().code, ErrorCode::VaultKeyMismatch, "old key retired");
+        assert_eq!(
+            rotated.unwrap(&record).unwrap_err().code,
+            ErrorCode::VaultKeyMismatch,
+            "old key retired"
+        );
     }
 
     #[test]
@@ -302,20 +386,44 @@ mod tests {
         let (v, _) = vault(&["k1"]);
         let fresh = v.reconcile(&[], &BTreeSet::new(), 5).unwrap();
         assert_eq!(fresh.len(), 1);
-        assert!(v.reconcile(&fresh, &BTreeSet::from(["k1".to_owned()]), 6).unwrap().is_empty());
+        assert!(v
+            .reconcile(&fresh, &BTreeSet::from(["k1".to_owned()]), 6)
+            .unwrap()
+            .is_empty());
 
         let (impostor, _) = vault(&["k1"]);
         let err = impostor.reconcile(&fresh, &BTreeSet::new(), 6).unwrap_err();
         assert_eq!(err.code, ErrorCode::VaultKeyMismatch);
-        assert!(err.message.contains("key material differs"), "{}", err.message);
+        assert!(
+            err.message.contains("key material differs"),
+            "{}",
+            err.message
+        );
 
         let (other, _) = vault(&["k2"]);
-        let err = other.reconcile(&fresh, &BTreeSet::from(["k1".to_owned()]), 6).unwrap_err();
-        assert!(err.message.contains("'k1'") && err.message.contains("configured: 'k2'"), "{}", err.message);
+        let err = other
+            .reconcile(&fresh, &BTreeSet::from(["k1".to_owned()]), 6)
+            .unwrap_err();
+        assert!(
+            err.message.contains("'k1'") && err.message.contains("configured: 'k2'"),
+            "{}",
+            err.message
+        );
         let err = other.reconcile(&fresh, &BTreeSet::new(), 6).unwrap_err();
-        assert!(err.message.contains("none of which is configured"), "{}", err.message);
+        assert!(
+            err.message.contains("none of which is configured"),
+            "{}",
+            err.message
+        );
 
-        let retired = vec![MasterKeyRecord { retired_at: Some(1), ..fresh[0].clone() }];
-        assert!(v.reconcile(&retired, &BTreeSet::new(), 6).unwrap_err().message.contains("was retired"));
+        let retired = vec![MasterKeyRecord {
+            retired_at: Some(1),
+            ..fresh[0].clone()
+        }];
+        assert!(v
+            .reconcile(&retired, &BTreeSet::new(), 6)
+            .unwrap_err()
+            .message
+            .contains("was retired"));
     }
 }
