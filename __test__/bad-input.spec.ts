@@ -81,15 +81,14 @@ describe('bad input never crashes, never half-stores, never echoes a secret', ()
     }
   });
 
-  test('options checked by the engine reject ready() with INVALID_ARGUMENT', async () => {
+  test('options checked by the core also throw from the constructor', () => {
     for (const [options, message] of [
       [{ store: 'postgres://localhost/db', masterKey: newKey() }, /PostgreSQL stores are not available/],
       [{ store: ':memory:', masterKeys: [{ id: 'bad id!', key: newKey() }] }, /id must be 1-64 characters/],
       [{ store: ':memory:', masterKeys: [{ id: 'a', key: newKey() }, { id: 'a', key: newKey() }] }, /two keys with id 'a'/],
+      [{ store: ':memory:', masterKey: newKey(), providers: { 'Bad Id': {} } }, /provider must be lowercase/],
     ] as const) {
-      const authpipe = new Authpipe(options);
-      expect((await rejection(authpipe.ready(), 'INVALID_ARGUMENT')).message).toMatch(message);
-      await authpipe.close();
+      expect(() => new Authpipe(options)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(message) }));
     }
   });
 

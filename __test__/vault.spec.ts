@@ -57,12 +57,24 @@ describe('master keys', () => {
     await onlyOld.close();
   });
 
-  test('bad key material rejects ready() with INVALID_ARGUMENT naming the option', async () => {
-    const authpipe = new Authpipe({ store: ':memory:', masterKey: 'c2hvcnQ=' });
-    const err = await rejection(authpipe.ready(), 'INVALID_ARGUMENT');
-    expect(err.message).toMatch(/^masterKey must be 32 random bytes/);
-    expect(err.message).not.toContain('c2hvcnQ=');
-    await authpipe.close();
+  test('bad key material throws INVALID_ARGUMENT from the constructor, naming the option, not the value', () => {
+    for (const [options, field] of [
+      [{ masterKey: 'c2hvcnQ=' }, /^masterKey must be 32 random bytes/],
+      [{ masterKey: Buffer.alloc(31) }, /^masterKey must be 32 random bytes/],
+      [{ masterKeys: [{ id: 'a', key: newKey() }, { id: 'b', key: 'c2hvcnQ=' }] }, /^masterKeys\[1\]\.key must be 32 random bytes/],
+    ] as const) {
+      const err = (() => {
+        try {
+          new Authpipe({ store: ':memory:', ...options });
+        } catch (e) {
+          return e as Error;
+        }
+        throw new Error('did not throw');
+      })();
+      expect(err).toMatchObject({ name: 'AuthpipeError', code: 'INVALID_ARGUMENT' });
+      expect(err.message).toMatch(field);
+      expect(err.message).not.toContain('c2hvcnQ=');
+    }
   });
 });
 

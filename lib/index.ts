@@ -61,8 +61,14 @@ export class Authpipe {
     const memoLimit = args.optionalInteger(opts.memoLimit, 'memoLimit') ?? DEFAULT_MEMO_LIMIT;
     if (memoLimit < 0) throw invalidArgument('memoLimit must not be negative');
 
+    const openInput = { store, masterKeys, production: process.env.NODE_ENV === 'production', providers: Object.keys(providers) };
+    try {
+      native.checkOptions(openInput);
+    } catch (err) {
+      throw fromNative(err);
+    }
     this.#opening = native
-      .open({ store, masterKeys, production: process.env.NODE_ENV === 'production', providers: Object.keys(providers) })
+      .open(openInput)
       .then(
         (handle) => {
           if (this.#closed) handle.close();

@@ -16,16 +16,14 @@ use convert::{IntoNapi, OpenInput};
 use napi_derive::napi;
 use secrecy::SecretString;
 
-/// Opens (or joins) the engine for the configured store and returns an instance handle.
-#[napi]
-pub async fn open(input: OpenInput) -> napi::Result<NativeAuthpipe> {
+/// The core's view of `new Authpipe()` options.
+fn options(input: OpenInput) -> authpipe_core::Result<(EngineOptions, Catalog)> {
     let store = StoreLocation::parse(
         input
             .store
             .as_deref()
             .unwrap_or(StoreLocation::DEFAULT_PATH),
-    )
-    .napi()?;
+    )?;
     let keys = match input.master_keys {
         Some(keys) => MasterKeySource::Configured(
             keys.into_iter()
@@ -43,17 +41,31 @@ pub async fn open(input: OpenInput) -> napi::Result<NativeAuthpipe> {
         .providers
         .into_iter()
         .map(ProviderId::parse)
-        .collect::<Result<Vec<_>, _>>()
-        .napi()?;
-    let opened = open_shared(EngineOptions {
-        store,
-        keys,
-        clock: None,
-    })
-    .await
-    .napi()?;
+        .collect::<authpipe_core::Result<Vec<_>>>()?;
+    Ok((
+        EngineOptions {
+            store,
+            keys,
+            clock: None,
+        },
+        Catalog::new(custom),
+    ))
+}
+
+/// Checks options synchronously, so `new Authpipe()` can throw for them.
+#[napi(catch_unwind)]
+pub fn check_options(input: OpenInput) -> napi::Result<()> {
+    let (options, _) = options(input).napi()?;
+    authpipe_core::engine::check_options(&options).napi()
+}
+
+/// Opens (or joins) the engine for the configured store and returns an instance handle.
+#[napi]
+pub async fn open(input: OpenInput) -> napi::Result<NativeAuthpipe> {
+    let (options, catalog) = options(input).napi()?;
+    let opened = open_shared(options).await.napi()?;
     Ok(NativeAuthpipe::new(
-        Client::new(opened.engine, Catalog::new(custom)),
+        Client::new(opened.engine, catalog),
         opened.dev_key,
     ))
 }

@@ -9,7 +9,9 @@
 pub mod input;
 mod open;
 
-pub use open::{open_shared, DevKeyNotice, EngineOptions, MasterKeySource, Opened, StoreLocation};
+pub use open::{
+    check_options, open_shared, DevKeyNotice, EngineOptions, MasterKeySource, Opened, StoreLocation,
+};
 
 use crate::cache::{Cache, CachedConnection};
 use crate::clock::Clock;

@@ -83,6 +83,15 @@ static ENGINES: LazyLock<tokio::sync::Mutex<HashMap<PathBuf, Weak<Engine>>>> =
     LazyLock::new(Default::default);
 static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Checks options without opening anything: store location and configured key material.
+/// (What needs the store, such as whether the keys match it, is checked when opening.)
+pub fn check_options(options: &EngineOptions) -> Result<()> {
+    if let MasterKeySource::Configured(configs) = &options.keys {
+        Keyring::from_config(configs)?;
+    }
+    Ok(())
+}
+
 /// Opens the engine for `options.store`, or joins the one this process already has open for
 /// it. Instances sharing an engine must configure the same master keys.
 pub async fn open_shared(options: EngineOptions) -> Result<Opened> {
