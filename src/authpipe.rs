@@ -10,6 +10,7 @@ use crate::convert::{
 use crate::generation_pages::{page_buffer, PageBuffer};
 use authpipe_core::client::{encode_cursor, Client, ListFilter};
 use authpipe_core::engine::DevKeyNotice;
+use authpipe_core::ids::ConnectionKey;
 use authpipe_core::{Error, ErrorCode};
 use napi::Env;
 use napi_derive::napi;
@@ -29,6 +30,18 @@ impl NativeAuthpipe {
             client: RwLock::new(Some(Arc::new(client))),
             dev_key,
         }
+    }
+
+    /// The client and a validated connection key.
+    fn connection_key(
+        &self,
+        provider: &str,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> napi::Result<(Arc<Client>, ConnectionKey)> {
+        let client = self.client()?;
+        let key = client.connection_key(provider, tenant_id, user_id).napi()?;
+        Ok((client, key))
     }
 
     fn client(&self) -> napi::Result<Arc<Client>> {
@@ -81,10 +94,7 @@ impl NativeAuthpipe {
         tenant_id: String,
         user_id: String,
     ) -> napi::Result<CredentialOutput> {
-        let client = self.client()?;
-        let key = client
-            .connection_key(&provider, &tenant_id, &user_id)
-            .napi()?;
+        let (client, key) = self.connection_key(&provider, &tenant_id, &user_id)?;
         client
             .engine()
             .credential(&key)
@@ -115,10 +125,7 @@ impl NativeAuthpipe {
         tenant_id: String,
         user_id: String,
     ) -> napi::Result<ConnectionOutput> {
-        let client = self.client()?;
-        let key = client
-            .connection_key(&provider, &tenant_id, &user_id)
-            .napi()?;
+        let (client, key) = self.connection_key(&provider, &tenant_id, &user_id)?;
         client
             .engine()
             .connection(&key)
@@ -153,10 +160,7 @@ impl NativeAuthpipe {
         tenant_id: String,
         user_id: String,
     ) -> napi::Result<bool> {
-        let client = self.client()?;
-        let key = client
-            .connection_key(&provider, &tenant_id, &user_id)
-            .napi()?;
+        let (client, key) = self.connection_key(&provider, &tenant_id, &user_id)?;
         client.engine().delete_connection(&key).await.napi()
     }
 

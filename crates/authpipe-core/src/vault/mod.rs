@@ -177,32 +177,7 @@ impl Vault {
                 return Ok(key);
             }
         }
-        let keyring = self.keyring.read();
-        let master = keyring.get(&record.master_key_id).ok_or_else(|| {
-            Error::new(
-                ErrorCode::VaultKeyMismatch,
-                format!(
-                    "tenant '{}' has its data key wrapped with master key '{}', which is not configured",
-                    record.tenant, record.master_key_id
-                ),
-            )
-        })?;
-        let bytes = envelope::unwrap_tenant_key(
-            &master.cipher,
-            &record.master_key_id,
-            record.tenant.as_str(),
-            record.generation,
-            &record.wrapped,
-        )
-        .ok_or_else(|| {
-            Error::new(
-                ErrorCode::VaultKeyMismatch,
-                format!(
-                    "the data key of tenant '{}' does not decrypt with master key '{}': wrong key material, or the wrapped key was altered",
-                    record.tenant, record.master_key_id
-                ),
-            )
-        })?;
+        let bytes = unwrap_key_bytes(&self.keyring.read(), record)?;
         let cipher =
             Aes256Gcm::new_from_slice(&bytes).map_err(|_| Error::internal("tenant key length"))?;
         let key = Arc::new(TenantKey {
@@ -229,29 +204,7 @@ impl Vault {
         if record.master_key_id == primary.id() {
             return Ok(None);
         }
-        let old = keyring.get(&record.master_key_id).ok_or_else(|| {
-            Error::new(
-                ErrorCode::VaultKeyMismatch,
-                format!("master key '{}' is not configured", record.master_key_id),
-            )
-        })?;
-        let bytes = envelope::unwrap_tenant_key(
-            &old.cipher,
-            old.id(),
-            record.tenant.as_str(),
-            record.generation,
-            &record.wrapped,
-        )
-        .ok_or_else(|| {
-            Error::new(
-                ErrorCode::VaultKeyMismatch,
-                format!(
-                    "the data key of tenant '{}' does not decrypt with master key '{}'",
-                    record.tenant,
-                    old.id()
-                ),
-            )
-        })?;
+        let bytes = unwrap_key_bytes(&keyring, record)?;
         let wrapped = envelope::wrap_tenant_key(
             &primary.cipher,
             primary.id(),
@@ -298,6 +251,29 @@ impl Vault {
         }
         envelope::open_record(&key.cipher, place, sealed)
     }
+}
+
+/// A tenant's data key, unwrapped with the master key its record names.
+fn unwrap_key_bytes(keyring: &Keyring, record: &TenantKeyRecord) -> Result<Zeroizing<Vec<u8>>> {
+    let master = keyring.get(&record.master_key_id).ok_or_else(|| {
+        Error::new(
+            ErrorCode::VaultKeyMismatch,
+            format!(
+                "tenant '{}' has its data key wrapped with master key '{}', which is not configured",
+                record.tenant, record.master_key_id
+            ),
+        )
+    })?;
+    envelope::unwrap_tenant_key(&master.cipher, master.id(), record.tenant.as_str(), record.generation, &record.wrapped)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::VaultKeyMismatch,
+                format!(
+                    "the data key of tenant '{}' does not decrypt with master key '{}': wrong key material, or the wrapped key was altered",
+                    record.tenant, record.master_key_id
+                ),
+            )
+        })
 }
 
 fn quote_list(ids: &[&str]) -> String {
