@@ -93,7 +93,11 @@ describe('bad input never crashes, never half-stores, never echoes a secret', ()
   });
 
   test('a custom provider from the providers option is known', async () => {
-    const custom = new Authpipe({ store: ':memory:', masterKey: newKey(), providers: { mycrm: {} } });
+    const custom = new Authpipe({
+      store: ':memory:',
+      masterKey: newKey(),
+      providers: { mycrm: { authorizeUrl: 'https://crm.example/authorize', tokenUrl: 'https://crm.example/token' } },
+    });
     await custom.importConnection({ ...ok, provider: 'mycrm', apiKey: SECRET });
     expect((await custom.getCredential({ ...ok, provider: 'mycrm' })).credential).toBe(SECRET);
     await custom.close();

@@ -48,9 +48,9 @@ describe('importConnection and getCredential', () => {
     await authpipe.importConnection({ ...acme, accessToken: 'second-token' });
     expect((await authpipe.getCredential(acme)).credential).toBe('second-token');
 
-    expect(await authpipe.deleteConnection(acme)).toBe(true);
+    expect(await authpipe.deleteConnection(acme)).toMatchObject({ deleted: true });
     await rejection(authpipe.getCredential(acme), 'CONNECTION_NOT_FOUND');
-    expect(await authpipe.deleteConnection(acme)).toBe(false);
+    expect(await authpipe.deleteConnection(acme)).toMatchObject({ deleted: false });
   });
 
   test('an expired access token is never served', async () => {

@@ -27,6 +27,32 @@ export type AuthpipeErrorCode =
   | 'KEY_IN_USE'
   /** The store failed (I/O, SQL, not an Authpipe store). */
   | 'STORE_ERROR'
+  /** The user (or the provider) declined the authorization (`error=access_denied`). */
+  | 'AUTHORIZATION_DENIED'
+  /** The provider answered the authorization request with another error. */
+  | 'AUTHORIZATION_FAILED'
+  /** A callback's `state` is missing or unknown. */
+  | 'INVALID_STATE'
+  /** The connect flow expired (10 minutes) before the callback. */
+  | 'STATE_EXPIRED'
+  /** The callback was already handled: a state is usable once. */
+  | 'STATE_ALREADY_USED'
+  /** The callback arrived for another provider than the flow was started for. */
+  | 'STATE_PROVIDER_MISMATCH'
+  /** The callback did not come from the browser that started the flow. */
+  | 'BROWSER_MISMATCH'
+  /** The callback's `iss` is not the provider's issuer, or is missing where required (RFC 9207). */
+  | 'ISSUER_MISMATCH'
+  /** The provider refused to exchange the authorization code. */
+  | 'CODE_EXCHANGE_FAILED'
+  /** The provider answered with something that is not a valid OAuth response. */
+  | 'PROVIDER_ERROR'
+  /** The provider did not answer in time, or could not be reached. */
+  | 'PROVIDER_TIMEOUT'
+  /** The connection lacks a scope the app requires (`requiredScopes`). */
+  | 'INSUFFICIENT_SCOPE'
+  /** A connect session token is unknown, expired, or not valid for that provider. */
+  | 'SESSION_INVALID'
   /** The instance was closed. */
   | 'CLOSED'
   /** A bug in @authpipe/node (an invariant broke or Rust panicked); the operation did not complete. */
@@ -45,6 +71,19 @@ export const ERROR_CODES: readonly AuthpipeErrorCode[] = Object.freeze([
   'VAULT_INTEGRITY',
   'KEY_IN_USE',
   'STORE_ERROR',
+  'AUTHORIZATION_DENIED',
+  'AUTHORIZATION_FAILED',
+  'INVALID_STATE',
+  'STATE_EXPIRED',
+  'STATE_ALREADY_USED',
+  'STATE_PROVIDER_MISMATCH',
+  'BROWSER_MISMATCH',
+  'ISSUER_MISMATCH',
+  'CODE_EXCHANGE_FAILED',
+  'PROVIDER_ERROR',
+  'PROVIDER_TIMEOUT',
+  'INSUFFICIENT_SCOPE',
+  'SESSION_INVALID',
   'CLOSED',
   'INTERNAL',
 ]);

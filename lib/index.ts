@@ -9,10 +9,18 @@
  */
 import * as args from './args';
 import { AuthpipeError, fromNative, invalidArgument } from './errors';
+import { createHandler, type HandlerOptions } from './handler';
 import { CredentialMemo } from './memo';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { native, type ConnectionOutput, type CredentialOutput, type NativeAuthpipe } from './native';
 import type {
   AuthpipeOptions,
+  CallbackInput,
+  CallbackOptions,
+  ConnectSession,
+  DeleteConnectionResult,
+  StartConnectInput,
+  StartedConnect,
   AuthpipeStats,
   Connection,
   ConnectionPage,
@@ -28,6 +36,7 @@ import type {
 } from './types';
 
 export { AuthpipeError, ERROR_CODES, type AuthpipeErrorCode } from './errors';
+export type { ConnectResultMessage, HandlerOptions } from './handler';
 export type * from './types';
 
 const DEFAULT_MEMO_LIMIT = 100_000;
@@ -60,8 +69,16 @@ export class Authpipe {
     for (const [id, config] of Object.entries(providers)) args.object(config, `providers.${id}`);
     const memoLimit = args.optionalInteger(opts.memoLimit, 'memoLimit') ?? DEFAULT_MEMO_LIMIT;
     if (memoLimit < 0) throw invalidArgument('memoLimit must not be negative');
+    const httpTimeoutMs = args.optionalInteger(opts.httpTimeoutMs, 'httpTimeoutMs');
+    if (httpTimeoutMs !== undefined && (httpTimeoutMs < 1 || httpTimeoutMs > 120_000)) throw invalidArgument('httpTimeoutMs must be between 1 and 120000');
 
-    const openInput = { store, masterKeys, production: process.env.NODE_ENV === 'production', providers: Object.keys(providers) };
+    const openInput = {
+      store,
+      masterKeys,
+      production: process.env.NODE_ENV === 'production',
+      providers: args.optionalJsonObject(providers, 'providers') ?? '{}',
+      httpTimeoutMs,
+    };
     try {
       native.checkOptions(openInput);
     } catch (err) {
@@ -177,12 +194,106 @@ export class Authpipe {
     return Object.freeze({ connections: Object.freeze(page.connections.map(toConnection)), nextCursor: page.nextCursor ?? null });
   }
 
-  /** Deletes a connection. Resolves `true` if it existed. */
-  async deleteConnection(ref: ConnectionRef): Promise<boolean> {
+  /**
+   * Deletes a connection: revokes it at the provider where a revocation endpoint exists
+   * (RFC 7009, the refresh token), then deletes it here whatever the provider said.
+   */
+  async deleteConnection(ref: ConnectionRef): Promise<DeleteConnectionResult> {
     const { provider, tenantId, userId } = connectionRef(ref);
     const handle = await this.#handle();
     this.#memo?.delete(provider, tenantId, userId);
-    return call(() => handle.deleteConnection(provider, tenantId, userId));
+    const result = await call(() => handle.deleteConnection(provider, tenantId, userId));
+    return Object.freeze({
+      deleted: result.existed,
+      revocation: result.revocation as DeleteConnectionResult['revocation'],
+      revocationError: result.revocationError ?? null,
+    });
+  }
+
+  /**
+   * Starts connecting a user's account: returns the provider's authorization URL (PKCE S256
+   * where the provider accepts it, a 256-bit single-use `state` stored hashed, valid 10 minutes).
+   * Most apps use {@link Authpipe.handler} instead, which also binds the flow to the browser.
+   * @example
+   * const { url } = await authpipe.startConnect({ provider: 'attio', tenantId: 'org_acme', userId: 'user_123' });
+   * res.redirect(url);
+   */
+  async startConnect(input: StartConnectInput): Promise<StartedConnect> {
+    const ref = connectionRef(input);
+    const i = input as unknown as Record<string, unknown>;
+    const scopes = args.optionalStrings(i.scopes, 'scopes');
+    const redirectUri = args.optionalString(i.redirectUri, 'redirectUri');
+    return this.#start({ ...ref, scopes, redirectUri });
+  }
+
+  async #start(input: StartConnectInput & { browserBinding?: string }): Promise<StartedConnect & { callbackMethod: string }> {
+    const handle = await this.#handle();
+    const started = await call(() => handle.startConnect({ ...input, scopes: input.scopes ? [...input.scopes] : undefined }));
+    return Object.freeze({ url: started.url, state: started.state, expiresAt: new Date(started.expiresAt), callbackMethod: started.callbackMethod });
+  }
+
+  /**
+   * Completes a connect flow from the provider's callback: consumes the state (once), checks
+   * `iss` (RFC 9207) and the browser binding, exchanges the code once, stores the tokens and
+   * runs the provider's identity probe. Returns the connection's metadata, never a token.
+   * @throws {AuthpipeError} `AUTHORIZATION_DENIED`, `INVALID_STATE`, `STATE_EXPIRED`,
+   *   `STATE_ALREADY_USED`, `STATE_PROVIDER_MISMATCH`, `BROWSER_MISMATCH`, `ISSUER_MISMATCH`,
+   *   `CODE_EXCHANGE_FAILED`, `PROVIDER_ERROR`, `PROVIDER_TIMEOUT`, `INSUFFICIENT_SCOPE`.
+   * @example
+   * const connection = await authpipe.handleCallback({ url: req.url });
+   */
+  async handleCallback(input: CallbackInput, options: CallbackOptions = {}): Promise<Connection> {
+    const params = callbackParams(input);
+    const o = args.object(options, 'options');
+    const provider = args.optionalString(o.provider, 'options.provider');
+    const browserBinding = args.optionalString(o.browserBinding, 'options.browserBinding');
+    const handle = await this.#handle();
+    const connection = toConnection(await call(() => handle.handleCallback({ params, provider, browserBinding })));
+    this.#memo?.delete(connection.provider, connection.tenantId, connection.userId);
+    return connection;
+  }
+
+  /**
+   * A short-lived token that lets a browser connect accounts for one (tenant, user) without
+   * naming them: hand it to `<ConnectButton sessionToken>` or use `?session=` on the handler.
+   * @example
+   * const { token } = await authpipe.createConnectSession({ tenantId: 'org_acme', userId: 'user_123', providers: ['attio'] });
+   */
+  async createConnectSession(input: { tenantId: string; userId: string; providers?: readonly string[]; ttlSeconds?: number }): Promise<ConnectSession> {
+    const i = args.object(input, 'session');
+    const tenantId = args.string(i.tenantId, 'tenantId');
+    const userId = args.string(i.userId, 'userId');
+    const providers = args.optionalStrings(i.providers, 'providers');
+    const ttlSeconds = args.optionalInteger(i.ttlSeconds, 'ttlSeconds');
+    if (ttlSeconds !== undefined && ttlSeconds < 1) throw invalidArgument('ttlSeconds must be positive');
+    const handle = await this.#handle();
+    const session = await call(() => handle.createConnectSession(tenantId, userId, providers, ttlSeconds));
+    return Object.freeze({ token: session.token, expiresAt: new Date(session.expiresAt) });
+  }
+
+  /**
+   * A Node `(req, res)` handler for the browser side of the connect flow (works with `http`,
+   * Express and Fastify): `GET {basePath}/connect/:provider?session=<token>` redirects to the
+   * provider; `GET|POST {basePath}/callback[/:provider]` finishes the flow and renders a page
+   * that `postMessage`s `{ type: 'authpipe:connect', ok, connection | error }` (never a token)
+   * to `window.opener` at `appOrigin`, or redirects to `returnTo` when there is no opener.
+   * @example
+   * const handle = authpipe.handler({ appOrigin: 'https://app.example.com' });
+   * app.use('/authpipe', (req, res) => handle(req, res)); // Express: keep the full URL (req.originalUrl)
+   */
+  handler(options: HandlerOptions): (req: IncomingMessage, res: ServerResponse) => void {
+    args.object(options, 'options');
+    return createHandler(
+      {
+        sessionKey: async (token, provider) => {
+          const handle = await this.#handle();
+          return call(() => handle.sessionKey(token, provider));
+        },
+        startConnect: (input) => this.#start(input),
+        handleCallback: (params, provider, browserBinding) => this.handleCallback({ query: params }, { provider, browserBinding }),
+      },
+      options,
+    );
   }
 
   /**
@@ -339,6 +450,32 @@ function importInput(input: unknown, prefix: string) {
     scopes: args.optionalStrings(i.scopes, field('scopes')),
     extras: args.optionalJsonObject(i.extras, field('extras')),
   };
+}
+
+/** The parameters of a callback, from whichever form it arrived in. */
+function callbackParams(input: CallbackInput): Record<string, string> {
+  const i = args.object(input, 'callback');
+  const fromSearch = (value: unknown, field: string): Record<string, string> => {
+    if (typeof value === 'string') return Object.fromEntries(new URLSearchParams(value.startsWith('?') ? value.slice(1) : value));
+    if (value instanceof URLSearchParams) return Object.fromEntries(value);
+    const o = args.object(value, field);
+    return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, args.string(v, `${field}.${k}`)]));
+  };
+  let params: Record<string, string>;
+  if ('url' in i) {
+    const url = args.string(i.url, 'url');
+    params = Object.fromEntries(new URL(url, 'http://callback.invalid').searchParams);
+  } else if ('query' in i) {
+    params = fromSearch(i.query, 'query');
+  } else if ('body' in i) {
+    params = fromSearch(i.body, 'body');
+  } else {
+    throw invalidArgument('handleCallback takes { url }, { query } or { body }');
+  }
+  for (const [k, v] of Object.entries(params)) {
+    if (!v.isWellFormed() || !k.isWellFormed()) throw invalidArgument(`callback parameter ${k} is not well-formed Unicode`);
+  }
+  return params;
 }
 
 function date(ms: number | undefined | null): Date | null {

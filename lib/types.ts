@@ -34,11 +34,53 @@ export interface AuthpipeOptions {
    * only holds credentials already handed out, and drops each one the moment it changes.
    */
   memoLimit?: number;
+  /** Timeout of each call to a provider (token exchange, identity, revocation), ms. Default 15,000. */
+  httpTimeoutMs?: number;
 }
 
-/** Configuration of one provider. */
+/**
+ * The app's settings for one provider. For a built-in provider (attio, close, copper,
+ * dynamics365, hubspot, pipedrive, salesforce, zoho) the endpoint fields override its
+ * definition (tests, sandboxes). A custom provider needs `authorizeUrl` and `tokenUrl`, or an
+ * `issuer` to discover them from (RFC 8414 / OpenID Connect discovery). Endpoints must be https
+ * (http only on loopback).
+ *
+ * @example
+ * providers: {
+ *   attio: { clientId, clientSecret, redirectUri: 'https://app.example.com/authpipe/callback/attio', requiredScopes: ['record_permission:read'] },
+ *   mycrm: { issuer: 'https://login.mycrm.example', clientId, clientSecret, redirectUri },
+ * }
+ */
 export interface ProviderConfig {
-  [setting: string]: unknown;
+  clientId?: string;
+  clientSecret?: string;
+  /** The redirect URI registered with the provider (exactly). */
+  redirectUri?: string;
+  /** More registered redirect URIs, selectable per `startConnect`. */
+  redirectUris?: readonly string[];
+  /** Scopes to request (default: the provider's default scopes; Attio takes scopes from the app's settings). */
+  scopes?: readonly string[];
+  /** Scopes a connection must be granted, or the callback fails with `INSUFFICIENT_SCOPE`. */
+  requiredScopes?: readonly string[];
+  /** Values for the provider's URL templates (Dynamics 365: `{ org: 'contoso' }`; Microsoft `tenant`). */
+  params?: Readonly<Record<string, string>>;
+  displayName?: string;
+  authorizeUrl?: string;
+  tokenUrl?: string;
+  revokeUrl?: string;
+  /** The identity / health probe (`GET` with the access token as Bearer). */
+  identityUrl?: string;
+  /** The authorization server's issuer; with `issParameterSupported`, callbacks must carry it (RFC 9207). */
+  issuer?: string;
+  issParameterSupported?: boolean;
+  /** Client authentication at the token endpoint: HTTP Basic (default for custom providers) or in the body. */
+  clientAuth?: 'basic' | 'body';
+  pkce?: boolean;
+  scopeSeparator?: string;
+  /** Token-response fields to keep with the connection (returned as `extras`). */
+  tokenFields?: readonly string[];
+  /** Lifetime to assume when the token response has no `expires_in`, in seconds. */
+  defaultExpiresIn?: number;
 }
 
 /** Names one connection: one user of one tenant, connected to one provider. */
@@ -156,4 +198,57 @@ export interface AuthpipeStats {
   readonly cachedConnections: number;
   /** Reads that went to the store (cache misses, metadata and list calls). */
   readonly storeReads: number;
+}
+
+/** Input of `startConnect`. */
+export interface StartConnectInput extends ConnectionRef {
+  /** Scopes to request instead of the configured ones. */
+  scopes?: readonly string[];
+  /** One of the provider's configured redirect URIs (default: the first). */
+  redirectUri?: string;
+}
+
+/** A started connect flow: send the browser to `url` before `expiresAt`. */
+export interface StartedConnect {
+  readonly url: string;
+  /** The flow's `state` (also in `url`); stored hashed, usable once. */
+  readonly state: string;
+  readonly expiresAt: Date;
+}
+
+/**
+ * A callback as it arrived: its full URL, its query string or parameters, or its form body
+ * (Copper calls back with a POST).
+ */
+export type CallbackInput =
+  | { url: string }
+  | { query: string | URLSearchParams | Readonly<Record<string, string>> }
+  | { body: string | URLSearchParams | Readonly<Record<string, string>> };
+
+/** Checks `handleCallback` can make on top of the state. */
+export interface CallbackOptions {
+  /** The provider the callback path names, when the app uses one callback path per provider. */
+  provider?: string;
+  /** The browser-binding value the app set in a cookie when it started the flow (the handler does this). */
+  browserBinding?: string;
+}
+
+/** A connect session: pass `token` to the browser (e.g. `<ConnectButton sessionToken>`). */
+export interface ConnectSession {
+  readonly token: string;
+  readonly expiresAt: Date;
+}
+
+/** What `deleteConnection` did. */
+export interface DeleteConnectionResult {
+  /** Whether the connection existed here. */
+  readonly deleted: boolean;
+  /**
+   * Revocation at the provider: `revoked`, `not_supported` (no revocation endpoint: Attio,
+   * Copper, Microsoft; ask the user to remove the app there), `not_attempted` (no client
+   * credentials configured, or nothing to revoke) or `failed` (see `revocationError`; the local
+   * copy is deleted all the same).
+   */
+  readonly revocation: 'revoked' | 'not_supported' | 'not_attempted' | 'failed';
+  readonly revocationError: string | null;
 }

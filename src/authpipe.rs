@@ -4,13 +4,16 @@
 //! hot path is the JS memo, and this class serves only its misses.)
 
 use crate::convert::{
-    ConnectionOutput, CredentialOutput, DevKeyInfo, ImportInput, IntoNapi, ListInput, ListOutput,
-    RotationOutput, StatsOutput, TenantDeletionOutput,
+    CallbackInput, ConnectionOutput, CredentialOutput, DeletionOutput, DevKeyInfo, ImportInput,
+    IntoNapi, ListInput, ListOutput, RotationOutput, SessionKeyOutput, SessionOutput,
+    StartConnectInput, StartedOutput, StatsOutput, TenantDeletionOutput,
 };
 use crate::generation_pages::{page_buffer, PageBuffer};
 use authpipe_core::client::{encode_cursor, Client, ListFilter};
+use authpipe_core::connect::{Callback, Revocation, StartRequest};
 use authpipe_core::engine::DevKeyNotice;
-use authpipe_core::ids::ConnectionKey;
+use authpipe_core::ids::{ConnectionKey, TenantId, UserId};
+use authpipe_core::providers::CallbackMethod;
 use authpipe_core::{Error, ErrorCode};
 use napi::Env;
 use napi_derive::napi;
@@ -159,9 +162,100 @@ impl NativeAuthpipe {
         provider: String,
         tenant_id: String,
         user_id: String,
-    ) -> napi::Result<bool> {
+    ) -> napi::Result<DeletionOutput> {
         let (client, key) = self.connection_key(&provider, &tenant_id, &user_id)?;
-        client.engine().delete_connection(&key).await.napi()
+        let deletion = client.delete_connection(&key).await.napi()?;
+        let revocation_error = match &deletion.revocation {
+            Revocation::Failed(message) => Some(message.clone()),
+            _ => None,
+        };
+        Ok(DeletionOutput {
+            existed: deletion.existed,
+            revocation: deletion.revocation.as_str().to_owned(),
+            revocation_error,
+        })
+    }
+
+    #[napi]
+    pub async fn start_connect(&self, input: StartConnectInput) -> napi::Result<StartedOutput> {
+        let (client, key) =
+            self.connection_key(&input.provider, &input.tenant_id, &input.user_id)?;
+        let started = client
+            .start_connect(StartRequest {
+                key,
+                scopes: input.scopes,
+                redirect_uri: input.redirect_uri,
+                browser_binding: input.browser_binding.map(SecretString::from),
+            })
+            .await
+            .napi()?;
+        Ok(StartedOutput {
+            url: started.url,
+            state: started.state.expose_secret().to_owned(),
+            expires_at: started.expires_at as f64,
+            callback_method: match started.callback_method {
+                CallbackMethod::Get => "GET".to_owned(),
+                CallbackMethod::Post => "POST".to_owned(),
+            },
+        })
+    }
+
+    #[napi]
+    pub async fn handle_callback(&self, input: CallbackInput) -> napi::Result<ConnectionOutput> {
+        let client = self.client()?;
+        let callback = Callback {
+            params: input.params.into_iter().collect(),
+            provider: input.provider,
+            browser_binding: input.browser_binding.map(SecretString::from),
+        };
+        client
+            .handle_callback(callback)
+            .await
+            .map(Into::into)
+            .napi()
+    }
+
+    #[napi]
+    pub async fn create_connect_session(
+        &self,
+        tenant_id: String,
+        user_id: String,
+        providers: Option<Vec<String>>,
+        ttl_seconds: Option<u32>,
+    ) -> napi::Result<SessionOutput> {
+        let client = self.client()?;
+        let tenant = TenantId::parse(tenant_id).napi()?;
+        let user = UserId::parse(user_id).napi()?;
+        let providers = providers
+            .unwrap_or_default()
+            .iter()
+            .map(|p| client.provider(p))
+            .collect::<authpipe_core::Result<Vec<_>>>()
+            .napi()?;
+        let grant = client
+            .create_session(tenant, user, providers, ttl_seconds)
+            .await
+            .napi()?;
+        Ok(SessionOutput {
+            token: grant.token.expose_secret().to_owned(),
+            expires_at: grant.expires_at as f64,
+        })
+    }
+
+    /// The (tenant, user) a connect session stands for, if it may connect `provider`.
+    #[napi]
+    pub async fn session_key(
+        &self,
+        token: String,
+        provider: String,
+    ) -> napi::Result<SessionKeyOutput> {
+        let client = self.client()?;
+        let provider = client.provider(&provider).napi()?;
+        let key = client.session_key(&token, &provider).await.napi()?;
+        Ok(SessionKeyOutput {
+            tenant_id: key.tenant.to_string(),
+            user_id: key.user.to_string(),
+        })
     }
 
     #[napi]

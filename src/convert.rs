@@ -44,8 +44,10 @@ pub struct OpenInput {
     pub master_keys: Option<Vec<MasterKeyInput>>,
     /// `NODE_ENV === "production"`: refuse to generate a development key.
     pub production: bool,
-    /// Provider ids named in the `providers` option (built-in ones are configured, others added).
-    pub providers: Vec<String>,
+    /// The `providers` option as JSON: provider id -> settings (custom providers included).
+    pub providers: String,
+    /// Timeout of each call to a provider, in milliseconds.
+    pub http_timeout_ms: Option<u32>,
 }
 
 #[napi(object)]
@@ -232,4 +234,52 @@ pub fn error_codes() -> Vec<String> {
         .iter()
         .map(|c| c.as_str().to_owned())
         .collect()
+}
+
+#[napi(object)]
+pub struct StartConnectInput {
+    pub provider: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    pub scopes: Option<Vec<String>>,
+    pub redirect_uri: Option<String>,
+    /// The handler's browser-binding cookie value.
+    pub browser_binding: Option<String>,
+}
+
+#[napi(object)]
+pub struct StartedOutput {
+    pub url: String,
+    pub state: String,
+    pub expires_at: f64,
+    /// `"GET"` or `"POST"`.
+    pub callback_method: String,
+}
+
+#[napi(object)]
+pub struct CallbackInput {
+    /// Query or form parameters of the callback.
+    pub params: std::collections::HashMap<String, String>,
+    /// The provider named by the callback path, if any.
+    pub provider: Option<String>,
+    pub browser_binding: Option<String>,
+}
+
+#[napi(object)]
+pub struct SessionOutput {
+    pub token: String,
+    pub expires_at: f64,
+}
+
+#[napi(object)]
+pub struct SessionKeyOutput {
+    pub tenant_id: String,
+    pub user_id: String,
+}
+
+#[napi(object)]
+pub struct DeletionOutput {
+    pub existed: bool,
+    pub revocation: String,
+    pub revocation_error: Option<String>,
 }

@@ -9,15 +9,24 @@ mod generation_pages;
 use authpipe::NativeAuthpipe;
 use authpipe_core::client::Client;
 use authpipe_core::engine::{open_shared, EngineOptions, MasterKeySource, StoreLocation};
-use authpipe_core::ids::ProviderId;
 use authpipe_core::providers::Catalog;
 use authpipe_core::vault::MasterKeyConfig;
 use convert::{IntoNapi, OpenInput};
 use napi_derive::napi;
 use secrecy::SecretString;
+use std::time::Duration;
 
-/// The core's view of `new Authpipe()` options.
-fn options(input: OpenInput) -> authpipe_core::Result<(EngineOptions, Catalog)> {
+/// Default timeout of a call to a provider.
+const DEFAULT_HTTP_TIMEOUT_MS: u32 = 15_000;
+
+/// The core's view of `new Authpipe()` options; the provider settings stay JSON.
+fn options(
+    input: OpenInput,
+) -> authpipe_core::Result<(
+    EngineOptions,
+    serde_json::Map<String, serde_json::Value>,
+    Duration,
+)> {
     let store = StoreLocation::parse(
         input
             .store
@@ -37,35 +46,49 @@ fn options(input: OpenInput) -> authpipe_core::Result<(EngineOptions, Catalog)> 
             production: input.production,
         },
     };
-    let custom = input
-        .providers
-        .into_iter()
-        .map(ProviderId::parse)
-        .collect::<authpipe_core::Result<Vec<_>>>()?;
+    let providers = match serde_json::from_str(&input.providers) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => {
+            return Err(authpipe_core::Error::invalid_argument(
+                "providers must be an object of provider id -> settings",
+            ))
+        }
+    };
+    let timeout = Duration::from_millis(
+        input
+            .http_timeout_ms
+            .unwrap_or(DEFAULT_HTTP_TIMEOUT_MS)
+            .clamp(1, 120_000)
+            .into(),
+    );
     Ok((
         EngineOptions {
             store,
             keys,
             clock: None,
         },
-        Catalog::new(custom),
+        providers,
+        timeout,
     ))
 }
 
 /// Checks options synchronously, so `new Authpipe()` can throw for them.
 #[napi(catch_unwind)]
 pub fn check_options(input: OpenInput) -> napi::Result<()> {
-    let (options, _) = options(input).napi()?;
-    authpipe_core::engine::check_options(&options).napi()
+    let (options, providers, _) = options(input).napi()?;
+    authpipe_core::engine::check_options(&options).napi()?;
+    Catalog::check(&providers).napi()
 }
 
 /// Opens (or joins) the engine for the configured store and returns an instance handle.
 #[napi]
 pub async fn open(input: OpenInput) -> napi::Result<NativeAuthpipe> {
-    let (options, catalog) = options(input).napi()?;
+    let (options, providers, timeout) = options(input).napi()?;
+    let http = authpipe_core::connect::http::client(timeout).napi()?;
+    let catalog = Catalog::discover(providers, &http).await.napi()?;
     let opened = open_shared(options).await.napi()?;
     Ok(NativeAuthpipe::new(
-        Client::new(opened.engine, catalog),
+        Client::new(opened.engine, catalog, http),
         opened.dev_key,
     ))
 }

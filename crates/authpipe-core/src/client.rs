@@ -47,15 +47,29 @@ fn decode_cursor(cursor: &str) -> Result<ConnectionKey> {
 pub struct Client {
     engine: Arc<Engine>,
     catalog: Catalog,
+    http: reqwest::Client,
 }
 
 impl Client {
-    pub fn new(engine: Arc<Engine>, catalog: Catalog) -> Self {
-        Self { engine, catalog }
+    /// `http` is the client for calls to providers (see `connect::http::client`).
+    pub fn new(engine: Arc<Engine>, catalog: Catalog, http: reqwest::Client) -> Self {
+        Self {
+            engine,
+            catalog,
+            http,
+        }
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     /// A known provider, or `UNKNOWN_PROVIDER`.

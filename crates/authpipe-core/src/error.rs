@@ -31,6 +31,32 @@ pub enum ErrorCode {
     KeyInUse,
     /// The store failed (I/O, SQL, a file that is not an Authpipe store).
     StoreError,
+    /// The user (or the provider) declined the authorization (`error=access_denied`).
+    AuthorizationDenied,
+    /// The provider answered the authorization request with another error.
+    AuthorizationFailed,
+    /// A callback's `state` is missing, malformed or unknown.
+    InvalidState,
+    /// The connect flow's state expired before the callback.
+    StateExpired,
+    /// The state was already used by an earlier callback (a replay).
+    StateAlreadyUsed,
+    /// The callback arrived for another provider than the flow was started for.
+    StateProviderMismatch,
+    /// The callback did not come from the browser that started the flow (cookie missing or wrong).
+    BrowserMismatch,
+    /// The callback's `iss` is not the provider's issuer (RFC 9207), or is missing where required.
+    IssuerMismatch,
+    /// The provider refused to exchange the authorization code (e.g. `invalid_grant`).
+    CodeExchangeFailed,
+    /// The provider answered with something that is not a valid OAuth response.
+    ProviderError,
+    /// The provider did not answer in time, or could not be reached.
+    ProviderTimeout,
+    /// The connection lacks a scope the app requires.
+    InsufficientScope,
+    /// A connect session token is unknown or expired.
+    SessionInvalid,
     /// The instance was closed.
     Closed,
     /// A bug: an invariant broke or Rust panicked. The operation did not complete.
@@ -52,13 +78,26 @@ impl ErrorCode {
             Self::VaultIntegrity => "VAULT_INTEGRITY",
             Self::KeyInUse => "KEY_IN_USE",
             Self::StoreError => "STORE_ERROR",
+            Self::AuthorizationDenied => "AUTHORIZATION_DENIED",
+            Self::AuthorizationFailed => "AUTHORIZATION_FAILED",
+            Self::InvalidState => "INVALID_STATE",
+            Self::StateExpired => "STATE_EXPIRED",
+            Self::StateAlreadyUsed => "STATE_ALREADY_USED",
+            Self::StateProviderMismatch => "STATE_PROVIDER_MISMATCH",
+            Self::BrowserMismatch => "BROWSER_MISMATCH",
+            Self::IssuerMismatch => "ISSUER_MISMATCH",
+            Self::CodeExchangeFailed => "CODE_EXCHANGE_FAILED",
+            Self::ProviderError => "PROVIDER_ERROR",
+            Self::ProviderTimeout => "PROVIDER_TIMEOUT",
+            Self::InsufficientScope => "INSUFFICIENT_SCOPE",
+            Self::SessionInvalid => "SESSION_INVALID",
             Self::Closed => "CLOSED",
             Self::Internal => "INTERNAL",
         }
     }
 
     /// Every code, for documentation and for tests that check the JS side knows them all.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 26] = [
         Self::InvalidArgument,
         Self::UnknownProvider,
         Self::ConnectionNotFound,
@@ -70,6 +109,19 @@ impl ErrorCode {
         Self::VaultIntegrity,
         Self::KeyInUse,
         Self::StoreError,
+        Self::AuthorizationDenied,
+        Self::AuthorizationFailed,
+        Self::InvalidState,
+        Self::StateExpired,
+        Self::StateAlreadyUsed,
+        Self::StateProviderMismatch,
+        Self::BrowserMismatch,
+        Self::IssuerMismatch,
+        Self::CodeExchangeFailed,
+        Self::ProviderError,
+        Self::ProviderTimeout,
+        Self::InsufficientScope,
+        Self::SessionInvalid,
         Self::Closed,
         Self::Internal,
     ];

@@ -12,7 +12,8 @@
 //! | [`store`]     | the `Store` trait and its SQLite implementation                       |
 //! | [`cache`]     | sealed connections in memory, and [`generations`] for the JS memo     |
 //! | [`deadlines`] | invalidates memoized tokens just before they expire                   |
-//! | [`providers`] | which providers exist                                                 |
+//! | [`providers`] | provider definitions (endpoints, quirks) and the app's settings        |
+//! | [`connect`]   | the connect flow: PKCE, state, callback, code exchange, identity, revoke |
 //! | [`engine`]    | ties store, vault and cache together; one per store per process       |
 //! | [`client`]    | one `new Authpipe()`: an engine plus that instance's configuration   |
 //! | [`error`]     | `Error` with a stable `ErrorCode`                                     |
@@ -20,6 +21,7 @@
 pub mod cache;
 pub mod client;
 pub mod clock;
+pub mod connect;
 pub mod deadlines;
 pub mod engine;
 pub mod error;

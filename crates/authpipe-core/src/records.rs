@@ -143,3 +143,32 @@ pub struct MasterKeyRecord {
     pub created_at: i64,
     pub retired_at: Option<i64>,
 }
+
+/// One started connect flow, addressed by the SHA-256 of its `state` (the state itself is never
+/// stored). Single use: `consumed_at` is set by the first callback that presents it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowRecord {
+    pub state_hash: String,
+    pub key: ConnectionKey,
+    /// The PKCE verifier, sealed with the tenant's key.
+    pub verifier: Option<Sealed>,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+    /// SHA-256 of the browser-binding cookie the handler set, if any.
+    pub browser_hash: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub consumed_at: Option<i64>,
+}
+
+/// A connect session: lets a browser start flows for one (tenant, user) without naming them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionRecord {
+    pub token_hash: String,
+    pub tenant: TenantId,
+    pub user: crate::ids::UserId,
+    /// Providers the session may connect; empty means any.
+    pub providers: Vec<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::ids::ConnectionKey;
+use crate::records::ProviderAccount;
 use secrecy::{ExposeSecret, SecretString};
 
 /// Longest access token, refresh token, API key or secret value, in bytes. Real tokens are at
@@ -28,13 +29,15 @@ pub enum ImportedCredential {
     },
 }
 
-/// One connection to import (`importConnection`).
+/// One connection to store: imported (`importConnection`) or just connected.
 pub struct ImportRequest {
     pub key: ConnectionKey,
     pub credential: ImportedCredential,
     pub scopes: Vec<String>,
     /// Provider fields to keep with the connection, as a JSON object.
     pub extras: Option<SecretString>,
+    /// The account at the provider, when known (from the identity probe).
+    pub account: ProviderAccount,
 }
 
 /// The fields of an import as callers pass them; [`ImportRequest::new`] decides what they mean.
@@ -89,6 +92,7 @@ impl ImportRequest {
             credential,
             scopes: fields.scopes,
             extras: fields.extras_json,
+            account: ProviderAccount::default(),
         };
         request.validate()?;
         Ok(request)
@@ -151,7 +155,7 @@ pub fn check_timestamp(field: &str, ms: i64) -> Result<()> {
     }
 }
 
-fn check_scopes(scopes: &[String]) -> Result<()> {
+pub fn check_scopes(scopes: &[String]) -> Result<()> {
     if scopes.len() > MAX_SCOPES {
         return Err(Error::invalid_argument(format!(
             "scopes has {} entries; the limit is {MAX_SCOPES}",
@@ -209,6 +213,7 @@ mod tests {
             },
             scopes: vec!["record_permission:read".into()],
             extras: None,
+            account: ProviderAccount::default(),
         }
     }
 

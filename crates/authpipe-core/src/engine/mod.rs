@@ -20,9 +20,10 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::generations::GenerationPage;
 use crate::ids::{ConnectionKey, TenantId};
 use crate::records::{
-    ConnectionRecord, ConnectionStatus, CredentialKind, ProviderAccount, Sealed, SecretRecord,
+    ConnectionRecord, ConnectionStatus, CredentialKind, FlowRecord, Sealed, SecretRecord,
+    SessionRecord,
 };
-use crate::store::{ListQuery, SecretKey, Store, TenantDeletion};
+use crate::store::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion};
 use crate::vault::{RecordPlace, TenantKey, Vault};
 use input::{ImportRequest, ImportedCredential};
 use secrecy::{ExposeSecret, SecretString};
@@ -49,6 +50,14 @@ impl std::fmt::Debug for Credential {
             .field("slot", &self.slot)
             .finish_non_exhaustive()
     }
+}
+
+/// The decrypted secret fields of one connection.
+pub struct ConnectionSecrets {
+    pub credential: SecretString,
+    pub refresh_token: Option<SecretString>,
+    /// Provider extras as a JSON object.
+    pub extras: Option<SecretString>,
 }
 
 /// Result of `rotate_master_key`.
@@ -104,6 +113,16 @@ fn connection_place<'a>(key: &'a ConnectionKey, field: &'a str) -> RecordPlace<'
         provider: key.provider.as_str(),
         subject: key.user.as_str(),
         field,
+    }
+}
+
+fn flow_place<'a>(key: &'a ConnectionKey, state_hash: &'a str) -> RecordPlace<'a> {
+    RecordPlace {
+        tenant: key.tenant.as_str(),
+        scope: "flow",
+        provider: key.provider.as_str(),
+        subject: key.user.as_str(),
+        field: state_hash,
     }
 }
 
@@ -385,7 +404,7 @@ impl Engine {
             kind,
             status: ConnectionStatus::Active,
             scopes: request.scopes.clone(),
-            account: ProviderAccount::default(),
+            account: request.account.clone(),
             expires_at,
             created_at: now,
             updated_at: now,
@@ -398,6 +417,81 @@ impl Engine {
             extras,
             version: 0,
         })
+    }
+
+    /// The secret fields of a stored connection, for the provider calls that need them
+    /// (revocation, refresh).
+    pub async fn secrets_of(&self, record: &ConnectionRecord) -> Result<ConnectionSecrets> {
+        let key = &record.key;
+        let tenant_key = self.tenant_key(&key.tenant, false).await?;
+        let open = |field: &str, sealed: &Sealed| -> Result<SecretString> {
+            utf8(
+                &self
+                    .vault
+                    .open(&tenant_key, &connection_place(key, field), sealed)?,
+            )
+        };
+        Ok(ConnectionSecrets {
+            credential: open(FIELD_CREDENTIAL, &record.credential)?,
+            refresh_token: record
+                .refresh_token
+                .as_ref()
+                .map(|s| open(FIELD_REFRESH_TOKEN, s))
+                .transpose()?,
+            extras: record
+                .extras
+                .as_ref()
+                .map(|s| open(FIELD_EXTRAS, s))
+                .transpose()?,
+        })
+    }
+
+    /// Seals a connect flow's PKCE verifier with the tenant's key, bound to that flow.
+    pub async fn seal_flow_secret(
+        &self,
+        key: &ConnectionKey,
+        state_hash: &str,
+        secret: &str,
+    ) -> Result<Sealed> {
+        let tenant_key = self.tenant_key(&key.tenant, true).await?;
+        self.vault
+            .seal(&tenant_key, &flow_place(key, state_hash), secret.as_bytes())
+    }
+
+    pub async fn open_flow_secret(
+        &self,
+        key: &ConnectionKey,
+        state_hash: &str,
+        sealed: &Sealed,
+    ) -> Result<SecretString> {
+        let tenant_key = self.tenant_key(&key.tenant, false).await?;
+        utf8(
+            &self
+                .vault
+                .open(&tenant_key, &flow_place(key, state_hash), sealed)?,
+        )
+    }
+
+    pub async fn put_flow(&self, flow: FlowRecord) -> Result<()> {
+        self.store.put_flow(flow).await
+    }
+
+    pub async fn take_flow(&self, state_hash: &str) -> Result<FlowTake> {
+        self.store.take_flow(state_hash, self.now_ms()).await
+    }
+
+    pub async fn put_session(&self, session: SessionRecord) -> Result<()> {
+        self.store.put_session(session).await
+    }
+
+    pub async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+        self.store.session(token_hash).await
+    }
+
+    /// The stored connection, if any, without touching the cache.
+    pub async fn stored_connection(&self, key: &ConnectionKey) -> Result<Option<ConnectionRecord>> {
+        self.count_read();
+        self.store.connection(key).await
     }
 
     /// A connection's metadata, read from the store (the cache follows what it finds).

@@ -11,7 +11,8 @@ pub mod sqlite;
 use crate::error::Result;
 use crate::ids::{ConnectionKey, ProviderId, SecretName, TenantId};
 use crate::records::{
-    ConnectionRecord, ConnectionStatus, MasterKeyRecord, SecretRecord, TenantKeyRecord,
+    ConnectionRecord, ConnectionStatus, FlowRecord, MasterKeyRecord, SecretRecord, SessionRecord,
+    TenantKeyRecord,
 };
 use async_trait::async_trait;
 
@@ -40,6 +41,18 @@ pub struct SecretKey {
     pub tenant: TenantId,
     pub provider: Option<ProviderId>,
     pub name: SecretName,
+}
+
+/// What presenting a state found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FlowTake {
+    /// First use, within its lifetime: the flow, now consumed.
+    Fresh(FlowRecord),
+    /// The flow had already been consumed.
+    Used(FlowRecord),
+    /// The flow's lifetime had passed (it is consumed now all the same).
+    Expired(FlowRecord),
+    Unknown,
 }
 
 #[async_trait]
@@ -94,4 +107,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn put_secret(&self, record: SecretRecord) -> Result<()>;
     async fn secret(&self, key: &SecretKey) -> Result<Option<SecretRecord>>;
     async fn delete_secret(&self, key: &SecretKey) -> Result<bool>;
+
+    // Connect flows and sessions ----------------------------------------------------------------
+
+    /// Stores a new flow (and drops flows that ended more than a day ago).
+    async fn put_flow(&self, flow: FlowRecord) -> Result<()>;
+    /// Consumes the flow with this state hash, atomically: of concurrent callers with the same
+    /// state, exactly one gets `Fresh`.
+    async fn take_flow(&self, state_hash: &str, now: i64) -> Result<FlowTake>;
+    async fn put_session(&self, session: SessionRecord) -> Result<()>;
+    async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>>;
 }

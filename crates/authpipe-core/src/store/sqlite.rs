@@ -8,12 +8,12 @@
 //! - Calls run on tokio's blocking pool, one connection behind a mutex; several processes may
 //!   share the file (busy timeout).
 
-use super::{ListQuery, SecretKey, Store, TenantDeletion};
+use super::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
 use crate::records::{
-    ConnectionRecord, ConnectionStatus, CredentialKind, LastError, MasterKeyRecord,
-    ProviderAccount, Sealed, SecretRecord, TenantKeyRecord,
+    ConnectionRecord, ConnectionStatus, CredentialKind, FlowRecord, LastError, MasterKeyRecord,
+    ProviderAccount, Sealed, SecretRecord, SessionRecord, TenantKeyRecord,
 };
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -29,7 +29,8 @@ use std::time::Duration;
 const APPLICATION_ID: i32 = 0x4150_5031;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE master_keys (
     id          TEXT PRIMARY KEY NOT NULL,
     key_check   BLOB NOT NULL,
@@ -80,7 +81,32 @@ CREATE TABLE secrets (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, provider, name)
 ) STRICT, WITHOUT ROWID;
-"#];
+"#,
+    r#"
+CREATE TABLE connect_flows (
+    state_hash   TEXT PRIMARY KEY NOT NULL,
+    tenant_id    TEXT NOT NULL,
+    provider     TEXT NOT NULL,
+    user_id      TEXT NOT NULL,
+    verifier     BLOB,
+    redirect_uri TEXT NOT NULL,
+    scopes       TEXT NOT NULL,
+    browser_hash TEXT,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    consumed_at  INTEGER
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE connect_sessions (
+    token_hash TEXT PRIMARY KEY NOT NULL,
+    tenant_id  TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    providers  TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+"#,
+];
 
 const CONNECTION_COLUMNS: &str = "tenant_id, provider, user_id, kind, status, scopes, account_id, account_name, \
      expires_at, created_at, updated_at, last_refresh_at, next_refresh_at, last_check_at, last_error_code, \
@@ -659,5 +685,194 @@ impl Store for SqliteStore {
             Ok(n > 0)
         })
         .await
+    }
+
+    async fn put_flow(&self, flow: FlowRecord) -> Result<()> {
+        self.run(move |conn| {
+            let scopes = serde_json::to_string(&flow.scopes).map_err(|e| Error::internal(e.to_string()))?;
+            conn.execute(
+                "INSERT INTO connect_flows (state_hash, tenant_id, provider, user_id, verifier, redirect_uri, scopes, browser_hash, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    flow.state_hash,
+                    flow.key.tenant.as_str(),
+                    flow.key.provider.as_str(),
+                    flow.key.user.as_str(),
+                    flow.verifier.as_ref().map(|v| &v.0),
+                    flow.redirect_uri,
+                    scopes,
+                    flow.browser_hash,
+                    flow.created_at,
+                    flow.expires_at
+                ],
+            )?;
+            conn.execute("DELETE FROM connect_flows WHERE expires_at < ?1", [flow.created_at - 24 * 3600 * 1000])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_flow(&self, state_hash: &str, now: i64) -> Result<FlowTake> {
+        let state_hash = state_hash.to_owned();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row = tx
+                .query_row(
+                    "SELECT tenant_id, provider, user_id, verifier, redirect_uri, scopes, browser_hash, created_at, expires_at, consumed_at \
+                     FROM connect_flows WHERE state_hash = ?1",
+                    [&state_hash],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, Option<Vec<u8>>>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, String>(5)?,
+                            r.get::<_, Option<String>>(6)?,
+                            r.get::<_, i64>(7)?,
+                            r.get::<_, i64>(8)?,
+                            r.get::<_, Option<i64>>(9)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((tenant, provider, user, verifier, redirect_uri, scopes, browser_hash, created_at, expires_at, consumed_at)) = row else {
+                return Ok(FlowTake::Unknown);
+            };
+            let flow = FlowRecord {
+                state_hash: state_hash.clone(),
+                key: ConnectionKey::parse(&provider, &tenant, &user).map_err(|_| invalid_row("connect flow"))?,
+                verifier: verifier.map(Sealed),
+                redirect_uri,
+                scopes: serde_json::from_str(&scopes).map_err(|_| invalid_row("connect flow"))?,
+                browser_hash,
+                created_at,
+                expires_at,
+                consumed_at,
+            };
+            if consumed_at.is_some() {
+                return Ok(FlowTake::Used(flow));
+            }
+            tx.execute("UPDATE connect_flows SET consumed_at = ?2 WHERE state_hash = ?1", params![state_hash, now])?;
+            tx.commit()?;
+            let consumed = FlowRecord { consumed_at: Some(now), ..flow };
+            Ok(if expires_at <= now { FlowTake::Expired(consumed) } else { FlowTake::Fresh(consumed) })
+        })
+        .await
+    }
+
+    async fn put_session(&self, session: SessionRecord) -> Result<()> {
+        self.run(move |conn| {
+            let providers = serde_json::to_string(&session.providers).map_err(|e| Error::internal(e.to_string()))?;
+            conn.execute(
+                "INSERT INTO connect_sessions (token_hash, tenant_id, user_id, providers, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![session.token_hash, session.tenant.as_str(), session.user.as_str(), providers, session.created_at, session.expires_at],
+            )?;
+            conn.execute("DELETE FROM connect_sessions WHERE expires_at < ?1", [session.created_at - 24 * 3600 * 1000])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+        let token_hash = token_hash.to_owned();
+        self.run(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT tenant_id, user_id, providers, created_at, expires_at FROM connect_sessions WHERE token_hash = ?1",
+                    [&token_hash],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?)),
+                )
+                .optional()?;
+            row.map(|(tenant, user, providers, created_at, expires_at)| {
+                Ok(SessionRecord {
+                    token_hash: token_hash.clone(),
+                    tenant: TenantId::parse(tenant).map_err(|_| invalid_row("connect session"))?,
+                    user: UserId::parse(user).map_err(|_| invalid_row("connect session"))?,
+                    providers: serde_json::from_str(&providers).map_err(|_| invalid_row("connect session"))?,
+                    created_at,
+                    expires_at,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(hash: &str, expires_at: i64) -> FlowRecord {
+        FlowRecord {
+            state_hash: hash.to_owned(),
+            key: ConnectionKey::parse("attio", "t", "u").unwrap(),
+            verifier: None,
+            redirect_uri: "https://app.example/cb".into(),
+            scopes: vec![],
+            browser_hash: None,
+            created_at: 1_000,
+            expires_at,
+            consumed_at: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_flow_is_taken_once_and_expires() {
+        let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+        store.put_flow(flow("fresh", 10_000)).await.unwrap();
+        store.put_flow(flow("old", 10_000)).await.unwrap();
+
+        // Concurrent callbacks with one state: exactly one wins.
+        let takes = futures_take(&store, "fresh", 5_000, 8).await;
+        assert_eq!(
+            takes
+                .iter()
+                .filter(|t| matches!(t, FlowTake::Fresh(_)))
+                .count(),
+            1
+        );
+        assert_eq!(
+            takes
+                .iter()
+                .filter(|t| matches!(t, FlowTake::Used(_)))
+                .count(),
+            7
+        );
+
+        assert!(matches!(
+            store.take_flow("old", 10_000).await.unwrap(),
+            FlowTake::Expired(_)
+        ));
+        assert!(matches!(
+            store.take_flow("old", 10_000).await.unwrap(),
+            FlowTake::Used(_)
+        ));
+        assert_eq!(
+            store.take_flow("never-issued", 5_000).await.unwrap(),
+            FlowTake::Unknown
+        );
+    }
+
+    async fn futures_take(
+        store: &Arc<SqliteStore>,
+        hash: &str,
+        now: i64,
+        n: usize,
+    ) -> Vec<FlowTake> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let store = store.clone();
+                let hash = hash.to_owned();
+                tokio::spawn(async move { store.take_flow(&hash, now).await.unwrap() })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for task in tasks {
+            out.push(task.await.unwrap());
+        }
+        out
     }
 }

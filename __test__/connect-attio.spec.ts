@@ -1,0 +1,289 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Authpipe, type ConnectResultMessage } from '..';
+import { createSandbox, type Sandbox } from '../dist/testing';
+import { newKey, rejection } from './helpers';
+
+const who = { provider: 'attio', tenantId: 'org_acme', userId: 'user_1' };
+
+let sandbox: Sandbox;
+let app: Server;
+let appOrigin: string;
+let authpipe: Authpipe;
+let redirectUri: string;
+
+/** The app: Authpipe's handler mounted at /authpipe on a loopback server. */
+beforeAll(async () => {
+  sandbox = await createSandbox({ provider: 'attio', workspace: { name: 'Acme Corp', slug: 'acme' } });
+  app = createServer();
+  await new Promise<void>((resolve) => app.listen(0, '127.0.0.1', resolve));
+  appOrigin = `http://127.0.0.1:${(app.address() as AddressInfo).port}`;
+  redirectUri = `${appOrigin}/authpipe/callback/attio`;
+  authpipe = new Authpipe({
+    store: ':memory:',
+    masterKey: newKey(),
+    httpTimeoutMs: 1000,
+    providers: { attio: sandbox.providerConfig({ redirectUri, requiredScopes: ['record_permission:read-write'] }) },
+  });
+  const handle = authpipe.handler({ appOrigin });
+  app.on('request', handle);
+});
+
+afterAll(async () => {
+  await authpipe.close();
+  app.closeAllConnections();
+  await new Promise((resolve) => app.close(resolve));
+  await sandbox.close();
+});
+
+/** The callback URL the sandbox sends the browser to, after consenting. */
+async function consented(user = who): Promise<string> {
+  const { url } = await authpipe.startConnect(user);
+  return sandbox.consent(url);
+}
+
+describe('startConnect and handleCallback', () => {
+  test('a whole connect: PKCE, code exchange, /v2/self, then credentials', async () => {
+    const { url, state, expiresAt } = await authpipe.startConnect(who);
+    const authorize = new URL(url);
+    expect(authorize.origin + authorize.pathname).toBe(sandbox.authorizeUrl);
+    expect(Object.fromEntries(authorize.searchParams)).toEqual({
+      response_type: 'code',
+      client_id: sandbox.clientId,
+      redirect_uri: redirectUri,
+      state,
+      code_challenge: expect.stringMatching(/^[A-Za-z0-9_-]{43}$/),
+      code_challenge_method: 'S256',
+    }); // and no scope parameter: Attio takes scopes from the app's settings
+    expect(state).toMatch(/^[A-Za-z0-9_-]{43}$/); // 256 bits
+    expect(expiresAt.getTime() - Date.now()).toBeGreaterThan(9 * 60_000);
+
+    const connection = await authpipe.handleCallback({ url: await sandbox.consent(url) });
+    expect(connection).toMatchObject({
+      ...who,
+      type: 'oauth2',
+      status: 'active',
+      hasRefreshToken: false,
+      expiresAt: null, // Attio tokens never expire
+      account: { name: 'Acme Corp' },
+    });
+    expect(connection.account?.id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(connection.scopes).toEqual(['record_permission:read-write', 'object_configuration:read', 'user_management:read']);
+    expect(JSON.stringify(connection)).not.toContain(sandbox.issuedTokens.at(-1));
+
+    const { credential, extras } = await authpipe.getCredential(who);
+    expect(credential).toBe(sandbox.issuedTokens.at(-1));
+    expect(extras).toMatchObject({ workspace_slug: 'acme', client_id: sandbox.clientId });
+    const self = await fetch(sandbox.identityUrl, { headers: { authorization: `Bearer ${credential}` } });
+    expect(await self.json()).toMatchObject({ active: true, workspace_name: 'Acme Corp' });
+  });
+
+  test('a callback can be handled once', async () => {
+    const callback = await consented();
+    await authpipe.handleCallback({ url: callback });
+    await rejection(authpipe.handleCallback({ url: callback }), 'STATE_ALREADY_USED');
+  });
+
+  test('the callback forms: url, query string, parameters, form body', async () => {
+    for (const form of ['url', 'query', 'params', 'body'] as const) {
+      const callback = new URL(await consented());
+      const input =
+        form === 'url' ? { url: callback.href }
+        : form === 'query' ? { query: callback.search }
+        : form === 'params' ? { query: Object.fromEntries(callback.searchParams) }
+        : { body: callback.searchParams.toString() };
+      await expect(authpipe.handleCallback(input)).resolves.toMatchObject({ status: 'active' });
+    }
+  });
+
+  test('each failure has its own code, and never a secret in its message', async () => {
+    const denied = await sandbox.consent((await authpipe.startConnect(who)).url, { deny: true });
+    await rejection(authpipe.handleCallback({ url: denied }), 'AUTHORIZATION_DENIED');
+    await rejection(authpipe.handleCallback({ query: { error: 'server_error', state: 'x' } }), 'AUTHORIZATION_FAILED');
+    await rejection(authpipe.handleCallback({ query: { code: 'c' } }), 'INVALID_STATE');
+    await rejection(authpipe.handleCallback({ query: { code: 'c', state: 'forged-state' } }), 'INVALID_STATE');
+
+    const other = new URL(await consented());
+    await rejection(authpipe.handleCallback({ url: other.href }, { provider: 'hubspot' }), 'STATE_PROVIDER_MISMATCH');
+
+    const tampered = new URL(await consented());
+    tampered.searchParams.set('code', 'not-the-code');
+    const err = await rejection(authpipe.handleCallback({ url: tampered.href }), 'CODE_EXCHANGE_FAILED');
+    expect(err.message).toContain('invalid_grant');
+    expect(err.message).not.toContain(sandbox.clientSecret);
+
+    const missingCode = new URL(await consented());
+    missingCode.searchParams.delete('code');
+    await rejection(authpipe.handleCallback({ url: missingCode.href }), 'PROVIDER_ERROR');
+
+    sandbox.failNext('token', 1, 502);
+    expect((await rejection(authpipe.handleCallback({ url: await consented() }), 'PROVIDER_ERROR')).message).toContain('HTTP 502');
+
+    sandbox.delay('token', 3000);
+    try {
+      await rejection(authpipe.handleCallback({ url: await consented() }), 'PROVIDER_TIMEOUT');
+    } finally {
+      sandbox.delay('token', 0);
+    }
+
+    sandbox.failNext('identity', 1, 500);
+    await rejection(authpipe.handleCallback({ url: await consented() }), 'PROVIDER_ERROR');
+  });
+
+  test('a connection without a required scope is refused', async () => {
+    const picky = new Authpipe({
+      store: ':memory:',
+      masterKey: newKey(),
+      providers: { attio: sandbox.providerConfig({ redirectUri, requiredScopes: ['webhook:read-write'] }) },
+    });
+    const { url } = await picky.startConnect(who);
+    const err = await rejection(picky.handleCallback({ url: await sandbox.consent(url) }), 'INSUFFICIENT_SCOPE');
+    expect(err.message).toContain('webhook:read-write');
+    await rejection(picky.getCredential(who), 'CONNECTION_NOT_FOUND');
+    await picky.close();
+  });
+
+  test('iss is checked when the provider has an issuer (RFC 9207)', async () => {
+    const strict = new Authpipe({
+      store: ':memory:',
+      masterKey: newKey(),
+      providers: { attio: sandbox.providerConfig({ redirectUri, issuer: sandbox.origin, issParameterSupported: true }) },
+    });
+    const withIss = async (iss: string | null) => {
+      const callback = new URL(await sandbox.consent((await strict.startConnect(who)).url));
+      if (iss !== null) callback.searchParams.set('iss', iss);
+      return strict.handleCallback({ url: callback.href });
+    };
+    await rejection(withIss('https://evil.example'), 'ISSUER_MISMATCH');
+    await rejection(withIss(null), 'ISSUER_MISMATCH');
+    await expect(withIss(sandbox.origin)).resolves.toMatchObject({ status: 'active' });
+    await strict.close();
+  });
+
+  test('redirect URIs must be registered, exactly', async () => {
+    await rejection(authpipe.startConnect({ ...who, redirectUri: 'https://evil.example/callback' }), 'INVALID_ARGUMENT');
+    const unregistered = new Authpipe({
+      store: ':memory:',
+      masterKey: newKey(),
+      providers: { attio: { ...sandbox.providerConfig(), redirectUri: `${appOrigin}/not-registered` } },
+    });
+    const { url } = await unregistered.startConnect(who);
+    await expect(sandbox.consent(url)).rejects.toThrow(/redirect_uri is not registered/);
+    await unregistered.close();
+  });
+
+  test('endpoint overrides must be https, or http on loopback', () => {
+    for (const authorizeUrl of ['http://attio.example/authorize', 'http://10.0.0.1/authorize', 'file:///etc/passwd']) {
+      expect(() => new Authpipe({ store: ':memory:', masterKey: newKey(), providers: { attio: { authorizeUrl } } })).toThrow(
+        expect.objectContaining({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('providers.attio.authorizeUrl must be an https URL') }),
+      );
+    }
+  });
+
+  test('deleteConnection reports that Attio has no revocation endpoint, and deletes', async () => {
+    await authpipe.handleCallback({ url: await consented({ ...who, userId: 'to-delete' }) });
+    expect(await authpipe.deleteConnection({ ...who, userId: 'to-delete' })).toEqual({ deleted: true, revocation: 'not_supported', revocationError: null });
+    await rejection(authpipe.getCredential({ ...who, userId: 'to-delete' }), 'CONNECTION_NOT_FOUND');
+  });
+});
+
+/** A browser, minus the browser: a cookie jar and manual redirects. */
+async function browse(url: string, cookie?: string): Promise<{ status: number; location: string | null; setCookie: string[]; text: string; headers: Headers }> {
+  const res = await fetch(url, { redirect: 'manual', headers: cookie ? { cookie } : {} });
+  return { status: res.status, location: res.headers.get('location'), setCookie: res.headers.getSetCookie(), text: await res.text(), headers: res.headers };
+}
+
+function posted(page: string): ConnectResultMessage {
+  const match = /var result = (\{.*?\});\n/s.exec(page);
+  if (!match) throw new Error(`no result in page: ${page}`);
+  return JSON.parse(match[1]!) as ConnectResultMessage;
+}
+
+describe('the HTTP handler', () => {
+  async function startInBrowser(tenantId = 'org_acme', userId = 'user_h') {
+    const { token } = await authpipe.createConnectSession({ tenantId, userId, providers: ['attio'] });
+    const start = await browse(`${appOrigin}/authpipe/connect/attio?session=${token}`);
+    expect(start.status).toBe(302);
+    const cookie = start.setCookie[0]!.split(';')[0]!;
+    return { start, cookie, callback: await sandbox.consent(start.location!) };
+  }
+
+  test('connect -> provider -> callback page that posts the result to the opener, without tokens', async () => {
+    const { start, cookie, callback } = await startInBrowser();
+    expect(start.location!.startsWith(sandbox.authorizeUrl)).toBe(true);
+    expect(start.setCookie[0]).toMatch(/^authpipe_flow=[A-Za-z0-9_-]{43}; Path=\/authpipe\/callback; Max-Age=600; HttpOnly; SameSite=Lax$/);
+    expect(start.headers.get('referrer-policy')).toBe('no-referrer');
+
+    const done = await browse(callback, cookie);
+    expect(done.status).toBe(200);
+    expect(done.headers.get('referrer-policy')).toBe('no-referrer');
+    expect(done.headers.get('cache-control')).toBe('no-store');
+    const nonce = /nonce="([^"]+)"/.exec(done.text)![1];
+    expect(done.headers.get('content-security-policy')).toBe(
+      `default-src 'none'; script-src 'nonce-${nonce}'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`,
+    );
+    expect(done.setCookie[0]).toMatch(/^authpipe_flow=; Path=\/authpipe\/callback; Max-Age=0/);
+    expect(done.text).toContain(`window.opener.postMessage(result, "${appOrigin}")`);
+    expect(posted(done.text)).toMatchObject({ type: 'authpipe:connect', ok: true, connection: { provider: 'attio', tenantId: 'org_acme', userId: 'user_h', status: 'active' } });
+    expect(done.text).not.toContain(sandbox.issuedTokens.at(-1));
+    expect((await authpipe.getCredential({ provider: 'attio', tenantId: 'org_acme', userId: 'user_h' })).credential).toBe(sandbox.issuedTokens.at(-1));
+  });
+
+  test('the flow is bound to the browser that started it', async () => {
+    const a = await startInBrowser('tenant_a', 'alice');
+    const b = await startInBrowser('tenant_b', 'mallory');
+    // Mallory's callback (state from another tenant's flow) in Alice's browser:
+    const crossed = await browse(b.callback, a.cookie);
+    expect(posted(crossed.text)).toMatchObject({ ok: false, error: { code: 'BROWSER_MISMATCH' } });
+    expect(crossed.status).toBe(400);
+    // No cookie at all:
+    const a2 = await startInBrowser('tenant_a', 'alice');
+    expect(posted((await browse(a2.callback)).text)).toMatchObject({ ok: false, error: { code: 'BROWSER_MISMATCH' } });
+    // Each browser with its own flow:
+    expect(posted((await browse(a.callback, a.cookie)).text)).toMatchObject({ ok: true, connection: { tenantId: 'tenant_a', userId: 'alice' } });
+    await rejection(authpipe.getCredential({ provider: 'attio', tenantId: 'tenant_b', userId: 'mallory' }), 'CONNECTION_NOT_FOUND');
+  });
+
+  test('no parameter can redirect the browser elsewhere', async () => {
+    const { token } = await authpipe.createConnectSession({ tenantId: 'org_acme', userId: 'user_r' });
+    const evil = 'https://evil.example/steal';
+    const start = await browse(`${appOrigin}/authpipe/connect/attio?session=${token}&redirect_uri=${encodeURIComponent(evil)}&returnTo=${encodeURIComponent(evil)}`);
+    const authorize = new URL(start.location!);
+    expect(authorize.searchParams.get('redirect_uri')).toBe(redirectUri);
+    const cookie = start.setCookie[0]!.split(';')[0]!;
+    const callback = new URL(await sandbox.consent(start.location!));
+    for (const name of ['returnTo', 'return_to', 'redirect_uri', 'next', 'redirect']) callback.searchParams.set(name, evil);
+    const done = await browse(callback.href, cookie);
+    expect(posted(done.text).ok).toBe(true);
+    expect(done.text).not.toContain('evil.example');
+    expect(done.text).toContain(JSON.stringify(`${appOrigin}/?authpipe=connected`));
+  });
+
+  test('without a session or signed-in user, nothing starts', async () => {
+    const res = await browse(`${appOrigin}/authpipe/connect/attio?session=forged`);
+    expect(res.status).toBe(400);
+    expect(posted(res.text)).toMatchObject({ ok: false, error: { code: 'SESSION_INVALID' } });
+    const noSession = await browse(`${appOrigin}/authpipe/connect/attio`);
+    expect(posted(noSession.text)).toMatchObject({ ok: false, error: { code: 'SESSION_INVALID' } });
+    const { token } = await authpipe.createConnectSession({ tenantId: 't', userId: 'u', providers: ['hubspot'] });
+    expect(posted((await browse(`${appOrigin}/authpipe/connect/attio?session=${token}`)).text)).toMatchObject({ ok: false, error: { code: 'SESSION_INVALID' } });
+  });
+
+  test('a callback can arrive as a form POST (as Copper sends it)', async () => {
+    const { cookie, callback } = await startInBrowser('org_acme', 'user_post');
+    const url = new URL(callback);
+    const res = await fetch(url.origin + url.pathname, {
+      method: 'POST',
+      headers: { cookie, 'content-type': 'application/x-www-form-urlencoded' },
+      body: url.searchParams.toString(),
+    });
+    expect(posted(await res.text())).toMatchObject({ ok: true, connection: { userId: 'user_post' } });
+  });
+
+  test('unknown routes are 404 and the page script cannot be broken out of', async () => {
+    expect((await browse(`${appOrigin}/authpipe/nope`)).status).toBe(404);
+    const res = await browse(`${appOrigin}/authpipe/callback?error=${encodeURIComponent('</script><script>alert(1)</script>')}&state=x`);
+    expect(res.text).not.toContain('<script>alert(1)');
+    expect(posted(res.text)).toMatchObject({ ok: false, error: { code: 'AUTHORIZATION_FAILED' } });
+  });
+});

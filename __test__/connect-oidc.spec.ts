@@ -1,0 +1,105 @@
+// End to end against a real, certified authorization server (panva's oidc-provider, run in a
+// child process on loopback): discovery, code + PKCE (required by the server), RFC 9207 `iss`,
+// client_secret_basic, then credentials the server's introspection accepts.
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Authpipe, type ConnectResultMessage } from '..';
+import { newKey, rejection } from './helpers';
+import { followUntil, startOidcProvider, type OidcProvider } from './support/oidc';
+
+let app: Server;
+let appOrigin: string;
+let oidc: OidcProvider;
+let authpipe: Authpipe;
+
+beforeAll(async () => {
+  app = createServer();
+  await new Promise<void>((resolve) => app.listen(0, '127.0.0.1', resolve));
+  appOrigin = `http://127.0.0.1:${(app.address() as AddressInfo).port}`;
+  oidc = await startOidcProvider({ redirectUris: [`${appOrigin}/authpipe/callback/oidc`] });
+  authpipe = new Authpipe({
+    store: ':memory:',
+    masterKey: newKey(),
+    providers: {
+      // Only an issuer: endpoints, PKCE, client authentication and iss support are discovered.
+      oidc: {
+        issuer: oidc.issuer,
+        clientId: oidc.clientId,
+        clientSecret: oidc.clientSecret,
+        redirectUri: `${appOrigin}/authpipe/callback/oidc`,
+        scopes: ['api:read', 'offline_access'],
+      },
+    },
+  });
+  app.on('request', authpipe.handler({ appOrigin }));
+  await authpipe.ready();
+});
+
+afterAll(async () => {
+  await authpipe.close();
+  app.closeAllConnections();
+  await new Promise((resolve) => app.close(resolve));
+  await oidc.close();
+});
+
+const who = { provider: 'oidc', tenantId: 'org_acme', userId: 'user_1' };
+
+test('connect through the handler, then serve a token the provider accepts', async () => {
+  const { token } = await authpipe.createConnectSession({ tenantId: who.tenantId, userId: who.userId });
+  const start = await fetch(`${appOrigin}/authpipe/connect/oidc?session=${token}`, { redirect: 'manual' });
+  expect(start.status).toBe(302);
+  const authorize = new URL(start.headers.get('location')!);
+  expect(authorize.origin).toBe(oidc.issuer);
+  expect(authorize.searchParams.get('code_challenge_method')).toBe('S256');
+  const cookie = start.headers.getSetCookie()[0]!.split(';')[0]!;
+
+  const callback = await followUntil(authorize.href, appOrigin);
+  expect(new URL(callback).searchParams.get('iss')).toBe(oidc.issuer); // RFC 9207, sent by the server
+  const page = await (await fetch(callback, { headers: { cookie } })).text();
+  const result = JSON.parse(/var result = (\{.*?\});\n/s.exec(page)![1]!) as ConnectResultMessage;
+  expect(result).toMatchObject({ ok: true, connection: { provider: 'oidc', tenantId: 'org_acme', userId: 'user_1', status: 'active' } });
+
+  const connection = await authpipe.getConnection(who);
+  expect(connection.hasRefreshToken).toBe(true);
+  expect(connection.expiresAt!.getTime()).toBeGreaterThan(Date.now());
+  const { credential } = await authpipe.getCredential(who);
+  expect(await oidc.introspect(credential)).toMatchObject({ active: true, client_id: oidc.clientId, scope: expect.stringContaining('api:read') });
+});
+
+test('a callback whose iss is not the issuer is refused before the code is redeemed', async () => {
+  const { url } = await authpipe.startConnect({ ...who, userId: 'user_2' });
+  const callback = new URL(await followUntil(url, appOrigin));
+  const genuineIss = callback.searchParams.get('iss')!;
+  callback.searchParams.set('iss', 'https://attacker.example');
+  await rejection(authpipe.handleCallback({ url: callback.href }), 'ISSUER_MISMATCH');
+  // The code was not redeemed with the wrong iss, but the state is spent: no second try.
+  callback.searchParams.set('iss', genuineIss);
+  await rejection(authpipe.handleCallback({ url: callback.href }), 'STATE_ALREADY_USED');
+});
+
+test('an http issuer off loopback is refused', () => {
+  expect(() => new Authpipe({ store: ':memory:', masterKey: newKey(), providers: { x: { issuer: 'http://idp.example' } } })).toThrow(
+    expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
+  );
+});
+
+test('discovery refuses metadata that names another issuer', async () => {
+  const impostor = createServer((_req, res) => {
+    // Metadata copied from the real server: its issuer is not this server's URL.
+    fetch(`${oidc.issuer}/.well-known/openid-configuration`).then(async (r) => res.writeHead(200, { 'content-type': 'application/json' }).end(await r.text()));
+  });
+  await new Promise<void>((resolve) => impostor.listen(0, '127.0.0.1', resolve));
+  const issuer = `http://127.0.0.1:${(impostor.address() as AddressInfo).port}`;
+  const bad = new Authpipe({ store: ':memory:', masterKey: newKey(), providers: { x: { issuer } } });
+  const err = await rejection(bad.ready(), 'PROVIDER_ERROR');
+  expect(err.message).toContain(`names issuer '${oidc.issuer}'`);
+  await bad.close();
+  impostor.closeAllConnections();
+  await new Promise((resolve) => impostor.close(resolve));
+});
+
+test('discovery of an issuer that serves no metadata fails at ready()', async () => {
+  const bad = new Authpipe({ store: ':memory:', masterKey: newKey(), providers: { x: { issuer: `${appOrigin}/no-such-issuer` } } });
+  await rejection(bad.ready(), 'PROVIDER_ERROR');
+  await bad.close();
+});

@@ -1,0 +1,120 @@
+//! The identity probe: who a token belongs to and whether it is alive, read with the JSON
+//! pointers of the provider's definition. Attio answers a dead token with `200 {"active":false}`,
+//! so the body decides, not only the status.
+
+use super::http::{self, Answer, ClientCredentials};
+use crate::error::{Error, ErrorCode, Result};
+use crate::providers::{ProbeStyle, Provider};
+use crate::records::ProviderAccount;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+use url::Url;
+
+/// What the probe found.
+#[derive(Debug, Default)]
+pub struct Identity {
+    /// `false` when the provider says the token is dead (revoked, app uninstalled).
+    pub active: bool,
+    pub account: ProviderAccount,
+    pub scopes: Option<Vec<String>>,
+    /// The definition's `keep` fields.
+    pub kept: Map<String, Value>,
+}
+
+fn text(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Calls the probe at `url` (already filled from the connection's values).
+pub async fn probe(
+    http_client: &reqwest::Client,
+    provider: &Provider,
+    url: Url,
+    access_token: &SecretString,
+) -> Result<Identity> {
+    let probe = provider
+        .definition
+        .identity
+        .as_ref()
+        .ok_or_else(|| Error::internal("no identity probe"))?;
+    let purpose = format!("{} identity endpoint", provider.definition.display_name);
+    let answer: Answer = match probe.style {
+        ProbeStyle::Bearer => {
+            let method = if probe.method.eq_ignore_ascii_case("POST") {
+                reqwest::Method::POST
+            } else {
+                reqwest::Method::GET
+            };
+            let authorization = SecretString::from(format!(
+                "{} {}",
+                probe.auth_scheme,
+                access_token.expose_secret()
+            ));
+            let request = http_client
+                .request(method, url)
+                .header("accept", "application/json")
+                .header("authorization", authorization.expose_secret());
+            http::send(request, &purpose).await?
+        }
+        ProbeStyle::Introspection => {
+            let (id, secret) = provider.require_client()?;
+            let credentials = ClientCredentials {
+                auth: provider.definition.client_auth,
+                id,
+                secret,
+            };
+            http::post_form(
+                http_client,
+                &purpose,
+                url,
+                vec![("token", access_token.expose_secret())],
+                &credentials,
+            )
+            .await?
+        }
+    };
+    if answer.status == 401 || answer.status == 403 {
+        return Ok(Identity {
+            active: false,
+            ..Default::default()
+        });
+    }
+    if !answer.is_success() {
+        return Err(http::unexpected(&purpose, &answer));
+    }
+    let body = answer.json_object().map(Value::Object).ok_or_else(|| {
+        Error::new(
+            ErrorCode::ProviderError,
+            format!("the {purpose} answered with something that is not a JSON object"),
+        )
+    })?;
+    let active = match &probe.active_field {
+        Some(pointer) => body
+            .pointer(pointer)
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        None => true,
+    };
+    let get = |pointer: &Option<String>| pointer.as_deref().and_then(|p| body.pointer(p));
+    Ok(Identity {
+        active,
+        account: ProviderAccount {
+            id: text(get(&probe.account_id)),
+            name: text(get(&probe.account_name)),
+        },
+        scopes: get(&probe.scopes).and_then(super::token::scope_list),
+        kept: probe
+            .keep
+            .iter()
+            .filter_map(|(name, pointer)| {
+                body.pointer(pointer)
+                    .filter(|v| !v.is_null())
+                    .map(|v| (name.clone(), v.clone()))
+            })
+            .collect(),
+    })
+}

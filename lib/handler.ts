@@ -1,0 +1,189 @@
+/**
+ * `authpipe.handler()`: the browser side of the connect flow as a plain Node
+ * `(req, res) => void`, usable with `http`, Express and Fastify (`fastify.all('/authpipe/*', ...)`
+ * with `reply.hijack()`, or via @fastify/middie).
+ *
+ *   GET  {basePath}/connect/:provider?session=<token>   -> 302 to the provider (sets the flow cookie)
+ *   GET|POST {basePath}/callback[/:provider]             -> HTML page that postMessages the result
+ *
+ * The flow is bound to the browser by an HttpOnly cookie checked at the callback. Pages carry
+ * `Referrer-Policy: no-referrer` and a CSP that allows only their own inline script. Where the
+ * browser goes afterwards is fixed by configuration, never by a request parameter.
+ * @internal (the public entry point is `Authpipe.handler`)
+ */
+import { randomBytes } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { AuthpipeError, fromNative, invalidArgument } from './errors';
+import type { Connection } from './types';
+
+/** Options of {@link Authpipe.handler}. */
+export interface HandlerOptions {
+  /**
+   * The app's origin (e.g. `https://app.example.com`): the only origin the callback page
+   * `postMessage`s to, and the origin `returnTo` must be on.
+   */
+  appOrigin: string;
+  /** Where the handler is mounted; default `/authpipe`. */
+  basePath?: string;
+  /**
+   * Who is connecting, for `/connect/:provider` requests without a `session` token (e.g. from
+   * the app's own session cookie). Return `null` to refuse.
+   */
+  resolveUser?: (req: IncomingMessage) => Promise<{ tenantId: string; userId: string } | null> | { tenantId: string; userId: string } | null;
+  /** Where the callback page sends the browser when it has no opener window; default `appOrigin` + `/`. */
+  returnTo?: string;
+}
+
+/** What the callback page posts to `window.opener`. */
+export type ConnectResultMessage =
+  | { type: 'authpipe:connect'; ok: true; connection: Pick<Connection, 'provider' | 'tenantId' | 'userId' | 'status' | 'scopes' | 'account'> }
+  | { type: 'authpipe:connect'; ok: false; error: { code: string; message: string } };
+
+/** What the handler needs from an Authpipe instance. */
+export interface HandlerBackend {
+  sessionKey(token: string, provider: string): Promise<{ tenantId: string; userId: string }>;
+  startConnect(input: { provider: string; tenantId: string; userId: string; browserBinding: string }): Promise<{ url: string; callbackMethod: string }>;
+  handleCallback(params: Record<string, string>, provider: string | undefined, browserBinding: string | undefined): Promise<Connection>;
+}
+
+const COOKIE = 'authpipe_flow';
+const MAX_BODY_BYTES = 64 * 1024;
+
+export function createHandler(backend: HandlerBackend, options: HandlerOptions): (req: IncomingMessage, res: ServerResponse) => void {
+  const appOrigin = checkOrigin(options.appOrigin);
+  const basePath = (options.basePath ?? '/authpipe').replace(/\/+$/, '');
+  if (!basePath.startsWith('/')) throw invalidArgument('basePath must start with "/"');
+  const returnTo = options.returnTo ?? `${appOrigin}/`;
+  if (new URL(returnTo, appOrigin).origin !== appOrigin) throw invalidArgument('returnTo must be on appOrigin');
+  const callbackPath = `${basePath}/callback`;
+
+  return (req, res) => {
+    route(req, res).catch((err: unknown) => {
+      // A bug or a closed instance: answer, never leave the request hanging.
+      if (!res.headersSent) page(res, 500, resultFor(fromNative(err)), appOrigin, returnTo);
+    });
+  };
+
+  async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://handler.invalid');
+    const path = url.pathname;
+    const connect = path.startsWith(`${basePath}/connect/`) ? path.slice(`${basePath}/connect/`.length) : undefined;
+    if (connect !== undefined && req.method === 'GET' && !connect.includes('/')) {
+      return startFlow(req, res, decodeURIComponent(connect), url.searchParams.get('session'));
+    }
+    if (path === callbackPath || path.startsWith(`${callbackPath}/`)) {
+      const named = path === callbackPath ? undefined : decodeURIComponent(path.slice(callbackPath.length + 1));
+      if (req.method === 'GET') return finishFlow(req, res, Object.fromEntries(url.searchParams), named);
+      if (req.method === 'POST') return finishFlow(req, res, await readForm(req), named);
+    }
+    res.writeHead(404, securityHeaders({ 'content-type': 'text/plain; charset=utf-8' })).end('not found');
+  }
+
+  async function startFlow(req: IncomingMessage, res: ServerResponse, provider: string, session: string | null): Promise<void> {
+    try {
+      const who = session ? await backend.sessionKey(session, provider) : await options.resolveUser?.(req);
+      if (!who) throw new AuthpipeError('SESSION_INVALID', 'no connect session token and no signed-in user: pass ?session=<token from createConnectSession>');
+      const browserBinding = randomBytes(32).toString('base64url');
+      const started = await backend.startConnect({ provider, tenantId: who.tenantId, userId: who.userId, browserBinding });
+      res.writeHead(302, securityHeaders({ location: started.url, 'set-cookie': flowCookie(req, browserBinding, started.callbackMethod === 'POST') }));
+      res.end();
+    } catch (err) {
+      page(res, 400, resultFor(fromNative(err)), appOrigin, returnTo);
+    }
+  }
+
+  async function finishFlow(req: IncomingMessage, res: ServerResponse, params: Record<string, string>, provider: string | undefined): Promise<void> {
+    const binding = readCookie(req.headers.cookie, COOKIE);
+    const clear = `${COOKIE}=; Path=${callbackPath}; Max-Age=0; HttpOnly; SameSite=Lax${isSecure(req) ? '; Secure' : ''}`;
+    try {
+      const connection = await backend.handleCallback(params, provider, binding);
+      const { provider: p, tenantId, userId, status, scopes, account } = connection;
+      page(res, 200, { type: 'authpipe:connect', ok: true, connection: { provider: p, tenantId, userId, status, scopes, account } }, appOrigin, returnTo, clear);
+    } catch (err) {
+      page(res, 400, resultFor(fromNative(err)), appOrigin, returnTo, clear);
+    }
+  }
+
+  function flowCookie(req: IncomingMessage, value: string, crossSitePost: boolean): string {
+    // A provider that calls back with a cross-site POST (Copper) only gets SameSite=None cookies.
+    const sameSite = crossSitePost ? 'None; Secure' : `Lax${isSecure(req) ? '; Secure' : ''}`;
+    return `${COOKIE}=${value}; Path=${callbackPath}; Max-Age=600; HttpOnly; SameSite=${sameSite}`;
+  }
+}
+
+function checkOrigin(value: unknown): string {
+  if (typeof value !== 'string') throw invalidArgument('appOrigin must be a string such as "https://app.example.com"');
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw invalidArgument('appOrigin must be an origin such as "https://app.example.com"');
+  }
+  const loopback = ['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname);
+  if (url.origin !== value.replace(/\/$/, '') || !(url.protocol === 'https:' || (url.protocol === 'http:' && loopback))) {
+    throw invalidArgument('appOrigin must be an https origin (scheme, host, port; no path), or http on loopback');
+  }
+  return url.origin;
+}
+
+function isSecure(req: IncomingMessage): boolean {
+  return Boolean((req.socket as { encrypted?: boolean }).encrypted) || req.headers['x-forwarded-proto'] === 'https';
+}
+
+function readCookie(header: string | undefined, name: string): string | undefined {
+  for (const part of header?.split(';') ?? []) {
+    const [k, ...v] = part.trim().split('=');
+    if (k === name) return v.join('=');
+  }
+  return undefined;
+}
+
+async function readForm(req: IncomingMessage): Promise<Record<string, string>> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY_BYTES) throw new AuthpipeError('INVALID_ARGUMENT', 'the callback body is larger than 64 KiB');
+    chunks.push(chunk as Buffer);
+  }
+  return Object.fromEntries(new URLSearchParams(Buffer.concat(chunks).toString('utf8')));
+}
+
+function resultFor(err: AuthpipeError): ConnectResultMessage {
+  return { type: 'authpipe:connect', ok: false, error: { code: err.code, message: err.message } };
+}
+
+function securityHeaders(extra: Record<string, string>, nonce?: string): Record<string, string> {
+  return {
+    'cache-control': 'no-store',
+    'referrer-policy': 'no-referrer',
+    'x-content-type-options': 'nosniff',
+    'content-security-policy': `default-src 'none'; script-src ${nonce ? `'nonce-${nonce}'` : "'none'"}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`,
+    ...extra,
+  };
+}
+
+/** JSON safe to embed in a <script>: no `</script>`, no HTML-significant or line-breaking characters. */
+function scriptJson(value: unknown): string {
+  return JSON.stringify(value).replace(/[<>&\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+function page(res: ServerResponse, status: number, result: ConnectResultMessage, appOrigin: string, returnTo: string, cookie?: string): void {
+  const nonce = randomBytes(16).toString('base64');
+  const target = new URL(returnTo, appOrigin);
+  target.searchParams.set('authpipe', result.ok ? 'connected' : 'error');
+  if (!result.ok) target.searchParams.set('authpipe_error', result.error.code);
+  const title = result.ok ? 'Connected' : 'Could not connect';
+  const body = `<!doctype html><html><head><meta charset="utf-8"><title>${title}</title></head><body>
+<p>${title}. You can close this window.</p>
+<script nonce="${nonce}">
+(function () {
+  var result = ${scriptJson(result)};
+  if (window.opener) { window.opener.postMessage(result, ${scriptJson(appOrigin)}); window.close(); }
+  else { window.location.replace(${scriptJson(target.href)}); }
+})();
+</script></body></html>`;
+  const headers = securityHeaders({ 'content-type': 'text/html; charset=utf-8' }, nonce);
+  if (cookie) headers['set-cookie'] = cookie;
+  res.writeHead(status, headers).end(body);
+}

@@ -1,0 +1,264 @@
+/**
+ * `@authpipe/node/testing`: provider emulators for tests, offline. `createSandbox` starts a real
+ * HTTP server on 127.0.0.1 that speaks a provider's documented shapes and enforces what the
+ * provider enforces (registered redirect URIs, client authentication, PKCE when a challenge was
+ * sent, single-use codes), with controls to revoke tokens, uninstall the app, fail, rate-limit
+ * or delay answers.
+ *
+ * @example
+ * import { createSandbox } from '@authpipe/node/testing';
+ * const sandbox = await createSandbox({ provider: 'attio' });
+ * const authpipe = new Authpipe({ store: ':memory:', masterKey, providers: { attio: sandbox.providerConfig({ redirectUri }) } });
+ * const { url } = await authpipe.startConnect({ provider: 'attio', tenantId: 't', userId: 'u', redirectUri });
+ * const connection = await authpipe.handleCallback({ url: await sandbox.consent(url) });
+ * await sandbox.close();
+ */
+import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { ProviderConfig } from './types';
+
+export interface SandboxOptions {
+  /** The provider to emulate. */
+  provider: 'attio';
+  clientId?: string;
+  clientSecret?: string;
+  /** Scopes configured on the emulated app (Attio: reported by `/v2/self`). */
+  scopes?: readonly string[];
+  workspace?: { id?: string; name?: string; slug?: string };
+}
+
+/** Which endpoint a control applies to. */
+export type SandboxEndpoint = 'authorize' | 'token' | 'identity' | 'any';
+
+export interface Sandbox {
+  /** `http://127.0.0.1:<port>` */
+  readonly origin: string;
+  readonly clientId: string;
+  readonly clientSecret: string;
+  readonly authorizeUrl: string;
+  readonly tokenUrl: string;
+  readonly identityUrl: string;
+  /** Settings for `new Authpipe({ providers: { attio: ... } })` pointing at this sandbox. */
+  providerConfig(extra?: ProviderConfig): ProviderConfig;
+  /**
+   * Follows an authorize URL as a consenting user would and returns where the provider sends
+   * the browser back (the callback URL, with `code` and `state`, or with `error`).
+   */
+  consent(authorizeUrl: string, options?: { deny?: boolean }): Promise<string>;
+  /** Makes a token dead (`/v2/self` then answers `{ active: false }`). */
+  revoke(accessToken: string): void;
+  /** The workspace uninstalls the app: every token is dead. */
+  uninstall(): void;
+  /** The next `count` requests to `endpoint` answer `status` (with an Attio-style error body). */
+  failNext(endpoint: SandboxEndpoint, count: number, status: number): void;
+  /** The next `count` requests to `endpoint` answer 429 with `Retry-After: <HTTP date>`. */
+  rateLimit(endpoint: SandboxEndpoint, count: number, retryAfter: Date): void;
+  /** Every answer from `endpoint` waits `ms` first (0 to stop). */
+  delay(endpoint: SandboxEndpoint, ms: number): void;
+  /** Requests received, in order (method and path only). */
+  readonly requests: ReadonlyArray<{ method: string; path: string }>;
+  /** Access tokens issued so far. */
+  readonly issuedTokens: readonly string[];
+  close(): Promise<void>;
+}
+
+interface PendingCode {
+  redirectUri: string;
+  challenge: string | null;
+  used: boolean;
+}
+
+interface Control {
+  /** Injected answers, consumed one per request. */
+  fail: Array<{ status: number; retryAfter?: string }>;
+  delayMs: number;
+}
+
+const ENDPOINTS: ReadonlyArray<Exclude<SandboxEndpoint, 'any'>> = ['authorize', 'token', 'identity'];
+
+/** Starts a provider emulator on 127.0.0.1 (a free port). */
+export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
+  if (options.provider !== 'attio') throw new Error(`no sandbox for provider '${options.provider}' yet`);
+  const clientId = options.clientId ?? `sandbox-${randomUUID()}`;
+  const clientSecret = options.clientSecret ?? randomBytes(24).toString('base64url');
+  const scopes = options.scopes ?? ['record_permission:read-write', 'object_configuration:read', 'user_management:read'];
+  const workspace = {
+    id: options.workspace?.id ?? randomUUID(),
+    name: options.workspace?.name ?? 'Acme Sandbox',
+    slug: options.workspace?.slug ?? 'acme-sandbox',
+  };
+  const memberId = randomUUID();
+  const registeredRedirects = new Set<string>();
+  const codes = new Map<string, PendingCode>();
+  const tokens = new Map<string, { active: boolean; iat: number }>();
+  const controls = new Map(ENDPOINTS.map((e) => [e, { fail: [], delayMs: 0 } as Control]));
+  const requests: Array<{ method: string; path: string }> = [];
+  let uninstalled = false;
+
+  const server: Server = createServer((req, res) => {
+    handle(req, res).catch(() => {
+      if (!res.headersSent) json(res, 500, { status_code: 500, type: 'internal_error', code: 'internal', message: 'sandbox error' });
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', origin);
+    requests.push({ method: req.method ?? 'GET', path: url.pathname });
+    const endpoint = url.pathname === '/authorize' ? 'authorize' : url.pathname === '/oauth/token' ? 'token' : 'identity';
+    const control = controls.get(endpoint)!;
+    if (control.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, control.delayMs));
+    const failure = control.fail.shift();
+    if (failure) {
+      const headers: Record<string, string> = {};
+      if (failure.retryAfter) headers['retry-after'] = failure.retryAfter;
+      const body =
+        failure.status === 429
+          ? { status_code: 429, type: 'rate_limit_error', code: 'rate_limit_exceeded', message: 'Rate limit exceeded, please try again later' }
+          : { status_code: failure.status, type: 'internal_error', code: 'sandbox_failure', message: 'Injected failure' };
+      return json(res, failure.status, body, headers);
+    }
+    if (req.method === 'GET' && url.pathname === '/authorize') return authorize(url, res);
+    if (req.method === 'POST' && url.pathname === '/oauth/token') return token(req, res);
+    if (url.pathname === '/v2/self' || (req.method === 'POST' && url.pathname === '/oauth/introspect')) return self(req, res);
+    json(res, 404, { status_code: 404, type: 'invalid_request_error', code: 'not_found', message: 'Not found' });
+  }
+
+  function authorize(url: URL, res: ServerResponse): void {
+    const q = url.searchParams;
+    const redirectUri = q.get('redirect_uri') ?? '';
+    // Never redirect to an unregistered URI: that would be an open redirector.
+    if (q.get('client_id') !== clientId) return html(res, 400, 'Unknown client_id');
+    if (!registeredRedirects.has(redirectUri)) return html(res, 400, 'redirect_uri is not registered for this app');
+    const back = new URL(redirectUri);
+    const state = q.get('state');
+    if (state !== null) back.searchParams.set('state', state);
+    if (q.get('response_type') !== 'code') {
+      back.searchParams.set('error', 'unsupported_response_type');
+    } else if (q.get('deny') === '1') {
+      back.searchParams.set('error', 'access_denied');
+    } else {
+      const method = q.get('code_challenge_method');
+      if (q.get('code_challenge') !== null && method !== 'S256') {
+        back.searchParams.set('error', 'invalid_request');
+      } else {
+        const code = randomBytes(24).toString('base64url');
+        codes.set(code, { redirectUri, challenge: q.get('code_challenge'), used: false });
+        back.searchParams.set('code', code);
+      }
+    }
+    res.writeHead(302, { location: back.href, 'cache-control': 'no-store' }).end();
+  }
+
+  async function token(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const form = new URLSearchParams(await body(req));
+    const invalid = (error: string, status = 400) => json(res, status, { error, error_description: `sandbox: ${error}` });
+    if (form.get('client_id') !== clientId || !equal(form.get('client_secret') ?? '', clientSecret)) return invalid('invalid_client', 401);
+    if (form.get('grant_type') !== 'authorization_code') return invalid('unsupported_grant_type');
+    const code = codes.get(form.get('code') ?? '');
+    if (!code || code.used) return invalid('invalid_grant');
+    if (form.get('redirect_uri') !== code.redirectUri) return invalid('invalid_grant');
+    if (code.challenge !== null) {
+      const verifier = form.get('code_verifier') ?? '';
+      if (createHash('sha256').update(verifier).digest('base64url') !== code.challenge) return invalid('invalid_grant');
+    }
+    code.used = true;
+    const accessToken = randomBytes(30).toString('base64url'); // 40 characters, like Attio's
+    tokens.set(accessToken, { active: true, iat: Math.floor(Date.now() / 1000) });
+    json(res, 200, { access_token: accessToken, token_type: 'Bearer' });
+  }
+
+  function self(req: IncomingMessage, res: ServerResponse): void {
+    const presented = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
+    const state = presented === undefined ? undefined : tokens.get(presented);
+    if (!state) {
+      return json(res, 401, { status_code: 401, type: 'authentication_error', code: 'invalid_api_key', message: 'Invalid API key' });
+    }
+    if (!state.active || uninstalled) return json(res, 200, { active: false });
+    json(res, 200, {
+      active: true,
+      scope: scopes.join(' '),
+      client_id: clientId,
+      token_type: 'Bearer',
+      exp: null,
+      iat: state.iat,
+      sub: workspace.id,
+      aud: clientId,
+      iss: 'attio.com',
+      authorized_by_workspace_member_id: memberId,
+      workspace_id: workspace.id,
+      workspace_name: workspace.name,
+      workspace_slug: workspace.slug,
+      workspace_logo_url: null,
+    });
+  }
+
+  const targets = (endpoint: SandboxEndpoint) => (endpoint === 'any' ? ENDPOINTS : [endpoint]).map((e) => controls.get(e)!);
+
+  return {
+    origin,
+    clientId,
+    clientSecret,
+    authorizeUrl: `${origin}/authorize`,
+    tokenUrl: `${origin}/oauth/token`,
+    identityUrl: `${origin}/v2/self`,
+    providerConfig(extra: ProviderConfig = {}) {
+      for (const uri of [extra.redirectUri, ...(extra.redirectUris ?? [])]) if (uri) registeredRedirects.add(uri);
+      return { clientId, clientSecret, authorizeUrl: `${origin}/authorize`, tokenUrl: `${origin}/oauth/token`, identityUrl: `${origin}/v2/self`, ...extra };
+    },
+    async consent(authorizeUrl, consentOptions = {}) {
+      const url = new URL(authorizeUrl);
+      if (consentOptions.deny) url.searchParams.set('deny', '1');
+      const res = await fetch(url, { redirect: 'manual' });
+      const location = res.headers.get('location');
+      if (res.status !== 302 || !location) throw new Error(`the sandbox refused the authorization request (HTTP ${res.status}: ${await res.text()})`);
+      return location;
+    },
+    revoke(accessToken) {
+      const state = tokens.get(accessToken);
+      if (state) state.active = false;
+    },
+    uninstall() {
+      uninstalled = true;
+    },
+    failNext(endpoint, count, status) {
+      for (const c of targets(endpoint)) for (let i = 0; i < count; i++) c.fail.push({ status });
+    },
+    rateLimit(endpoint, count, retryAfter) {
+      for (const c of targets(endpoint)) for (let i = 0; i < count; i++) c.fail.push({ status: 429, retryAfter: retryAfter.toUTCString() });
+    },
+    delay(endpoint, ms) {
+      for (const c of targets(endpoint)) c.delayMs = ms;
+    },
+    requests,
+    get issuedTokens() {
+      return [...tokens.keys()];
+    },
+    close: () => new Promise<void>((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    }),
+  };
+}
+
+function equal(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+function json(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers }).end(JSON.stringify(value));
+}
+
+function html(res: ServerResponse, status: number, message: string): void {
+  res.writeHead(status, { 'content-type': 'text/html; charset=utf-8' }).end(`<!doctype html><title>Sandbox</title><p>${message}</p>`);
+}
+
+async function body(req: IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of req) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
