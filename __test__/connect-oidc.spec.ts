@@ -66,6 +66,17 @@ test('connect through the handler, then serve a token the provider accepts', asy
   expect(await oidc.introspect(credential)).toMatchObject({ active: true, client_id: oidc.clientId, scope: expect.stringContaining('api:read') });
 });
 
+test('deleteConnection revokes the grant at the provider (RFC 7009), then deletes', async () => {
+  const ref = { ...who, userId: 'user_revoke' };
+  const { url } = await authpipe.startConnect(ref);
+  await authpipe.handleCallback({ url: await followUntil(url, appOrigin) });
+  const { credential } = await authpipe.getCredential(ref);
+  expect((await oidc.introspect(credential)).active).toBe(true);
+  expect(await authpipe.deleteConnection(ref)).toEqual({ deleted: true, revocation: 'revoked', revocationError: null });
+  expect((await oidc.introspect(credential)).active).toBe(false); // the refresh token's grant took its access token with it
+  await rejection(authpipe.getCredential(ref), 'CONNECTION_NOT_FOUND');
+});
+
 test('a callback whose iss is not the issuer is refused before the code is redeemed', async () => {
   const { url } = await authpipe.startConnect({ ...who, userId: 'user_2' });
   const callback = new URL(await followUntil(url, appOrigin));

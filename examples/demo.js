@@ -1,43 +1,62 @@
-// npm run demo: Authpipe on the embedded default store, with no configuration.
-// Imports a connection, serves its credential cold and warm, and prints what happened.
+// npm run demo: the whole product on the embedded default store, with no configuration.
+// A user connects an Attio workspace (the Attio sandbox stands in for Attio, offline) through
+// Authpipe's HTTP handler, as a browser would; then the app serves credentials, and the demo
+// prints the connection (never a token) and what a credential costs.
 'use strict';
-const { Authpipe } = require('..');
-const crypto = require('node:crypto');
+const http = require('node:http');
+const { Authpipe } = require('@authpipe/node');
+const { createSandbox } = require('@authpipe/node/testing');
 
-const ref = { provider: 'attio', tenantId: 'org_acme', userId: 'user_123' };
+const who = { tenantId: 'org_acme', userId: 'user_123' };
 
 async function main() {
-  // No store and no master key: ./.authpipe/authpipe.db, and a development key beside it.
-  const authpipe = new Authpipe();
-  await authpipe.ready();
-  const { store } = await authpipe.stats();
-  console.log(`store: ${store}`);
+  // Attio, emulated on 127.0.0.1.
+  const attio = await createSandbox({ provider: 'attio', workspace: { name: 'Acme Corp', slug: 'acme' } });
 
-  // The connect flow is not built yet; import a connection the way a migration would.
-  const connection = await authpipe.importConnection({
-    ...ref,
-    accessToken: crypto.randomBytes(30).toString('base64url'), // Attio tokens: ~40 chars, no expiry
-    scopes: ['record_permission:read', 'object_configuration:read'],
-  });
-  console.log('connection (metadata only, never a secret):');
-  console.log(connection);
+  // The app: Authpipe's handler mounted at /authpipe.
+  const app = http.createServer();
+  await new Promise((resolve) => app.listen(0, '127.0.0.1', resolve));
+  const appOrigin = `http://127.0.0.1:${app.address().port}`;
+  const redirectUri = `${appOrigin}/authpipe/callback/attio`;
+
+  // No store and no master key: ./.authpipe/authpipe.db, and a development key beside it.
+  const authpipe = new Authpipe({ providers: { attio: attio.providerConfig({ redirectUri }) } });
+  app.on('request', authpipe.handler({ appOrigin }));
+  console.log(`store: ${(await authpipe.stats()).store}`);
+
+  // The browser, minus the browser: the button opens /authpipe/connect/attio?session=...
+  const { token } = await authpipe.createConnectSession({ ...who, providers: ['attio'] });
+  const start = await fetch(`${appOrigin}/authpipe/connect/attio?session=${token}`, { redirect: 'manual' });
+  const cookie = start.headers.getSetCookie()[0].split(';')[0];
+  console.log(`1. /authpipe/connect/attio -> ${start.status} to ${new URL(start.headers.get('location')).origin}/authorize (PKCE S256, one-time state)`);
+  const callback = await attio.consent(start.headers.get('location'));
+  console.log(`2. the user consents; Attio sends the browser back to ${new URL(callback).pathname}`);
+  const page = await (await fetch(callback, { headers: { cookie } })).text();
+  const result = JSON.parse(/var result = (\{.*?\});\n/s.exec(page)[1]);
+  console.log(`3. the callback page posts to the opener: ${JSON.stringify(result)}`);
+
+  const ref = { provider: 'attio', ...who };
+  console.log('\nconnection (metadata only, never a secret):');
+  console.log(await authpipe.getConnection(ref));
 
   let t0 = process.hrtime.bigint();
-  const cold = await authpipe.getCredential(ref);
-  const coldNs = Number(process.hrtime.bigint() - t0);
-
+  const first = await authpipe.getCredential(ref);
+  const firstNs = Number(process.hrtime.bigint() - t0);
   const calls = 1_000_000;
   t0 = process.hrtime.bigint();
   for (let i = 0; i < calls; i++) await authpipe.getCredential(ref);
   const warmNs = Number(process.hrtime.bigint() - t0) / calls;
 
-  console.log(`\ncredential: ${cold.credential.slice(0, 6)}... (${cold.credential.length} chars, type ${cold.type}, expires ${cold.expiresAt ?? 'never'})`);
-  console.log(`first getCredential (native cache, decrypt): ${(coldNs / 1000).toFixed(1)} µs`);
-  console.log(`warm getCredential, mean of ${calls.toLocaleString()} awaited calls: ${warmNs.toFixed(0)} ns`);
+  const self = await (await fetch(attio.identityUrl, { headers: { authorization: `Bearer ${first.credential}` } })).json();
+  console.log(`\ncredential: ${first.credential.slice(0, 6)}... (${first.credential.length} chars, ${first.type}, expires ${first.expiresAt ?? 'never'})`);
+  console.log(`GET /v2/self with it: active=${self.active}, workspace "${self.workspace_name}"`);
+  console.log(`first getCredential (into Rust, decrypt): ${(firstNs / 1000).toFixed(1)} µs`);
+  console.log(`warm getCredential, mean of ${calls.toLocaleString()} awaited calls: ${warmNs.toFixed(0)} ns (no I/O, no call into Rust)`);
 
-  const page = await authpipe.listConnections({ tenantId: ref.tenantId });
-  console.log(`\n${page.connections.length} connection(s) for ${ref.tenantId}: ${page.connections.map((c) => `${c.provider}/${c.userId} (${c.status})`).join(', ')}`);
   await authpipe.close();
+  app.closeAllConnections();
+  app.close();
+  await attio.close();
 }
 
 main().catch((err) => {
