@@ -1,3 +1,5 @@
+import express from 'express';
+import Fastify from 'fastify';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Authpipe, type ConnectResultMessage } from '..';
@@ -115,6 +117,9 @@ describe('startConnect and handleCallback', () => {
     const missingCode = new URL(await consented());
     missingCode.searchParams.delete('code');
     await rejection(authpipe.handleCallback({ url: missingCode.href }), 'PROVIDER_ERROR');
+
+    sandbox.failNext('token', 1, 200); // a 200 that is not a token response
+    expect((await rejection(authpipe.handleCallback({ url: await consented() }), 'PROVIDER_ERROR')).message).toContain('no usable access_token');
 
     sandbox.failNext('token', 1, 502);
     expect((await rejection(authpipe.handleCallback({ url: await consented() }), 'PROVIDER_ERROR')).message).toContain('HTTP 502');
@@ -285,5 +290,124 @@ describe('the HTTP handler', () => {
     const res = await browse(`${appOrigin}/authpipe/callback?error=${encodeURIComponent('</script><script>alert(1)</script>')}&state=x`);
     expect(res.text).not.toContain('<script>alert(1)');
     expect(posted(res.text)).toMatchObject({ ok: false, error: { code: 'AUTHORIZATION_FAILED' } });
+  });
+});
+
+describe('the handler in Express and Fastify, and with resolveUser', () => {
+  /** An Authpipe whose redirect URI points at `origin`, and its handler. */
+  function instanceFor(origin: string, extra: Partial<Parameters<Authpipe['handler']>[0]> = {}) {
+    const instance = new Authpipe({
+      store: ':memory:',
+      masterKey: newKey(),
+      providers: { attio: sandbox.providerConfig({ redirectUri: `${origin}/authpipe/callback/attio` }) },
+    });
+    return { instance, handle: instance.handler({ appOrigin: origin, ...extra }) };
+  }
+
+  test('Express: app.use("/authpipe", handle)', async () => {
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const { instance, handle } = instanceFor(origin);
+    const expressApp = express();
+    expressApp.use('/authpipe', (req, res) => handle(req, res));
+    server.on('request', expressApp);
+    try {
+      const result = await connectViaInstance(instance, origin);
+      expect(result).toMatchObject({ ok: true, connection: { tenantId: 'org_fw', userId: 'express' } });
+    } finally {
+      await instance.close();
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  test('Fastify: reply.hijack() and the raw request', async () => {
+    const fastify = Fastify({ logger: false });
+    const holder: { handle?: ReturnType<Authpipe['handler']> } = {};
+    fastify.all('/authpipe/*', (request, reply) => {
+      reply.hijack();
+      holder.handle!(request.raw, reply.raw);
+    });
+    const address = await fastify.listen({ port: 0, host: '127.0.0.1' });
+    const origin = address.replace('localhost', '127.0.0.1');
+    const { instance, handle } = instanceFor(origin);
+    holder.handle = handle;
+    try {
+      const result = await connectViaInstance(instance, origin, 'fastify');
+      expect(result).toMatchObject({ ok: true, connection: { tenantId: 'org_fw', userId: 'fastify' } });
+    } finally {
+      await instance.close();
+      await fastify.close();
+    }
+  });
+
+  test('resolveUser: the app says who is signed in, no session token needed', async () => {
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const { instance, handle } = instanceFor(origin, {
+      // The app's own session: here, a cookie naming the user.
+      resolveUser: (req) => {
+        const user = /app_user=([^;]+)/.exec(req.headers.cookie ?? '')?.[1];
+        return user ? { tenantId: 'org_fw', userId: user } : null;
+      },
+    });
+    server.on('request', handle);
+    try {
+      const start = await browse(`${origin}/authpipe/connect/attio`, 'app_user=resolved');
+      const cookie = start.setCookie[0]!.split(';')[0]!;
+      const callback = await sandbox.consent(start.location!);
+      expect(posted((await browse(callback, cookie)).text)).toMatchObject({ ok: true, connection: { userId: 'resolved' } });
+      expect(posted((await browse(`${origin}/authpipe/connect/attio`)).text)).toMatchObject({ ok: false, error: { code: 'SESSION_INVALID' } });
+    } finally {
+      await instance.close();
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  async function connectViaInstance(instance: Authpipe, origin: string, userId = 'express'): Promise<ConnectResultMessage> {
+    const { token } = await instance.createConnectSession({ tenantId: 'org_fw', userId });
+    const start = await browse(`${origin}/authpipe/connect/attio?session=${token}`);
+    expect(start.status).toBe(302);
+    const cookie = start.setCookie[0]!.split(';')[0]!;
+    const callback = await sandbox.consent(start.location!);
+    return posted((await browse(callback, cookie)).text);
+  }
+});
+
+describe('the sandbox controls', () => {
+  test('revoke, uninstall, failures, rate limits', async () => {
+    const box = await createSandbox({ provider: 'attio' });
+    const instance = new Authpipe({ store: ':memory:', masterKey: newKey(), providers: { attio: box.providerConfig({ redirectUri }) } });
+    const self = (token: string) => fetch(box.identityUrl, { headers: { authorization: `Bearer ${token}` } });
+    try {
+      for (const userId of ['a', 'b']) {
+        const { url } = await instance.startConnect({ ...who, userId });
+        await instance.handleCallback({ url: await box.consent(url) });
+      }
+      const [a, b] = box.issuedTokens as [string, string];
+      box.revoke(a);
+      expect(await (await self(a)).json()).toEqual({ active: false });
+      expect(await (await self(b)).json()).toMatchObject({ active: true });
+      expect((await self('not-a-token')).status).toBe(401);
+
+      const resetAt = new Date(Date.now() + 60_000);
+      box.rateLimit('identity', 1, resetAt);
+      const limited = await self(b);
+      expect(limited.status).toBe(429);
+      expect(limited.headers.get('retry-after')).toBe(resetAt.toUTCString());
+      expect(await limited.json()).toMatchObject({ type: 'rate_limit_error', code: 'rate_limit_exceeded' });
+      box.failNext('identity', 2, 503);
+      expect([(await self(b)).status, (await self(b)).status, (await self(b)).status]).toEqual([503, 503, 200]);
+
+      box.uninstall();
+      expect(await (await self(b)).json()).toEqual({ active: false });
+      expect(box.requests.filter((r) => r.path === '/v2/self').length).toBeGreaterThan(5);
+    } finally {
+      await instance.close();
+      await box.close();
+    }
   });
 });

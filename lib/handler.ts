@@ -1,7 +1,7 @@
 /**
  * `authpipe.handler()`: the browser side of the connect flow as a plain Node
- * `(req, res) => void`, usable with `http`, Express and Fastify (`fastify.all('/authpipe/*', ...)`
- * with `reply.hijack()`, or via @fastify/middie).
+ * `(req, res) => void`, usable with `http`, Express (`app.use('/authpipe', handle)`) and Fastify
+ * (`fastify.all('/authpipe/*', (req, reply) => { reply.hijack(); handle(req.raw, reply.raw); })`).
  *
  *   GET  {basePath}/connect/:provider?session=<token>   -> 302 to the provider (sets the flow cookie)
  *   GET|POST {basePath}/callback[/:provider]             -> HTML page that postMessages the result
@@ -65,7 +65,9 @@ export function createHandler(backend: HandlerBackend, options: HandlerOptions):
   };
 
   async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://handler.invalid');
+    // Express strips its mount path from req.url; originalUrl keeps the whole path.
+    const raw = (req as { originalUrl?: string }).originalUrl ?? req.url ?? '/';
+    const url = new URL(raw, 'http://handler.invalid');
     const path = url.pathname;
     const connect = path.startsWith(`${basePath}/connect/`) ? path.slice(`${basePath}/connect/`.length) : undefined;
     if (connect !== undefined && req.method === 'GET' && !connect.includes('/')) {
