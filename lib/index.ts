@@ -11,10 +11,14 @@ import * as args from './args';
 import { AuthpipeError, fromNative, invalidArgument } from './errors';
 import { createHandler, type HandlerOptions } from './handler';
 import { CredentialMemo } from './memo';
+import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { native, type ConnectionOutput, type CredentialOutput, type NativeAuthpipe } from './native';
+import { native, type ConnectionOutput, type CredentialOutput, type EventOutput, type NativeAuthpipe } from './native';
 import type {
+  AuthpipeEvents,
   AuthpipeOptions,
+  ConnectionEventName,
+  HealthSummary,
   CallbackInput,
   CallbackOptions,
   ConnectSession,
@@ -50,7 +54,7 @@ const warnedDevKeys = new Set<string>();
  * Construction is synchronous and never throws for I/O: the store opens in the background,
  * every method waits for it, and {@link Authpipe.ready} reports how it went.
  */
-export class Authpipe {
+export class Authpipe extends EventEmitter<AuthpipeEvents> {
   #native: NativeAuthpipe | undefined;
   #memo: CredentialMemo | undefined;
   readonly #opening: Promise<NativeAuthpipe>;
@@ -62,6 +66,7 @@ export class Authpipe {
    * const authpipe = new Authpipe({ store: './data/authpipe.db', masterKey: process.env.AUTHPIPE_MASTER_KEY });
    */
   constructor(options: AuthpipeOptions = {}) {
+    super();
     const opts = args.object(options, 'options');
     const store = args.optionalString(opts.store, 'store');
     const masterKeys = resolveMasterKeys(opts);
@@ -72,12 +77,19 @@ export class Authpipe {
     const httpTimeoutMs = args.optionalInteger(opts.httpTimeoutMs, 'httpTimeoutMs');
     if (httpTimeoutMs !== undefined && (httpTimeoutMs < 1 || httpTimeoutMs > 120_000)) throw invalidArgument('httpTimeoutMs must be between 1 and 120000');
 
+    const providerConcurrency = args.optionalInteger(opts.providerConcurrency, 'providerConcurrency');
+    if (providerConcurrency !== undefined && (providerConcurrency < 1 || providerConcurrency > 1024)) throw invalidArgument('providerConcurrency must be between 1 and 1024');
+    const healthCheckIntervalMs = args.optionalInteger(opts.healthCheckIntervalMs, 'healthCheckIntervalMs');
+    if (healthCheckIntervalMs !== undefined && healthCheckIntervalMs < 0) throw invalidArgument('healthCheckIntervalMs must not be negative');
+
     const openInput = {
       store,
       masterKeys,
       production: process.env.NODE_ENV === 'production',
       providers: args.optionalJsonObject(providers, 'providers') ?? '{}',
       httpTimeoutMs,
+      providerConcurrency,
+      healthCheckIntervalMs,
     };
     try {
       native.checkOptions(openInput);
@@ -91,6 +103,7 @@ export class Authpipe {
           if (this.#closed) handle.close();
           this.#native = handle;
           this.#memo = memoLimit > 0 ? new CredentialMemo(handle, memoLimit) : undefined;
+          handle.subscribe((event) => this.#deliver(event));
           announceDevKey(handle);
           return handle;
         },
@@ -356,6 +369,57 @@ export class Authpipe {
     const deleted = await call(() => handle.deleteTenant(id));
     this.#memo?.clear();
     return Object.freeze(deleted);
+  }
+
+  /**
+   * Refreshes a connection now (single-flight: joins a refresh already in flight), whether or
+   * not it is due. Resolves with the connection afterwards; its `status` and `lastError` say how
+   * it went (`revoked` after `invalid_grant`, `degraded` after a transient failure).
+   */
+  async refreshConnection(ref: ConnectionRef): Promise<Connection> {
+    const { provider, tenantId, userId } = connectionRef(ref);
+    const handle = await this.#handle();
+    return toConnection(await call(() => handle.refreshConnection(provider, tenantId, userId)));
+  }
+
+  /**
+   * Probes a connection's health now with its provider's identity endpoint (Attio `/v2/self`):
+   * a dead token makes it `revoked`, a lost required scope `insufficient_scope`, a provider
+   * error or timeout `degraded`. Resolves with the connection afterwards.
+   */
+  async checkConnection(ref: ConnectionRef): Promise<Connection> {
+    const { provider, tenantId, userId } = connectionRef(ref);
+    const handle = await this.#handle();
+    return toConnection(await call(() => handle.checkConnection(provider, tenantId, userId)));
+  }
+
+  /** Connection counts by status and by provider, from the in-memory cache (no I/O). */
+  async health(): Promise<HealthSummary> {
+    const handle = await this.#handle();
+    const h = await call(() => handle.health());
+    return Object.freeze({ total: h.total, byStatus: Object.freeze(h.byStatus), byProvider: Object.freeze(h.byProvider) }) as HealthSummary;
+  }
+
+  #deliver(e: EventOutput): void {
+    const event = Object.freeze({
+      type: e.type as ConnectionEventName,
+      provider: e.provider,
+      tenantId: e.tenantId,
+      userId: e.userId,
+      at: new Date(e.at),
+      status: (e.status ?? null) as ConnectionStatus | null,
+      expiresAt: date(e.expiresAt),
+      error: e.errorCode === undefined ? null : Object.freeze({ code: e.errorCode, message: e.errorMessage ?? '' }),
+      ...(e.attempt === undefined ? {} : { attempt: e.attempt, nextRetryAt: new Date(e.nextRetryAt ?? e.at) }),
+    });
+    // A throwing listener must not break delivery to the others, nor reach the Rust thread.
+    try {
+      (this.emit as (name: string, payload: unknown) => boolean)(event.type, event);
+    } catch (err) {
+      process.nextTick(() => {
+        throw err;
+      });
+    }
   }
 
   /** Diagnostics of the native engine behind this instance. */

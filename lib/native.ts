@@ -10,3 +10,4 @@ export const native: typeof Binding = require('../binding.js');
 export type NativeAuthpipe = Binding.NativeAuthpipe;
 export type CredentialOutput = Binding.CredentialOutput;
 export type ConnectionOutput = Binding.ConnectionOutput;
+export type EventOutput = Binding.EventOutput;

@@ -34,8 +34,19 @@ export interface AuthpipeOptions {
    * only holds credentials already handed out, and drops each one the moment it changes.
    */
   memoLimit?: number;
-  /** Timeout of each call to a provider (token exchange, identity, revocation), ms. Default 15,000. */
+  /** Timeout of each call to a provider (token exchange, refresh, identity, revocation), ms. Default 15,000. */
   httpTimeoutMs?: number;
+  /**
+   * Most token and probe requests in flight per provider (default 8), so that many connections
+   * coming due together do not flood a provider.
+   */
+  providerConcurrency?: number;
+  /**
+   * How often each connection's health is probed with its provider's identity endpoint (Attio
+   * `/v2/self`), ms; probes are spread evenly over the interval. Default 3,600,000 (1 hour);
+   * 0 turns scheduled probes off (`checkConnection` still works).
+   */
+  healthCheckIntervalMs?: number;
 }
 
 /**
@@ -251,4 +262,50 @@ export interface DeleteConnectionResult {
    */
   readonly revocation: 'revoked' | 'not_supported' | 'not_attempted' | 'failed';
   readonly revocationError: string | null;
+}
+
+/** Payload of every connection event. Never contains a secret. */
+export interface ConnectionEvent extends ConnectionRef {
+  readonly type: ConnectionEventName;
+  readonly at: Date;
+  /** The connection's status after the event, when it has one. */
+  readonly status: ConnectionStatus | null;
+  readonly expiresAt: Date | null;
+  /** For failures: a stable code (`invalid_grant`, `rate_limited`, `http_503`, ...) and a message. */
+  readonly error: { readonly code: string; readonly message: string } | null;
+}
+
+/** `connection.refresh_failed`: a transient failure; the still-valid token keeps being served. */
+export interface RefreshFailedEvent extends ConnectionEvent {
+  /** Consecutive failures so far. */
+  readonly attempt: number;
+  /** When the next refresh is tried. */
+  readonly nextRetryAt: Date;
+}
+
+export type ConnectionEventName =
+  | 'connection.created'
+  | 'connection.refreshed'
+  | 'connection.refresh_failed'
+  | 'connection.degraded'
+  | 'connection.revoked'
+  | 'connection.recovered'
+  | 'connection.deleted';
+
+/** Events of an `Authpipe` instance, for `authpipe.on(name, listener)`. */
+export interface AuthpipeEvents {
+  'connection.created': [ConnectionEvent];
+  'connection.refreshed': [ConnectionEvent];
+  'connection.refresh_failed': [RefreshFailedEvent];
+  'connection.degraded': [ConnectionEvent];
+  'connection.revoked': [ConnectionEvent];
+  'connection.recovered': [ConnectionEvent];
+  'connection.deleted': [ConnectionEvent];
+}
+
+/** Connection counts by status, overall and per provider. */
+export interface HealthSummary {
+  readonly total: number;
+  readonly byStatus: Readonly<Partial<Record<ConnectionStatus, number>>>;
+  readonly byProvider: Readonly<Record<string, Readonly<Partial<Record<ConnectionStatus, number>>>>>;
 }

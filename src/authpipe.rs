@@ -4,34 +4,43 @@
 //! hot path is the JS memo, and this class serves only its misses.)
 
 use crate::convert::{
-    CallbackInput, ConnectionOutput, CredentialOutput, DeletionOutput, DevKeyInfo, ImportInput,
-    IntoNapi, ListInput, ListOutput, RotationOutput, SessionKeyOutput, SessionOutput,
-    StartConnectInput, StartedOutput, StatsOutput, TenantDeletionOutput,
+    CallbackInput, ConnectionOutput, CredentialOutput, DeletionOutput, DevKeyInfo, EventOutput,
+    HealthOutput, ImportInput, IntoNapi, ListInput, ListOutput, RotationOutput, SessionKeyOutput,
+    SessionOutput, StartConnectInput, StartedOutput, StatsOutput, TenantDeletionOutput,
 };
 use crate::generation_pages::{page_buffer, PageBuffer};
 use authpipe_core::client::{encode_cursor, Client, ListFilter};
 use authpipe_core::connect::{Callback, Revocation, StartRequest};
 use authpipe_core::engine::DevKeyNotice;
+use authpipe_core::engine::RefreshReason;
 use authpipe_core::ids::{ConnectionKey, TenantId, UserId};
 use authpipe_core::providers::CallbackMethod;
 use authpipe_core::{Error, ErrorCode};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Env;
 use napi_derive::napi;
 use parking_lot::RwLock;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
+use tokio::sync::broadcast;
 
 #[napi]
 pub struct NativeAuthpipe {
     client: RwLock<Option<Arc<Client>>>,
     dev_key: Option<DevKeyNotice>,
+    /// Forwards engine events to the JS listener; aborted by `close()`.
+    events: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// The JS event listener: weak, so it never keeps the process alive.
+type EventListener = ThreadsafeFunction<EventOutput, (), EventOutput, napi::Status, false, true>;
 
 impl NativeAuthpipe {
     pub fn new(client: Client, dev_key: Option<DevKeyNotice>) -> Self {
         Self {
             client: RwLock::new(Some(Arc::new(client))),
             dev_key,
+            events: Default::default(),
         }
     }
 
@@ -349,6 +358,62 @@ impl NativeAuthpipe {
     /// Releases this instance's hold on the engine; the engine closes with its last instance.
     #[napi(catch_unwind)]
     pub fn close(&self) {
+        if let Some(task) = self.events.lock().take() {
+            task.abort();
+        }
         self.client.write().take();
+    }
+
+    /// Delivers the engine's connection events to `listener` until `close()`.
+    #[napi(catch_unwind, ts_args_type = "listener: (event: EventOutput) => void")]
+    pub fn subscribe(&self, listener: EventListener) -> napi::Result<()> {
+        let mut receiver = self.client()?.engine().subscribe();
+        let task = napi::bindgen_prelude::spawn(async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(event) => {
+                        listener.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        if let Some(old) = self.events.lock().replace(task) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    #[napi]
+    pub async fn refresh_connection(
+        &self,
+        provider: String,
+        tenant_id: String,
+        user_id: String,
+    ) -> napi::Result<ConnectionOutput> {
+        let (client, key) = self.connection_key(&provider, &tenant_id, &user_id)?;
+        client
+            .engine()
+            .refresh(&key, RefreshReason::Forced)
+            .await
+            .map(Into::into)
+            .napi()
+    }
+
+    #[napi]
+    pub async fn check_connection(
+        &self,
+        provider: String,
+        tenant_id: String,
+        user_id: String,
+    ) -> napi::Result<ConnectionOutput> {
+        let (client, key) = self.connection_key(&provider, &tenant_id, &user_id)?;
+        client.engine().check(&key).await.map(Into::into).napi()
+    }
+
+    #[napi(catch_unwind)]
+    pub fn health(&self) -> napi::Result<HealthOutput> {
+        Ok(self.client()?.engine().health().into())
     }
 }

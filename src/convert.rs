@@ -48,6 +48,10 @@ pub struct OpenInput {
     pub providers: String,
     /// Timeout of each call to a provider, in milliseconds.
     pub http_timeout_ms: Option<u32>,
+    /// Most token and probe requests in flight per provider.
+    pub provider_concurrency: Option<u32>,
+    /// Interval of scheduled health probes, ms; 0 turns them off.
+    pub health_check_interval_ms: Option<f64>,
 }
 
 #[napi(object)]
@@ -282,4 +286,63 @@ pub struct DeletionOutput {
     pub existed: bool,
     pub revocation: String,
     pub revocation_error: Option<String>,
+}
+
+/// A connection event for JS. No secret: ids, status, times, error code and message.
+#[napi(object)]
+pub struct EventOutput {
+    #[napi(js_name = "type")]
+    pub kind: String,
+    pub provider: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    pub at: f64,
+    pub status: Option<String>,
+    pub expires_at: Option<f64>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub attempt: Option<u32>,
+    pub next_retry_at: Option<f64>,
+}
+
+impl From<authpipe_core::events::Event> for EventOutput {
+    fn from(e: authpipe_core::events::Event) -> Self {
+        Self {
+            kind: e.kind.as_str().to_owned(),
+            provider: e.key.provider.to_string(),
+            tenant_id: e.key.tenant.to_string(),
+            user_id: e.key.user.to_string(),
+            at: e.at as f64,
+            status: e.status.map(|s| s.as_str().to_owned()),
+            expires_at: e.expires_at.map(|v| v as f64),
+            error_code: e.error.as_ref().map(|x| x.code.clone()),
+            error_message: e.error.map(|x| x.message),
+            attempt: e.attempt,
+            next_retry_at: e.next_retry_at.map(|v| v as f64),
+        }
+    }
+}
+
+#[napi(object)]
+pub struct HealthOutput {
+    pub total: u32,
+    pub by_status: std::collections::HashMap<String, u32>,
+    pub by_provider: std::collections::HashMap<String, std::collections::HashMap<String, u32>>,
+}
+
+impl From<authpipe_core::engine::Health> for HealthOutput {
+    fn from(h: authpipe_core::engine::Health) -> Self {
+        let count = |m: std::collections::BTreeMap<String, u64>| {
+            m.into_iter().map(|(k, v)| (k, v as u32)).collect()
+        };
+        Self {
+            total: h.total as u32,
+            by_status: count(h.by_status),
+            by_provider: h
+                .by_provider
+                .into_iter()
+                .map(|(k, v)| (k, count(v)))
+                .collect(),
+        }
+    }
 }

@@ -7,7 +7,7 @@ mod convert;
 mod generation_pages;
 
 use authpipe::NativeAuthpipe;
-use authpipe_core::client::Client;
+use authpipe_core::client::{Client, Connector};
 use authpipe_core::engine::{open_shared, EngineOptions, MasterKeySource, StoreLocation};
 use authpipe_core::providers::Catalog;
 use authpipe_core::vault::MasterKeyConfig;
@@ -18,6 +18,16 @@ use std::time::Duration;
 
 /// Default timeout of a call to a provider.
 const DEFAULT_HTTP_TIMEOUT_MS: u32 = 15_000;
+/// Default limit of concurrent calls per provider, and default health-probe interval.
+const DEFAULT_PROVIDER_CONCURRENCY: u32 = 8;
+const DEFAULT_HEALTH_CHECK_INTERVAL_MS: f64 = 3_600_000.0;
+
+/// The instance's way to providers, from its options.
+struct ConnectorOptions {
+    timeout: Duration,
+    concurrency: usize,
+    health_interval_ms: Option<i64>,
+}
 
 /// The core's view of `new Authpipe()` options; the provider settings stay JSON.
 fn options(
@@ -25,7 +35,7 @@ fn options(
 ) -> authpipe_core::Result<(
     EngineOptions,
     serde_json::Map<String, serde_json::Value>,
-    Duration,
+    ConnectorOptions,
 )> {
     let store = StoreLocation::parse(
         input
@@ -54,13 +64,26 @@ fn options(
             ))
         }
     };
-    let timeout = Duration::from_millis(
-        input
-            .http_timeout_ms
-            .unwrap_or(DEFAULT_HTTP_TIMEOUT_MS)
-            .clamp(1, 120_000)
-            .into(),
-    );
+    let connector = ConnectorOptions {
+        timeout: Duration::from_millis(
+            input
+                .http_timeout_ms
+                .unwrap_or(DEFAULT_HTTP_TIMEOUT_MS)
+                .clamp(1, 120_000)
+                .into(),
+        ),
+        concurrency: input
+            .provider_concurrency
+            .unwrap_or(DEFAULT_PROVIDER_CONCURRENCY)
+            .max(1) as usize,
+        health_interval_ms: match input
+            .health_check_interval_ms
+            .unwrap_or(DEFAULT_HEALTH_CHECK_INTERVAL_MS)
+        {
+            ms if ms >= 1.0 && ms.is_finite() => Some(ms as i64),
+            _ => None,
+        },
+    };
     Ok((
         EngineOptions {
             store,
@@ -68,7 +91,7 @@ fn options(
             clock: None,
         },
         providers,
-        timeout,
+        connector,
     ))
 }
 
@@ -83,12 +106,18 @@ pub fn check_options(input: OpenInput) -> napi::Result<()> {
 /// Opens (or joins) the engine for the configured store and returns an instance handle.
 #[napi]
 pub async fn open(input: OpenInput) -> napi::Result<NativeAuthpipe> {
-    let (options, providers, timeout) = options(input).napi()?;
-    let http = authpipe_core::connect::http::client(timeout).napi()?;
+    let (options, providers, connector) = options(input).napi()?;
+    let http = authpipe_core::connect::http::client(connector.timeout).napi()?;
     let catalog = Catalog::discover(providers, &http).await.napi()?;
     let opened = open_shared(options).await.napi()?;
+    let connector = Connector::new(
+        catalog,
+        http,
+        connector.concurrency,
+        connector.health_interval_ms,
+    );
     Ok(NativeAuthpipe::new(
-        Client::new(opened.engine, catalog, http),
+        Client::new(opened.engine, connector),
         opened.dev_key,
     ))
 }

@@ -5,6 +5,14 @@
 //   node oidc-server.mjs '{"clientId":"...","clientSecret":"...","redirectUris":["..."],"accessTokenTtl":60}'
 //
 // Prints one JSON line, {"issuer": "..."}, once it listens; exits when stdin closes.
+//
+// Fault injection for refresh tests: POST /__faults with a JSON list of faults, each used by one
+// POST /token: { status, body?, retryAfter? } answers without reaching the provider;
+// { malformed: true } answers 200 with a body that is not JSON, also without reaching it;
+// { reset: true } destroys the connection before the provider sees the request;
+// { delayMs } waits, then answers 503 without reaching the provider (for client timeouts);
+// { lose: true } lets the provider rotate the token, then destroys the connection (a lost
+// response). GET /__stats returns { tokenRequests, refreshGrants }.
 // (oidc-provider is ESM-only, so CommonJS tests run it in this child process.)
 import http from 'node:http';
 import Provider from 'oidc-provider';
@@ -56,8 +64,51 @@ const provider = new Provider(issuer, {
   },
 });
 
+const faults = [];
+const stats = { tokenRequests: 0, refreshGrants: 0 };
+provider.on('grant.success', (ctx) => {
+  if (ctx.oidc.params?.grant_type === 'refresh_token') stats.refreshGrants++;
+});
+
+async function readBody(req) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
 const callback = provider.callback();
 server.on('request', async (req, res) => {
+  if (req.url === '/__faults' && req.method === 'POST') {
+    faults.push(...JSON.parse(await readBody(req)));
+    res.writeHead(204).end();
+    return;
+  }
+  if (req.url === '/__stats') {
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(stats));
+    return;
+  }
+  if (req.url === '/token' && req.method === 'POST') {
+    stats.tokenRequests++;
+    const fault = faults.shift();
+    if (fault?.reset) return req.socket.destroy();
+    if (fault?.delayMs) {
+      await new Promise((resolve) => setTimeout(resolve, fault.delayMs));
+      return res.writeHead(503).end();
+    }
+    if (fault?.malformed) return res.writeHead(200, { 'content-type': 'application/json' }).end('{"access_token": "trunc');
+    if (fault?.status) {
+      const headers = { 'content-type': 'application/json' };
+      if (fault.retryAfter) headers['retry-after'] = fault.retryAfter;
+      return res.writeHead(fault.status, headers).end(JSON.stringify(fault.body ?? { error: 'server_error' }));
+    }
+    if (fault?.lose) {
+      // The provider handles the request (and rotates); the client never hears the answer.
+      res.end = () => {
+        req.socket.destroy();
+        return res;
+      };
+    }
+  }
   if (req.url.startsWith('/test-interaction/')) {
     try {
       await provider.interactionFinished(req, res, { login: { accountId: 'user-42' } }, { mergeWithLastSubmission: false });

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -9,6 +10,13 @@ export interface OidcProvider {
   clientSecret: string;
   /** RFC 7662 introspection of a token, as the resource server would do it. */
   introspect(token: string): Promise<{ active: boolean; [claim: string]: unknown }>;
+  /** RFC 7009 revocation of a token (the user revoking the app). */
+  revoke(token: string): Promise<void>;
+  /** Shapes the next POST /token answers (see oidc-server.mjs). */
+  injectFaults(faults: ReadonlyArray<Record<string, unknown>>): Promise<void>;
+  stats(): Promise<{ tokenRequests: number; refreshGrants: number }>;
+  /** A whole code + PKCE flow done directly (not through Authpipe): the token response. */
+  obtainTokens(redirectUri: string): Promise<{ access_token: string; refresh_token: string; expires_in: number }>;
   close(): Promise<void>;
 }
 
@@ -33,6 +41,39 @@ export async function startOidcProvider(options: { redirectUris: string[]; acces
         body: new URLSearchParams({ token }),
       });
       return (await res.json()) as { active: boolean };
+    },
+    async revoke(token) {
+      await fetch(`${issuer}/token/revocation`, {
+        method: 'POST',
+        headers: { authorization: basic, 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ token }),
+      });
+    },
+    async injectFaults(faults) {
+      await fetch(`${issuer}/__faults`, { method: 'POST', body: JSON.stringify(faults) });
+    },
+    async stats() {
+      return (await (await fetch(`${issuer}/__stats`)).json()) as { tokenRequests: number; refreshGrants: number };
+    },
+    async obtainTokens(redirectUri) {
+      const verifier = randomBytes(32).toString('base64url');
+      const authorize = new URL(`${issuer}/auth`);
+      authorize.search = new URLSearchParams({
+        response_type: 'code',
+        client_id: clientId,
+        redirect_uri: redirectUri,
+        scope: 'api:read offline_access',
+        state: randomBytes(16).toString('base64url'),
+        code_challenge: createHash('sha256').update(verifier).digest('base64url'),
+        code_challenge_method: 'S256',
+      }).toString();
+      const code = new URL(await followUntil(authorize.href, redirectUri)).searchParams.get('code')!;
+      const res = await fetch(`${issuer}/token`, {
+        method: 'POST',
+        headers: { authorization: basic, 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: redirectUri, code_verifier: verifier }),
+      });
+      return (await res.json()) as { access_token: string; refresh_token: string; expires_in: number };
     },
     async close() {
       const exited = once(child, 'exit');

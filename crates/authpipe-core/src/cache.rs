@@ -32,6 +32,15 @@ impl Cache {
             .map(|e| e.clone())
     }
 
+    pub fn get_by_cache_key(&self, cache_key: &str) -> Option<Arc<CachedConnection>> {
+        self.entries.get(cache_key).map(|e| e.clone())
+    }
+
+    /// A snapshot of every entry.
+    pub fn entries(&self) -> Vec<Arc<CachedConnection>> {
+        self.entries.iter().map(|e| e.value().clone()).collect()
+    }
+
     pub fn get_key(&self, key: &ConnectionKey) -> Option<Arc<CachedConnection>> {
         self.entries.get(&key.cache_key()).map(|e| e.clone())
     }
@@ -122,6 +131,7 @@ mod tests {
             next_refresh_at: None,
             last_check_at: None,
             last_error: None,
+            token_issued_at: None,
             credential: Sealed(token.to_vec()),
             refresh_token: None,
             extras: None,

@@ -9,7 +9,9 @@ use crate::records::ConnectionStatus;
 use crate::store::{ListQuery, SecretKey};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use dashmap::DashMap;
 use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Page size of `listConnections` when `limit` is not given, and the largest allowed.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -43,25 +45,65 @@ fn decode_cursor(cursor: &str) -> Result<ConnectionKey> {
     ConnectionKey::parse(&provider, &tenant, &user).map_err(|_| bad())
 }
 
+/// How an instance talks to providers: its catalog, its HTTP client, how many calls it makes
+/// at once per provider, and how often it probes connections. The engine runs refreshes and
+/// probes with the connector of an instance that is still open.
 #[derive(Debug)]
-pub struct Client {
-    engine: Arc<Engine>,
-    catalog: Catalog,
-    http: reqwest::Client,
+pub struct Connector {
+    pub catalog: Catalog,
+    pub http: reqwest::Client,
+    /// Most token and probe requests in flight per provider.
+    pub concurrency: usize,
+    /// Interval of scheduled health probes; `None` turns them off.
+    pub health_interval_ms: Option<i64>,
+    limits: DashMap<ProviderId, Arc<Semaphore>>,
 }
 
-impl Client {
-    /// `http` is the client for calls to providers (see `connect::http::client`).
-    pub fn new(engine: Arc<Engine>, catalog: Catalog, http: reqwest::Client) -> Self {
+impl Connector {
+    pub fn new(
+        catalog: Catalog,
+        http: reqwest::Client,
+        concurrency: usize,
+        health_interval_ms: Option<i64>,
+    ) -> Self {
         Self {
-            engine,
             catalog,
             http,
+            concurrency: concurrency.max(1),
+            health_interval_ms,
+            limits: DashMap::new(),
         }
     }
 
+    /// Waits for a slot to call `provider`.
+    pub async fn permit(&self, provider: &ProviderId) -> OwnedSemaphorePermit {
+        let semaphore = self
+            .limits
+            .entry(provider.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.concurrency)))
+            .clone();
+        semaphore
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+}
+
+#[derive(Debug)]
+pub struct Client {
+    engine: Arc<Engine>,
+    connector: Arc<Connector>,
+}
+
+impl Client {
+    pub fn new(engine: Arc<Engine>, connector: Connector) -> Self {
+        let connector = Arc::new(connector);
+        engine.attach(&connector);
+        Self { engine, connector }
+    }
+
     pub fn http(&self) -> &reqwest::Client {
-        &self.http
+        &self.connector.http
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -69,13 +111,13 @@ impl Client {
     }
 
     pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+        &self.connector.catalog
     }
 
     /// A known provider, or `UNKNOWN_PROVIDER`.
     pub fn provider(&self, provider: &str) -> Result<ProviderId> {
         let id = ProviderId::parse(provider)?;
-        self.catalog.require(&id)?;
+        self.connector.catalog.require(&id)?;
         Ok(id)
     }
 

@@ -11,7 +11,9 @@
 //! | [`vault`]     | master keyring, per-tenant data keys, the sealed record format        |
 //! | [`store`]     | the `Store` trait and its SQLite implementation                       |
 //! | [`cache`]     | sealed connections in memory, and [`generations`] for the JS memo     |
-//! | [`deadlines`] | invalidates memoized tokens just before they expire                   |
+//! | [`scheduler`] | one timer queue per engine: memo invalidation, refreshes, probes      |
+//! | [`maintenance`] | refresh and health: timing, single-flight refresh, probes, status     |
+//! | [`events`]    | connection events broadcast to every instance                          |
 //! | [`providers`] | provider definitions (endpoints, quirks) and the app's settings        |
 //! | [`connect`]   | the connect flow: PKCE, state, callback, code exchange, identity, revoke |
 //! | [`engine`]    | ties store, vault and cache together; one per store per process       |
@@ -22,13 +24,15 @@ pub mod cache;
 pub mod client;
 pub mod clock;
 pub mod connect;
-pub mod deadlines;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod generations;
 pub mod ids;
+pub mod maintenance;
 pub mod providers;
 pub mod records;
+pub mod scheduler;
 pub mod store;
 pub mod vault;
 

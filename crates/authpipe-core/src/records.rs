@@ -104,6 +104,9 @@ pub struct ConnectionRecord {
     pub next_refresh_at: Option<i64>,
     pub last_check_at: Option<i64>,
     pub last_error: Option<LastError>,
+    /// When the current access token was obtained (connect, refresh or import): with
+    /// `expires_at`, its lifetime, from which the refresh margin follows.
+    pub token_issued_at: Option<i64>,
     /// The access token or API key.
     pub credential: Sealed,
     pub refresh_token: Option<Sealed>,

@@ -1,7 +1,7 @@
 //! Each built-in provider's authorize request carries its quirks: scope parameter and
 //! separator, extra parameters, PKCE or not, templates filled from the app's params.
 
-use authpipe_core::client::Client;
+use authpipe_core::client::{Client, Connector};
 use authpipe_core::connect::{http, StartRequest};
 use authpipe_core::engine::{open_shared, EngineOptions, MasterKeySource, StoreLocation};
 use authpipe_core::ids::ConnectionKey;
@@ -43,11 +43,8 @@ async fn client() -> Client {
         settings.insert(id.to_owned(), s);
     }
     let catalog = Catalog::from_settings(&settings).unwrap();
-    Client::new(
-        engine,
-        catalog,
-        http::client(Duration::from_secs(5)).unwrap(),
-    )
+    let http = http::client(Duration::from_secs(5)).unwrap();
+    Client::new(engine, Connector::new(catalog, http, 4, None))
 }
 
 async fn authorize(client: &Client, provider: &str) -> (String, BTreeMap<String, String>) {

@@ -33,10 +33,26 @@ pub struct ClientCredentials<'a> {
     pub secret: &'a SecretString,
 }
 
-/// A provider's answer: status and (bounded) body.
+/// A provider's answer: status, (bounded) body, and `Retry-After` if it sent one.
 pub struct Answer {
     pub status: u16,
     pub body: Vec<u8>,
+    pub retry_after: Option<String>,
+}
+
+/// A request that got no answer, and whether it may have reached the provider.
+pub enum Transport {
+    /// The connection was never made: the provider cannot have seen the request.
+    NotSent(String),
+    /// Sent, then no (complete) answer: the provider may have acted on it.
+    MaybeSent(String),
+}
+
+impl Transport {
+    pub fn into_error(self) -> Error {
+        let (Self::NotSent(message) | Self::MaybeSent(message)) = self;
+        Error::new(ErrorCode::ProviderTimeout, message)
+    }
 }
 
 impl Answer {
@@ -58,9 +74,22 @@ pub async fn post_form(
     http: &reqwest::Client,
     purpose: &str,
     url: Url,
-    mut form: Vec<(&str, &str)>,
+    form: Vec<(&str, &str)>,
     credentials: &ClientCredentials<'_>,
 ) -> Result<Answer> {
+    try_post_form(http, purpose, url, form, credentials)
+        .await
+        .map_err(Transport::into_error)
+}
+
+/// [`post_form`], telling a request that was never sent from one that may have been.
+pub async fn try_post_form(
+    http: &reqwest::Client,
+    purpose: &str,
+    url: Url,
+    mut form: Vec<(&str, &str)>,
+    credentials: &ClientCredentials<'_>,
+) -> std::result::Result<Answer, Transport> {
     let mut request = http.post(url).header("accept", "application/json");
     match credentials.auth {
         ClientAuth::Basic => {
@@ -82,7 +111,7 @@ pub async fn post_form(
     let body: String = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form)
         .finish();
-    send(
+    try_send(
         request
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body),
@@ -93,38 +122,47 @@ pub async fn post_form(
 
 /// Sends a prepared request and reads at most [`MAX_RESPONSE_BYTES`].
 pub async fn send(request: reqwest::RequestBuilder, purpose: &str) -> Result<Answer> {
-    let mut response = request
-        .send()
+    try_send(request, purpose)
         .await
-        .map_err(|e| transport_error(purpose, &e))?;
+        .map_err(Transport::into_error)
+}
+
+async fn try_send(
+    request: reqwest::RequestBuilder,
+    purpose: &str,
+) -> std::result::Result<Answer, Transport> {
+    let mut response = request.send().await.map_err(|e| transport(purpose, &e))?;
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| transport_error(purpose, &e))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport(purpose, &e))? {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(Error::new(
-                ErrorCode::ProviderError,
-                format!("the {purpose} answered with more than 1 MiB"),
-            ));
+            return Err(Transport::MaybeSent(format!(
+                "the {purpose} answered with more than 1 MiB"
+            )));
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(Answer { status, body })
+    Ok(Answer {
+        status,
+        body,
+        retry_after,
+    })
 }
 
-fn transport_error(purpose: &str, err: &reqwest::Error) -> Error {
+fn transport(purpose: &str, err: &reqwest::Error) -> Transport {
     // reqwest's Display includes the URL, which can carry a token (Zoho's revoke): never use it.
-    let what = if err.is_timeout() {
-        "did not answer in time"
-    } else if err.is_connect() {
-        "could not be reached"
+    if err.is_connect() {
+        Transport::NotSent(format!("the {purpose} could not be reached"))
+    } else if err.is_timeout() {
+        Transport::MaybeSent(format!("the {purpose} did not answer in time"))
     } else {
-        "broke off the connection"
-    };
-    Error::new(ErrorCode::ProviderTimeout, format!("the {purpose} {what}"))
+        Transport::MaybeSent(format!("the {purpose} broke off the connection"))
+    }
 }
 
 /// An OAuth error response (`{"error": "...", "error_description": "..."}`) as a message part,

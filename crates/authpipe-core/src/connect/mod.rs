@@ -12,6 +12,7 @@
 
 pub mod http;
 pub mod identity;
+pub mod refresh;
 pub mod token;
 
 use crate::client::Client;

@@ -7,28 +7,36 @@
 //! - a tenant's data key is created once, by whichever writer comes first.
 
 pub mod input;
+mod maintain;
 mod open;
+
+pub use maintain::{Health, RefreshReason};
 
 pub use open::{
     check_options, open_shared, DevKeyNotice, EngineOptions, MasterKeySource, Opened, StoreLocation,
 };
 
 use crate::cache::{Cache, CachedConnection};
+use crate::client::Connector;
 use crate::clock::Clock;
-use crate::deadlines::Deadlines;
 use crate::error::{Error, ErrorCode, Result};
+use crate::events::{Event, EventKind};
 use crate::generations::GenerationPage;
 use crate::ids::{ConnectionKey, TenantId};
+use crate::maintenance::{self, timing, RetryState};
 use crate::records::{
     ConnectionRecord, ConnectionStatus, CredentialKind, FlowRecord, Sealed, SecretRecord,
     SessionRecord,
 };
+use crate::scheduler::{Job, Runner, Scheduler};
 use crate::store::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion};
 use crate::vault::{RecordPlace, TenantKey, Vault};
+use dashmap::DashMap;
 use input::{ImportRequest, ImportedCredential};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use tokio::sync::broadcast;
 
 /// A credential on its way out to a caller, with what the JS memo needs to know when it goes
 /// stale: the connection's generation slot and the generation this value belongs to.
@@ -85,21 +93,51 @@ pub struct EngineStats {
     pub store_reads: u64,
 }
 
-#[derive(Debug)]
 pub struct Engine {
     id: u64,
     store: Arc<dyn Store>,
     vault: Vault,
     cache: Cache,
-    deadlines: Deadlines,
+    scheduler: Scheduler,
     clock: Arc<dyn Clock>,
     store_reads: AtomicU64,
+    /// The instances' provider configurations; refreshes and probes use the first still open.
+    connectors: parking_lot::RwLock<Vec<Weak<Connector>>>,
+    /// Single-flight: one refresh per connection at a time, the others wait for its result.
+    refresh_locks: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Connections whose last refresh failed, and when to try again.
+    retries: DashMap<String, RetryState>,
+    events: broadcast::Sender<Event>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("id", &self.id)
+            .field("store", &self.store.describe())
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Cache({} connections)", self.len())
     }
+}
+
+/// Tokens without a refresh token leave the JS memo this long before they expire; Rust serves
+/// them (checking expiry exactly) until then.
+const UNREFRESHABLE_MEMO_MARGIN_MS: i64 = 1_000;
+/// Events buffered per subscriber before a slow one starts missing them.
+const EVENT_BUFFER: usize = 4096;
+
+/// What the cache can do for a credential request.
+enum Reveal {
+    Credential(Credential),
+    /// The tenant's data key is not in memory yet.
+    NeedsKey,
+    /// The token is stale: refresh first.
+    NeedsRefresh,
 }
 
 const FIELD_CREDENTIAL: &str = "credential";
@@ -158,7 +196,7 @@ impl Engine {
         store: Arc<dyn Store>,
         vault: Vault,
         clock: Arc<dyn Clock>,
-    ) -> Result<Self> {
+    ) -> Result<Arc<Self>> {
         let now = clock.now_ms();
         let tenant_keys = store.tenant_keys().await?;
         let wrapping = tenant_keys
@@ -173,30 +211,58 @@ impl Engine {
         for record in &tenant_keys {
             let _ = vault.unwrap(record);
         }
+        let records = store.all_connections().await?;
         let cache = Cache::default();
-        let deadlines = Deadlines::start(cache.generations().clone(), clock.clone());
-        let engine = Self {
-            id,
-            store,
-            vault,
-            cache,
-            deadlines,
-            clock,
-            store_reads: AtomicU64::new(0),
-        };
-        for record in engine.store.all_connections().await? {
+        let generations = cache.generations().clone();
+        let engine = Arc::new_cyclic(|weak: &Weak<Self>| {
+            let runner: Weak<dyn Runner> = weak.clone();
+            Self {
+                id,
+                store,
+                vault,
+                cache,
+                scheduler: Scheduler::start(generations, clock.clone(), runner),
+                clock,
+                store_reads: AtomicU64::new(0),
+                connectors: Default::default(),
+                refresh_locks: DashMap::new(),
+                retries: DashMap::new(),
+                events: broadcast::channel(EVENT_BUFFER).0,
+            }
+        });
+        for record in records {
             engine.cache_put(record);
         }
         Ok(engine)
     }
 
-    /// Caches a record and arranges for memoized copies of its token to lapse before expiry.
+    /// Caches a record and schedules what its timing asks for: memos lapse at the stale point
+    /// (just before expiry for tokens that cannot be refreshed), a refresh comes before it.
     fn cache_put(&self, record: ConnectionRecord) -> Arc<CachedConnection> {
         let entry = self.cache.put(record);
-        if let Some(expires_at) = entry.record.expires_at {
-            self.deadlines
-                .watch(expires_at, entry.slot, entry.generation);
+        let record = &entry.record;
+        if let Some(expires_at) = record.expires_at {
+            let issued = maintenance::issued_at(record);
+            let refreshable =
+                record.refresh_token.is_some() && record.status != ConnectionStatus::Revoked;
+            let memo_until = if refreshable {
+                timing::stale_at(issued, expires_at)
+            } else {
+                expires_at - UNREFRESHABLE_MEMO_MARGIN_MS
+            };
+            self.scheduler.at(
+                memo_until,
+                Job::Invalidate {
+                    slot: entry.slot,
+                    generation: entry.generation,
+                },
+            );
+            if refreshable {
+                let at = timing::refresh_at(issued, expires_at, rand::random());
+                self.scheduler.at(at, Job::Refresh(record.key.cache_key()));
+            }
         }
+        self.schedule_check(record);
         entry
     }
 
@@ -229,8 +295,8 @@ impl Engine {
     // Credentials ---------------------------------------------------------------------------
 
     /// The hot path: serves a credential from the cache without I/O. `Ok(None)` means the
-    /// cache cannot answer (not cached, or its tenant key is not in memory); then call
-    /// [`Engine::credential`].
+    /// cache cannot answer (not cached, its tenant key is not in memory, or the token is stale
+    /// and must be refreshed first); then call [`Engine::credential`].
     pub fn cached_credential(
         &self,
         provider: &str,
@@ -238,31 +304,48 @@ impl Engine {
         user: &str,
     ) -> Result<Option<Credential>> {
         match self.cache.get(provider, tenant, user) {
-            Some(entry) => self.reveal(&entry),
+            Some(entry) => match self.reveal(&entry, false)? {
+                Reveal::Credential(credential) => Ok(Some(credential)),
+                Reveal::NeedsKey | Reveal::NeedsRefresh => Ok(None),
+            },
             None => Ok(None),
         }
     }
 
-    /// Serves a credential, reading the store on a cache miss.
+    /// Serves a credential: reads the store on a cache miss, and waits for the (single) refresh
+    /// of a stale token. If that refresh fails, the token is served as long as it is valid.
     pub async fn credential(&self, key: &ConnectionKey) -> Result<Credential> {
-        if let Some(entry) = self.cache.get_key(key) {
-            if let Some(credential) = self.reveal(&entry)? {
-                return Ok(credential);
+        let mut allow_stale = false;
+        for _ in 0..3 {
+            let entry = match self.cache.get_key(key) {
+                Some(entry) => entry,
+                None => {
+                    self.count_read();
+                    let record = self
+                        .store
+                        .connection(key)
+                        .await?
+                        .ok_or_else(|| not_found(key))?;
+                    self.cache_put(record)
+                }
+            };
+            match self.reveal(&entry, allow_stale)? {
+                Reveal::Credential(credential) => return Ok(credential),
+                Reveal::NeedsKey => {
+                    self.tenant_key(&key.tenant, false).await?;
+                }
+                Reveal::NeedsRefresh => {
+                    self.refresh(key, RefreshReason::Stale).await?;
+                    allow_stale = true;
+                }
             }
         }
-        self.count_read();
-        let record = self
-            .store
-            .connection(key)
-            .await?
-            .ok_or_else(|| not_found(key))?;
-        self.tenant_key(&key.tenant, false).await?;
-        let entry = self.cache_put(record);
-        self.reveal(&entry)?
-            .ok_or_else(|| Error::internal("tenant key vanished while serving a credential"))
+        Err(Error::internal(
+            "could not serve a credential after refreshing",
+        ))
     }
 
-    fn reveal(&self, entry: &CachedConnection) -> Result<Option<Credential>> {
+    fn reveal(&self, entry: &CachedConnection, allow_stale: bool) -> Result<Reveal> {
         let record = &entry.record;
         let key = &record.key;
         if record.status == ConnectionStatus::Revoked {
@@ -274,19 +357,32 @@ impl Engine {
                 ),
             ));
         }
+        let now = self.clock.now_ms();
         if let Some(expires_at) = record.expires_at {
-            if expires_at <= self.clock.now_ms() {
+            // Refresh first, unless a refresh just failed (backing off) or already ran for this call.
+            let refresh_first = record.refresh_token.is_some()
+                && !allow_stale
+                && !self.backing_off(&key.cache_key(), now);
+            if expires_at <= now && !refresh_first {
+                let why = record
+                    .last_error
+                    .as_ref()
+                    .map(|e| format!(" (last error: {})", e.message))
+                    .unwrap_or_default();
                 return Err(Error::new(
                     ErrorCode::ConnectionExpired,
                     format!(
-                        "the {} access token of tenant '{}' and user '{}' expired and could not be refreshed",
+                        "the {} access token of tenant '{}' and user '{}' expired and could not be refreshed{why}",
                         key.provider, key.tenant, key.user
                     ),
                 ));
             }
+            if refresh_first && maintenance::is_stale(record, now) {
+                return Ok(Reveal::NeedsRefresh);
+            }
         }
         let Some(tenant_key) = self.vault.cached(&key.tenant) else {
-            return Ok(None);
+            return Ok(Reveal::NeedsKey);
         };
         let secret = self.vault.open(
             &tenant_key,
@@ -301,7 +397,7 @@ impl Engine {
             )?)?),
             None => None,
         };
-        Ok(Some(Credential {
+        Ok(Reveal::Credential(Credential {
             kind: record.kind,
             secret: utf8(&secret)?,
             expires_at: record.expires_at,
@@ -346,10 +442,18 @@ impl Engine {
             }
             match self.store.put_connections(records).await {
                 Ok(stored) => {
-                    return Ok(stored
+                    self.retries_clear(&stored);
+                    let stored: Vec<ConnectionRecord> = stored
                         .into_iter()
                         .map(|r| self.cache_put(r).record.clone())
-                        .collect());
+                        .collect();
+                    for record in &stored {
+                        let mut event = Event::new(EventKind::Created, &record.key, self.now_ms());
+                        event.status = Some(record.status);
+                        event.expires_at = record.expires_at;
+                        self.emit(event);
+                    }
+                    return Ok(stored);
                 }
                 Err(e) if e.code == ErrorCode::VaultKeyMissing && attempt == 0 => {
                     for request in &requests {
@@ -412,6 +516,7 @@ impl Engine {
             next_refresh_at: None,
             last_check_at: None,
             last_error: None,
+            token_issued_at: Some(now),
             credential,
             refresh_token,
             extras,
@@ -528,6 +633,10 @@ impl Engine {
     pub async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool> {
         let existed = self.store.delete_connection(key).await?;
         let cached = self.cache.remove(key);
+        self.retries.remove(&key.cache_key());
+        if existed || cached {
+            self.emit(Event::new(EventKind::Deleted, key, self.now_ms()));
+        }
         Ok(existed || cached)
     }
 

@@ -102,10 +102,7 @@ pub async fn open_shared(options: EngineOptions) -> Result<Opened> {
         StoreLocation::Memory => {
             let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory()?);
             let engine = Engine::new(id(), store, Vault::new(keyring), clock).await?;
-            return Ok(Opened {
-                engine: Arc::new(engine),
-                dev_key,
-            });
+            return Ok(Opened { engine, dev_key });
         }
         StoreLocation::File(path) => canonical_path(&path),
     };
@@ -126,7 +123,7 @@ pub async fn open_shared(options: EngineOptions) -> Result<Opened> {
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&open_path))
         .await
         .map_err(|e| Error::internal(format!("opening the store failed: {e}")))??;
-    let engine = Arc::new(Engine::new(id(), Arc::new(store), Vault::new(keyring), clock).await?);
+    let engine = Engine::new(id(), Arc::new(store), Vault::new(keyring), clock).await?;
     engines.insert(path, Arc::downgrade(&engine));
     Ok(Opened { engine, dev_key })
 }

@@ -94,6 +94,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         records: Vec<ConnectionRecord>,
     ) -> Result<Vec<ConnectionRecord>>;
+    /// Replaces a connection if its stored version is still `expected_version` (compare and
+    /// swap); returns the stored record with its new version, or `None` if another writer got
+    /// there first. `created_at` is kept.
+    async fn update_connection(
+        &self,
+        record: ConnectionRecord,
+        expected_version: i64,
+    ) -> Result<Option<ConnectionRecord>>;
     async fn connection(&self, key: &ConnectionKey) -> Result<Option<ConnectionRecord>>;
     /// Every connection, for warming the cache when an engine opens.
     async fn all_connections(&self) -> Result<Vec<ConnectionRecord>>;

@@ -106,11 +106,14 @@ CREATE TABLE connect_sessions (
     expires_at INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
 "#,
+    r#"
+ALTER TABLE connections ADD COLUMN token_issued_at INTEGER;
+"#,
 ];
 
 const CONNECTION_COLUMNS: &str = "tenant_id, provider, user_id, kind, status, scopes, account_id, account_name, \
      expires_at, created_at, updated_at, last_refresh_at, next_refresh_at, last_check_at, last_error_code, \
-     last_error_message, credential, refresh_token, extras, version";
+     last_error_message, credential, refresh_token, extras, version, token_issued_at";
 
 impl From<rusqlite::Error> for Error {
     fn from(err: rusqlite::Error) -> Self {
@@ -300,6 +303,7 @@ fn connection_from_row(row: &Row<'_>) -> Result<ConnectionRecord> {
         refresh_token: row.get::<_, Option<Vec<u8>>>(17)?.map(Sealed),
         extras: row.get::<_, Option<Vec<u8>>>(18)?.map(Sealed),
         version: row.get(19)?,
+        token_issued_at: row.get(20)?,
     })
 }
 
@@ -311,6 +315,37 @@ fn tenant_key_from_row(row: &Row<'_>) -> Result<TenantKeyRecord> {
         wrapped: Sealed(row.get(3)?),
         created_at: row.get(4)?,
     })
+}
+
+/// A record's column values in `CONNECTION_COLUMNS` order, without `version`, with
+/// `token_issued_at` last: ?1..?19 and ?20 in the statements below.
+fn row_values(r: &ConnectionRecord) -> Result<Vec<Value>> {
+    let text = |s: &str| Value::Text(s.to_owned());
+    let opt_text = |s: Option<&str>| s.map_or(Value::Null, text);
+    let opt_int = |v: Option<i64>| v.map_or(Value::Null, Value::Integer);
+    let opt_blob = |v: Option<&Sealed>| v.map_or(Value::Null, |s| Value::Blob(s.0.clone()));
+    Ok(vec![
+        text(r.key.tenant.as_str()),
+        text(r.key.provider.as_str()),
+        text(r.key.user.as_str()),
+        text(r.kind.as_str()),
+        text(r.status.as_str()),
+        Value::Text(serde_json::to_string(&r.scopes).map_err(|e| Error::internal(e.to_string()))?),
+        opt_text(r.account.id.as_deref()),
+        opt_text(r.account.name.as_deref()),
+        opt_int(r.expires_at),
+        Value::Integer(r.created_at),
+        Value::Integer(r.updated_at),
+        opt_int(r.last_refresh_at),
+        opt_int(r.next_refresh_at),
+        opt_int(r.last_check_at),
+        opt_text(r.last_error.as_ref().map(|e| e.code.as_str())),
+        opt_text(r.last_error.as_ref().map(|e| e.message.as_str())),
+        Value::Blob(r.credential.0.clone()),
+        opt_blob(r.refresh_token.as_ref()),
+        opt_blob(r.extras.as_ref()),
+        opt_int(r.token_issued_at),
+    ])
 }
 
 fn query_connections(
@@ -485,7 +520,7 @@ impl Store for SqliteStore {
                 let mut has_key = tx.prepare_cached("SELECT 1 FROM tenant_keys WHERE tenant_id = ?1")?;
                 let mut upsert = tx.prepare_cached(&format!(
                     "INSERT INTO connections ({CONNECTION_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, 1) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, 1, ?20) \
                      ON CONFLICT (tenant_id, provider, user_id) DO UPDATE SET \
                        kind = excluded.kind, status = excluded.status, scopes = excluded.scopes, \
                        account_id = excluded.account_id, account_name = excluded.account_name, \
@@ -494,6 +529,7 @@ impl Store for SqliteStore {
                        last_check_at = excluded.last_check_at, last_error_code = excluded.last_error_code, \
                        last_error_message = excluded.last_error_message, credential = excluded.credential, \
                        refresh_token = excluded.refresh_token, extras = excluded.extras, \
+                       token_issued_at = excluded.token_issued_at, \
                        version = connections.version + 1 \
                      RETURNING created_at, version"
                 ))?;
@@ -504,33 +540,8 @@ impl Store for SqliteStore {
                             format!("tenant '{}' has no data key (it was deleted while this write was prepared)", r.key.tenant),
                         ));
                     }
-                    let scopes = serde_json::to_string(&r.scopes).map_err(|e| Error::internal(e.to_string()))?;
-                    let (code, message) = match &r.last_error {
-                        Some(e) => (Some(e.code.as_str()), Some(e.message.as_str())),
-                        None => (None, None),
-                    };
                     let (created_at, version) = upsert.query_row(
-                        params![
-                            r.key.tenant.as_str(),
-                            r.key.provider.as_str(),
-                            r.key.user.as_str(),
-                            r.kind.as_str(),
-                            r.status.as_str(),
-                            scopes,
-                            r.account.id,
-                            r.account.name,
-                            r.expires_at,
-                            r.created_at,
-                            r.updated_at,
-                            r.last_refresh_at,
-                            r.next_refresh_at,
-                            r.last_check_at,
-                            code,
-                            message,
-                            r.credential.0,
-                            r.refresh_token.as_ref().map(|s| &s.0),
-                            r.extras.as_ref().map(|s| &s.0),
-                        ],
+                        params_from_iter(row_values(&r)?),
                         |row| Ok((row.get(0)?, row.get(1)?)),
                     )?;
                     r.created_at = created_at;
@@ -540,6 +551,31 @@ impl Store for SqliteStore {
             }
             tx.commit()?;
             Ok(stored)
+        })
+        .await
+    }
+
+    async fn update_connection(
+        &self,
+        record: ConnectionRecord,
+        expected_version: i64,
+    ) -> Result<Option<ConnectionRecord>> {
+        self.run(move |conn| {
+            let mut values = row_values(&record)?;
+            values.push(Value::Integer(expected_version));
+            let version: Option<i64> = conn
+                .query_row(
+                    "UPDATE connections SET kind = ?4, status = ?5, scopes = ?6, account_id = ?7, account_name = ?8, \
+                       expires_at = ?9, updated_at = ?11, last_refresh_at = ?12, next_refresh_at = ?13, \
+                       last_check_at = ?14, last_error_code = ?15, last_error_message = ?16, credential = ?17, \
+                       refresh_token = ?18, extras = ?19, token_issued_at = ?20, version = version + 1 \
+                     WHERE tenant_id = ?1 AND provider = ?2 AND user_id = ?3 AND version = ?21 \
+                     RETURNING version",
+                    params_from_iter(values),
+                    |row| row.get(0),
+                )
+                .optional()?;
+            Ok(version.map(|version| ConnectionRecord { version, ..record }))
         })
         .await
     }
