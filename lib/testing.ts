@@ -50,6 +50,8 @@ export interface Sandbox {
   revoke(accessToken: string): void;
   /** The workspace uninstalls the app: every token is dead. */
   uninstall(): void;
+  /** Changes the scopes configured on the emulated app (reported by `/v2/self` from now on). */
+  setScopes(scopes: readonly string[]): void;
   /** The next `count` requests to `endpoint` answer `status` (with an Attio-style error body). */
   failNext(endpoint: SandboxEndpoint, count: number, status: number): void;
   /** The next `count` requests to `endpoint` answer 429 with `Retry-After: <HTTP date>`. */
@@ -82,7 +84,7 @@ export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
   if (options.provider !== 'attio') throw new Error(`no sandbox for provider '${options.provider}' yet`);
   const clientId = options.clientId ?? `sandbox-${randomUUID()}`;
   const clientSecret = options.clientSecret ?? randomBytes(24).toString('base64url');
-  const scopes = options.scopes ?? ['record_permission:read-write', 'object_configuration:read', 'user_management:read'];
+  let scopes = options.scopes ?? ['record_permission:read-write', 'object_configuration:read', 'user_management:read'];
   const workspace = {
     id: options.workspace?.id ?? randomUUID(),
     name: options.workspace?.name ?? 'Acme Sandbox',
@@ -222,6 +224,9 @@ export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
     },
     uninstall() {
       uninstalled = true;
+    },
+    setScopes(next) {
+      scopes = [...next];
     },
     failNext(endpoint, count, status) {
       for (const c of targets(endpoint)) for (let i = 0; i < count; i++) c.fail.push({ status });
