@@ -83,3 +83,28 @@ test('uninstalling the app revokes every connection; health() counts by status a
   for (const ref of refs) expect((await authpipe.checkConnection(ref)).status).toBe('revoked');
   expect(await authpipe.health()).toEqual({ total: 3, byStatus: { revoked: 3 }, byProvider: { attio: { revoked: 3 } } });
 });
+
+describe('a HubSpot-like provider: refresh and introspection', () => {
+  test.each([false, true])('connect, refresh ahead of expiry, probe by introspection (rotating refresh tokens: %s)', async (rotate) => {
+    const hub = await createSandbox({ provider: 'hubspot', accessTokenTtl: 2, rotateRefreshTokens: rotate });
+    const app = new Authpipe({ store: ':memory:', masterKey: newKey(), healthCheckIntervalMs: 0, providers: { hubspot: hub.providerConfig({ redirectUri }) } });
+    try {
+      const ref = { provider: 'hubspot', tenantId: 'org_acme', userId: 'u' };
+      const { url } = await app.startConnect(ref);
+      expect(new URL(url).searchParams.get('scope')).toBe('oauth');
+      const connection = await app.handleCallback({ url: await hub.consent(url) });
+      expect(connection).toMatchObject({ hasRefreshToken: true, status: 'active' });
+      const first = await app.getCredential(ref);
+      await new Promise<void>((resolve) => app.once('connection.refreshed', () => resolve()));
+      const second = await app.getCredential(ref);
+      expect(second.credential).not.toBe(first.credential);
+      expect(hub.refreshes).toBe(1);
+      expect((await app.checkConnection(ref)).status).toBe('active');
+      hub.revoke(second.credential);
+      expect((await app.checkConnection(ref)).status).toBe('revoked');
+    } finally {
+      await app.close();
+      await hub.close();
+    }
+  });
+});

@@ -19,8 +19,15 @@ import type { AddressInfo } from 'node:net';
 import type { ProviderConfig } from './types';
 
 export interface SandboxOptions {
-  /** The provider to emulate. */
-  provider: 'attio';
+  /**
+   * The provider to emulate. `attio`: tokens without expiry or refresh token, `/v2/self`.
+   * `hubspot`: expiring tokens with the refresh grant and RFC 7662 introspection.
+   */
+  provider: 'attio' | 'hubspot';
+  /** hubspot: access-token lifetime in seconds (default 1800, as HubSpot's). */
+  accessTokenTtl?: number;
+  /** hubspot: whether a refresh returns a new refresh token and retires the old (default false, as HubSpot). */
+  rotateRefreshTokens?: boolean;
   clientId?: string;
   clientSecret?: string;
   /** Scopes configured on the emulated app (Attio: reported by `/v2/self`). */
@@ -58,6 +65,13 @@ export interface Sandbox {
   rateLimit(endpoint: SandboxEndpoint, count: number, retryAfter: Date): void;
   /** Every answer from `endpoint` waits `ms` first (0 to stop). */
   delay(endpoint: SandboxEndpoint, ms: number): void;
+  /**
+   * Issues `count` token sets as if that many users had connected, for importing (hubspot).
+   * `expiresIn` overrides the access-token lifetime, in seconds.
+   */
+  mintTokens(count: number, options?: { expiresIn?: number }): Array<{ accessToken: string; refreshToken: string; expiresAt: Date }>;
+  /** Refresh grants answered with new tokens so far. */
+  readonly refreshes: number;
   /** Requests received, in order (method and path only). */
   readonly requests: ReadonlyArray<{ method: string; path: string }>;
   /** Access tokens issued so far. */
@@ -81,7 +95,14 @@ const ENDPOINTS: ReadonlyArray<Exclude<SandboxEndpoint, 'any'>> = ['authorize', 
 
 /** Starts a provider emulator on 127.0.0.1 (a free port). */
 export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
-  if (options.provider !== 'attio') throw new Error(`no sandbox for provider '${options.provider}' yet`);
+  if (options.provider !== 'attio' && options.provider !== 'hubspot') throw new Error(`no sandbox for provider '${String(options.provider)}'`);
+  const hubspot = options.provider === 'hubspot';
+  const paths = hubspot
+    ? { authorize: '/oauth/authorize', token: '/oauth/2026-03/token', identity: '/oauth/2026-03/token/introspect' }
+    : { authorize: '/authorize', token: '/oauth/token', identity: '/v2/self' };
+  const ttl = options.accessTokenTtl ?? 1800;
+  const refreshTokens = new Map<string, { active: boolean }>();
+  let refreshes = 0;
   const clientId = options.clientId ?? `sandbox-${randomUUID()}`;
   const clientSecret = options.clientSecret ?? randomBytes(24).toString('base64url');
   let scopes = options.scopes ?? ['record_permission:read-write', 'object_configuration:read', 'user_management:read'];
@@ -93,7 +114,7 @@ export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
   const memberId = randomUUID();
   const registeredRedirects = new Set<string>();
   const codes = new Map<string, PendingCode>();
-  const tokens = new Map<string, { active: boolean; iat: number }>();
+  const tokens = new Map<string, { active: boolean; iat: number; exp: number | null }>();
   const controls = new Map(ENDPOINTS.map((e) => [e, { fail: [], delayMs: 0 } as Control]));
   const requests: Array<{ method: string; path: string }> = [];
   let uninstalled = false;
@@ -109,7 +130,7 @@ export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', origin);
     requests.push({ method: req.method ?? 'GET', path: url.pathname });
-    const endpoint = url.pathname === '/authorize' ? 'authorize' : url.pathname === '/oauth/token' ? 'token' : 'identity';
+    const endpoint = url.pathname === paths.authorize ? 'authorize' : url.pathname === paths.token ? 'token' : 'identity';
     const control = controls.get(endpoint)!;
     if (control.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, control.delayMs));
     const failure = control.fail.shift();
@@ -122,9 +143,10 @@ export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
           : { status_code: failure.status, type: 'internal_error', code: 'sandbox_failure', message: 'Injected failure' };
       return json(res, failure.status, body, headers);
     }
-    if (req.method === 'GET' && url.pathname === '/authorize') return authorize(url, res);
-    if (req.method === 'POST' && url.pathname === '/oauth/token') return token(req, res);
-    if (url.pathname === '/v2/self' || (req.method === 'POST' && url.pathname === '/oauth/introspect')) return self(req, res);
+    if (req.method === 'GET' && url.pathname === paths.authorize) return authorize(url, res);
+    if (req.method === 'POST' && url.pathname === paths.token) return token(req, res);
+    if (hubspot && req.method === 'POST' && url.pathname === paths.identity) return introspect(req, res);
+    if (!hubspot && (url.pathname === '/v2/self' || (req.method === 'POST' && url.pathname === '/oauth/introspect'))) return self(req, res);
     json(res, 404, { status_code: 404, type: 'invalid_request_error', code: 'not_found', message: 'Not found' });
   }
 
@@ -158,6 +180,18 @@ export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
     const form = new URLSearchParams(await body(req));
     const invalid = (error: string, status = 400) => json(res, status, { error, error_description: `sandbox: ${error}` });
     if (form.get('client_id') !== clientId || !equal(form.get('client_secret') ?? '', clientSecret)) return invalid('invalid_client', 401);
+    if (hubspot && form.get('grant_type') === 'refresh_token') {
+      const presented = form.get('refresh_token') ?? '';
+      const state = refreshTokens.get(presented);
+      if (!state?.active || uninstalled) return invalid('invalid_grant');
+      refreshes++;
+      let refreshToken = presented;
+      if (options.rotateRefreshTokens) {
+        state.active = false;
+        refreshToken = issueRefreshToken();
+      }
+      return json(res, 200, hubspotTokens(issueAccessToken(ttl), refreshToken, ttl));
+    }
     if (form.get('grant_type') !== 'authorization_code') return invalid('unsupported_grant_type');
     const code = codes.get(form.get('code') ?? '');
     if (!code || code.used) return invalid('invalid_grant');
@@ -167,9 +201,36 @@ export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
       if (createHash('sha256').update(verifier).digest('base64url') !== code.challenge) return invalid('invalid_grant');
     }
     code.used = true;
+    if (hubspot) return json(res, 200, hubspotTokens(issueAccessToken(ttl), issueRefreshToken(), ttl));
+    json(res, 200, { access_token: issueAccessToken(null), token_type: 'Bearer' });
+  }
+
+  function issueAccessToken(expiresIn: number | null): string {
     const accessToken = randomBytes(30).toString('base64url'); // 40 characters, like Attio's
-    tokens.set(accessToken, { active: true, iat: Math.floor(Date.now() / 1000) });
-    json(res, 200, { access_token: accessToken, token_type: 'Bearer' });
+    const iat = Math.floor(Date.now() / 1000);
+    tokens.set(accessToken, { active: true, iat, exp: expiresIn === null ? null : iat + expiresIn });
+    return accessToken;
+  }
+
+  function issueRefreshToken(): string {
+    const refreshToken = `na1-${randomBytes(24).toString('base64url')}`;
+    refreshTokens.set(refreshToken, { active: true });
+    return refreshToken;
+  }
+
+  function hubspotTokens(accessToken: string, refreshToken: string, expiresIn: number) {
+    return { token_type: 'bearer', refresh_token: refreshToken, hub_id: 62515, scopes, access_token: accessToken, expires_in: expiresIn };
+  }
+
+  async function introspect(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const form = new URLSearchParams(await body(req));
+    if (form.get('client_id') !== clientId || !equal(form.get('client_secret') ?? '', clientSecret)) {
+      return json(res, 401, { error: 'invalid_client' });
+    }
+    const state = tokens.get(form.get('token') ?? '');
+    const alive = state?.active && !uninstalled && (state.exp === null || state.exp > Date.now() / 1000);
+    if (!alive) return json(res, 200, { active: false });
+    json(res, 200, { active: true, hub_id: 62515, hub_domain: workspace.slug, scopes, token_type: 'bearer', client_id: clientId, exp: state!.exp });
   }
 
   function self(req: IncomingMessage, res: ServerResponse): void {
@@ -203,12 +264,23 @@ export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
     origin,
     clientId,
     clientSecret,
-    authorizeUrl: `${origin}/authorize`,
-    tokenUrl: `${origin}/oauth/token`,
-    identityUrl: `${origin}/v2/self`,
+    authorizeUrl: `${origin}${paths.authorize}`,
+    tokenUrl: `${origin}${paths.token}`,
+    identityUrl: `${origin}${paths.identity}`,
     providerConfig(extra: ProviderConfig = {}) {
       for (const uri of [extra.redirectUri, ...(extra.redirectUris ?? [])]) if (uri) registeredRedirects.add(uri);
-      return { clientId, clientSecret, authorizeUrl: `${origin}/authorize`, tokenUrl: `${origin}/oauth/token`, identityUrl: `${origin}/v2/self`, ...extra };
+      return { clientId, clientSecret, authorizeUrl: `${origin}${paths.authorize}`, tokenUrl: `${origin}${paths.token}`, identityUrl: `${origin}${paths.identity}`, ...extra };
+    },
+    mintTokens(count, mintOptions = {}) {
+      const expiresIn = mintOptions.expiresIn ?? ttl;
+      return Array.from({ length: count }, () => ({
+        accessToken: issueAccessToken(expiresIn),
+        refreshToken: issueRefreshToken(),
+        expiresAt: new Date(Date.now() + expiresIn * 1000),
+      }));
+    },
+    get refreshes() {
+      return refreshes;
     },
     async consent(authorizeUrl, consentOptions = {}) {
       const url = new URL(authorizeUrl);
@@ -218,8 +290,8 @@ export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
       if (res.status !== 302 || !location) throw new Error(`the sandbox refused the authorization request (HTTP ${res.status}: ${await res.text()})`);
       return location;
     },
-    revoke(accessToken) {
-      const state = tokens.get(accessToken);
+    revoke(token) {
+      const state = tokens.get(token) ?? refreshTokens.get(token);
       if (state) state.active = false;
     },
     uninstall() {

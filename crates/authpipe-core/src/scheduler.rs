@@ -78,6 +78,12 @@ async fn run(
                 Some((at, job)) => {
                     sequence += 1;
                     due.insert((at, sequence), job);
+                    // Take everything already queued before sleeping again: opening a store
+                    // schedules two jobs per connection at once.
+                    while let Ok((at, job)) = rx.try_recv() {
+                        sequence += 1;
+                        due.insert((at, sequence), job);
+                    }
                 }
                 None => return,
             },

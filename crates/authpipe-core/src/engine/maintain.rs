@@ -18,7 +18,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::ids::ConnectionKey;
 use crate::maintenance::{self, timing};
 use crate::providers::ValueSource;
-use crate::records::{ConnectionRecord, ConnectionStatus, LastError};
+use crate::records::{ConnectionRecord, ConnectionStatus, CredentialKind, LastError};
 use crate::scheduler::{Job, Runner};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
@@ -116,11 +116,15 @@ impl Engine {
         let Some(interval) = connector.health_interval_ms else {
             return;
         };
+        // Only connections Authpipe can speak for: OAuth, of a provider the app configured.
         let probe = connector
             .catalog
             .get(&record.key.provider)
-            .is_some_and(|p| p.definition.identity.is_some());
-        if !probe || record.status == ConnectionStatus::Revoked {
+            .is_some_and(|p| p.definition.identity.is_some() && p.require_client().is_ok());
+        if !probe
+            || record.kind != CredentialKind::OAuth2
+            || record.status == ConnectionStatus::Revoked
+        {
             return;
         }
         let due = match record.last_check_at {
@@ -168,7 +172,8 @@ impl Engine {
         let Some(provider) = connector.catalog.get(&key.provider).cloned() else {
             return Ok(self.cache_put(record).record.clone());
         };
-        if !provider.definition.refresh.supported {
+        if !provider.definition.refresh.supported || provider.require_client().is_err() {
+            // Not refreshable here: the token is served until it expires, then CONNECTION_EXPIRED.
             return Ok(self.cache_put(record).record.clone());
         }
         let secrets = self.secrets_of(&record).await?;
@@ -452,6 +457,8 @@ impl Engine {
                     )
                 }
             }
+            // Our configuration, not the connection's health.
+            Err(e) if e.code == ErrorCode::InvalidArgument => return Err(e),
             Err(e) => {
                 let error = LastError {
                     code: e.code.as_str().into(),
