@@ -101,11 +101,13 @@ describe('worker threads', () => {
   });
 });
 
-test('close() leaves nothing that keeps the process alive', async () => {
+test('close() leaves nothing that keeps the process alive, event listeners included', async () => {
   const { execFileSync } = await import('node:child_process');
   const script = `
     const { Authpipe } = require(${JSON.stringify(join(__dirname, '..'))});
     const a = new Authpipe({ store: ':memory:', masterKey: ${JSON.stringify(newKey())} });
+    a.on('connection.created', () => {});
+    a.on('connection.refreshed', () => {});
     a.importConnection({ provider: 'attio', tenantId: 't', userId: 'u', accessToken: 'x' })
       .then(() => a.getCredential({ provider: 'attio', tenantId: 't', userId: 'u' }))
       .then(() => a.close())

@@ -22,6 +22,7 @@ async function main() {
   // No store and no master key: ./.authpipe/authpipe.db, and a development key beside it.
   const authpipe = new Authpipe({ providers: { attio: attio.providerConfig({ redirectUri }) } });
   app.on('request', authpipe.handler({ appOrigin }));
+  authpipe.on('connection.created', (e) => console.log(`   event ${e.type}: ${e.provider}/${e.tenantId}/${e.userId} (${e.status})`));
   console.log(`store: ${(await authpipe.stats()).store}`);
 
   // The browser, minus the browser: the button opens /authpipe/connect/attio?session=...

@@ -150,12 +150,7 @@ impl Engine {
             .or_default()
             .clone();
         let _flight = lock.lock().await;
-        self.count_read();
-        let record = self
-            .store
-            .connection(key)
-            .await?
-            .ok_or_else(|| not_found(key))?;
+        let record = self.load(key).await?;
         let now = self.now_ms();
         let due = match reason {
             RefreshReason::Stale => maintenance::is_stale(&record, now),
@@ -362,17 +357,24 @@ impl Engine {
             updated_at: now,
             ..record.clone()
         };
+        self.write_or_keep_newer(changed, record.version).await
+    }
+
+    /// Writes `changed` if the row is still at `expected_version`; if another writer got there
+    /// first, their newer row stands. Either way the cache follows what is stored.
+    async fn write_or_keep_newer(
+        &self,
+        changed: ConnectionRecord,
+        expected_version: i64,
+    ) -> Result<ConnectionRecord> {
+        let key = changed.key.clone();
         let stored = match self
             .store
-            .update_connection(changed, record.version)
+            .update_connection(changed, expected_version)
             .await?
         {
             Some(stored) => stored,
-            None => self
-                .store
-                .connection(&record.key)
-                .await?
-                .ok_or_else(|| not_found(&record.key))?,
+            None => self.load(&key).await?,
         };
         Ok(self.cache_put(stored).record.clone())
     }
@@ -380,12 +382,7 @@ impl Engine {
     /// Probes a connection's health now: the provider's identity probe decides whether it is
     /// alive (`revoked` otherwise) and still has its required scopes.
     pub async fn check(&self, key: &ConnectionKey) -> Result<ConnectionRecord> {
-        self.count_read();
-        let record = self
-            .store
-            .connection(key)
-            .await?
-            .ok_or_else(|| not_found(key))?;
+        let record = self.load(key).await?;
         let Some(connector) = self.connector() else {
             return Ok(self.cache_put(record).record.clone());
         };
@@ -476,19 +473,7 @@ impl Engine {
             updated_at: now,
             ..record.clone()
         };
-        let stored = match self
-            .store
-            .update_connection(checked, record.version)
-            .await?
-        {
-            Some(stored) => stored,
-            None => self
-                .store
-                .connection(key)
-                .await?
-                .ok_or_else(|| not_found(key))?,
-        };
-        let stored = self.cache_put(stored).record.clone();
+        let stored = self.write_or_keep_newer(checked, record.version).await?;
         if let Some(kind) = kind.filter(|_| status != record.status) {
             let mut event = status_event(kind, &stored, now);
             event.error = error;

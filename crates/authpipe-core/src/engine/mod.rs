@@ -288,6 +288,15 @@ impl Engine {
         self.cache.generations().page(index)
     }
 
+    /// The stored connection (a counted store read), or `CONNECTION_NOT_FOUND`.
+    async fn load(&self, key: &ConnectionKey) -> Result<ConnectionRecord> {
+        self.count_read();
+        self.store
+            .connection(key)
+            .await?
+            .ok_or_else(|| not_found(key))
+    }
+
     fn count_read(&self) {
         self.store_reads.fetch_add(1, Ordering::Relaxed);
     }
@@ -320,12 +329,7 @@ impl Engine {
             let entry = match self.cache.get_key(key) {
                 Some(entry) => entry,
                 None => {
-                    self.count_read();
-                    let record = self
-                        .store
-                        .connection(key)
-                        .await?
-                        .ok_or_else(|| not_found(key))?;
+                    let record = self.load(key).await?;
                     self.cache_put(record)
                 }
             };
