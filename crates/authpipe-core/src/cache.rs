@@ -48,13 +48,18 @@ impl Cache {
     /// Caches `record` unless the cache already holds a newer version of it, and bumps the
     /// slot's generation when something changed. Returns what the cache holds afterwards.
     pub fn put(&self, record: ConnectionRecord) -> Arc<CachedConnection> {
+        self.put_changed(record).0
+    }
+
+    /// [`Cache::put`], also telling whether the cache changed (a new or replaced entry).
+    pub fn put_changed(&self, record: ConnectionRecord) -> (Arc<CachedConnection>, bool) {
         match self.entries.entry(record.key.cache_key()) {
             Entry::Occupied(mut occupied) => {
                 let current = occupied.get();
                 if current.record.version > record.version
                     || (current.record.version == record.version && current.record == record)
                 {
-                    return current.clone();
+                    return (current.clone(), false);
                 }
                 let slot = current.slot;
                 let generation = self.generations.bump(slot);
@@ -64,7 +69,7 @@ impl Cache {
                     generation,
                 });
                 occupied.insert(entry.clone());
-                entry
+                (entry, true)
             }
             Entry::Vacant(vacant) => {
                 let (slot, generation) = self.generations.allocate();
@@ -74,7 +79,7 @@ impl Cache {
                     generation,
                 });
                 vacant.insert(entry.clone());
-                entry
+                (entry, true)
             }
         }
     }
@@ -163,9 +168,20 @@ mod tests {
         );
         assert_eq!(cache.generations().current(slot), g2);
 
+        assert!(
+            !cache.put_changed(record("u1", 2, b"b")).1,
+            "the same record again changes nothing"
+        );
+        assert!(cache.put_changed(record("u1", 3, b"c")).1);
+        assert!(
+            cache.put_changed(record("u2", 1, b"x")).1,
+            "a new entry is a change"
+        );
+        let g3 = cache.generations().current(slot);
+
         assert!(cache.remove(&kept.record.key));
         assert!(
-            cache.generations().current(slot) > g2,
+            cache.generations().current(slot) > g3,
             "removal invalidates memos"
         );
         assert!(cache.get("attio", "t1", "u1").is_none());

@@ -62,7 +62,19 @@ impl Runner for Engine {
                 }
                 Job::Check(cache_key) => {
                     if let Some(entry) = engine.cache.get_by_cache_key(&cache_key) {
-                        let _ = engine.check(&entry.record.key).await;
+                        // Several changes can each schedule a probe for the same time: the first
+                        // runs (and schedules the next), the rest find it recently checked.
+                        let interval = engine
+                            .connector()
+                            .and_then(|c| c.health_interval_ms)
+                            .unwrap_or(i64::MAX);
+                        let checked_recently = entry
+                            .record
+                            .last_check_at
+                            .is_some_and(|last| engine.now_ms() - last < interval / 2);
+                        if !checked_recently {
+                            let _ = engine.check(&entry.record.key).await;
+                        }
                     }
                 }
                 Job::Invalidate { .. } => {}
@@ -76,11 +88,15 @@ impl Engine {
     pub fn attach(&self, connector: &Arc<Connector>) {
         let mut connectors = self.connectors.write();
         connectors.retain(|c| c.strong_count() > 0);
+        let first = connectors.is_empty();
         connectors.push(Arc::downgrade(connector));
         drop(connectors);
-        // Connections loaded before any instance could say how to probe them.
-        for entry in self.cache.entries() {
-            self.schedule_check(&entry.record);
+        // Connections loaded before any instance could say how to probe them (once: later
+        // instances join the probes already scheduled).
+        if first {
+            for entry in self.cache.entries() {
+                self.schedule_check(&entry.record);
+            }
         }
     }
 

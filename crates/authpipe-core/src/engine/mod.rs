@@ -236,10 +236,15 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Caches a record and schedules what its timing asks for: memos lapse at the stale point
-    /// (just before expiry for tokens that cannot be refreshed), a refresh comes before it.
+    /// Caches a record and, if that changed the cache, schedules what its timing asks for: memos
+    /// lapse at the stale point (just before expiry for tokens that cannot be refreshed), a
+    /// refresh comes before it, and the next health probe.
     fn cache_put(&self, record: ConnectionRecord) -> Arc<CachedConnection> {
-        let entry = self.cache.put(record);
+        let (entry, changed) = self.cache.put_changed(record);
+        if !changed {
+            // Its jobs are scheduled already; scheduling again would only add duplicates.
+            return entry;
+        }
         let record = &entry.record;
         if let Some(expires_at) = record.expires_at {
             let issued = maintenance::issued_at(record);
