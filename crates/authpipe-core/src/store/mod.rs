@@ -4,8 +4,10 @@
 //! Backends:
 //! - [`sqlite::SqliteStore`]: the embedded default, one file, safe for several processes on
 //!   one machine (WAL, busy timeout).
-//! - PostgreSQL (many app instances) implements the same trait.
+//! - [`postgres::PostgresStore`]: many app instances on one database (pooled, async). Not yet
+//!   reachable from JS: it waits for cross-instance refresh leases.
 
+pub mod postgres;
 pub mod sqlite;
 
 use crate::error::Result;

@@ -1,0 +1,868 @@
+//! PostgreSQL store: many app instances sharing connections. Same records and semantics as the
+//! SQLite store (the conformance tests run against both); pooled async connections
+//! (deadpool + tokio-postgres); migrations applied under an advisory lock, so instances starting
+//! at once apply each migration exactly once.
+//!
+//! Not reachable from JS yet: until refresh leases coordinate instances (one refresh per
+//! connection across all of them), several instances on one database could each refresh the
+//! same rotating token, which kills the grant.
+
+use super::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion};
+use crate::error::{Error, ErrorCode, Result};
+use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
+use crate::records::{
+    ConnectionRecord, ConnectionStatus, CredentialKind, FlowRecord, LastError, MasterKeyRecord,
+    ProviderAccount, Sealed, SecretRecord, SessionRecord, TenantKeyRecord,
+};
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+/// The advisory lock key that serialises migrations ("authpipe" in ASCII, truncated).
+const MIGRATION_LOCK: i64 = 0x6175_7468_7069_7065;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE master_keys (
+    id          text PRIMARY KEY,
+    key_check   bytea NOT NULL,
+    created_at  bigint NOT NULL,
+    retired_at  bigint
+);
+CREATE TABLE tenant_keys (
+    tenant_id     text PRIMARY KEY,
+    generation    integer NOT NULL,
+    master_key_id text NOT NULL,
+    wrapped       bytea NOT NULL,
+    created_at    bigint NOT NULL
+);
+CREATE TABLE connections (
+    tenant_id          text COLLATE "C" NOT NULL,
+    provider           text COLLATE "C" NOT NULL,
+    user_id            text COLLATE "C" NOT NULL,
+    kind               text NOT NULL,
+    status             text NOT NULL,
+    scopes             text NOT NULL,
+    account_id         text,
+    account_name       text,
+    expires_at         bigint,
+    created_at         bigint NOT NULL,
+    updated_at         bigint NOT NULL,
+    last_refresh_at    bigint,
+    next_refresh_at    bigint,
+    last_check_at      bigint,
+    last_error_code    text,
+    last_error_message text,
+    credential         bytea NOT NULL,
+    refresh_token      bytea,
+    extras             bytea,
+    version            bigint NOT NULL,
+    token_issued_at    bigint,
+    PRIMARY KEY (tenant_id, provider, user_id)
+);
+CREATE INDEX connections_by_provider ON connections (provider, tenant_id, user_id);
+CREATE TABLE secrets (
+    tenant_id  text NOT NULL,
+    provider   text NOT NULL,
+    name       text NOT NULL,
+    value      bytea NOT NULL,
+    created_at bigint NOT NULL,
+    updated_at bigint NOT NULL,
+    PRIMARY KEY (tenant_id, provider, name)
+);
+CREATE TABLE connect_flows (
+    state_hash   text PRIMARY KEY,
+    tenant_id    text NOT NULL,
+    provider     text NOT NULL,
+    user_id      text NOT NULL,
+    verifier     bytea,
+    redirect_uri text NOT NULL,
+    scopes       text NOT NULL,
+    browser_hash text,
+    created_at   bigint NOT NULL,
+    expires_at   bigint NOT NULL,
+    consumed_at  bigint
+);
+CREATE TABLE connect_sessions (
+    token_hash text PRIMARY KEY,
+    tenant_id  text NOT NULL,
+    user_id    text NOT NULL,
+    providers  text NOT NULL,
+    created_at bigint NOT NULL,
+    expires_at bigint NOT NULL
+);
+"#];
+
+const CONNECTION_COLUMNS: &str = "tenant_id, provider, user_id, kind, status, scopes, account_id, account_name, \
+     expires_at, created_at, updated_at, last_refresh_at, next_refresh_at, last_check_at, last_error_code, \
+     last_error_message, credential, refresh_token, extras, version, token_issued_at";
+
+fn pg(context: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+    // The database's own message (a constraint, a missing table) names no secret: values are
+    // sent as parameters, never printed.
+    move |e| {
+        Error::store(
+            &format!("PostgreSQL: {context}"),
+            e.as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+        )
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+    Error::store("PostgreSQL: no connection from the pool", e)
+}
+
+/// The PostgreSQL store.
+#[derive(Debug)]
+pub struct PostgresStore {
+    pool: Pool,
+    label: String,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://...`) and applies migrations in `schema` (created if missing).
+    pub async fn connect(url: &str, schema: &str) -> Result<Self> {
+        let valid_schema = !schema.is_empty()
+            && schema.len() <= 63
+            && schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid_schema {
+            return Err(Error::invalid_argument(
+                "the PostgreSQL schema name must be 1-63 lowercase letters, digits or '_'",
+            ));
+        }
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|_| Error::invalid_argument("store is not a valid postgres:// URL"))?;
+        config.options(format!("-c search_path={schema}"));
+        let label = format!(
+            "postgres://{}/{}?schema={schema}",
+            config
+                .get_hosts()
+                .first()
+                .map(|h| format!("{h:?}"))
+                .unwrap_or_default(),
+            config.get_dbname().unwrap_or("")
+        );
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|e| Error::store("PostgreSQL pool", e))?;
+        let store = Self { pool, label };
+        store.migrate(schema).await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self, schema: &str) -> Result<()> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg("lock"))?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; \
+             CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (version integer PRIMARY KEY, applied_at bigint NOT NULL)"
+        ))
+        .await
+        .map_err(pg("create the migration table"))?;
+        let applied: i64 = tx
+            .query_one(
+                &format!("SELECT count(*) FROM {schema}.schema_migrations"),
+                &[],
+            )
+            .await
+            .map_err(pg("read migrations"))?
+            .get(0);
+        let applied = applied as usize;
+        if applied > MIGRATIONS.len() {
+            return Err(Error::new(
+                ErrorCode::StoreError,
+                format!(
+                    "the store has schema version {applied}, newer than this @authpipe/node knows"
+                ),
+            ));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            tx.batch_execute(sql).await.map_err(pg("migrate"))?;
+            let version = (i + 1) as i32;
+            tx.execute(
+                &format!(
+                    "INSERT INTO {schema}.schema_migrations (version, applied_at) VALUES ($1, 0)"
+                ),
+                &[&version],
+            )
+            .await
+            .map_err(pg("record migration"))?;
+        }
+        tx.commit().await.map_err(pg("commit migrations"))
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+fn invalid_row(what: &str) -> Error {
+    Error::new(
+        ErrorCode::StoreError,
+        format!("the store holds an invalid {what}"),
+    )
+}
+
+fn connection_from_row(row: &Row) -> Result<ConnectionRecord> {
+    let text = |i: usize| -> String { row.get(i) };
+    let key = ConnectionKey::new(
+        ProviderId::parse(text(1)).map_err(|_| invalid_row("provider id"))?,
+        TenantId::parse(text(0)).map_err(|_| invalid_row("tenant id"))?,
+        UserId::parse(text(2)).map_err(|_| invalid_row("user id"))?,
+    );
+    let last_error = match (
+        row.get::<_, Option<String>>(14),
+        row.get::<_, Option<String>>(15),
+    ) {
+        (Some(code), message) => Some(LastError {
+            code,
+            message: message.unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    Ok(ConnectionRecord {
+        key,
+        kind: CredentialKind::parse(&text(3)).ok_or_else(|| invalid_row("credential kind"))?,
+        status: ConnectionStatus::parse(&text(4)).ok_or_else(|| invalid_row("status"))?,
+        scopes: serde_json::from_str(&text(5)).map_err(|_| invalid_row("scope list"))?,
+        account: ProviderAccount {
+            id: row.get(6),
+            name: row.get(7),
+        },
+        expires_at: row.get(8),
+        created_at: row.get(9),
+        updated_at: row.get(10),
+        last_refresh_at: row.get(11),
+        next_refresh_at: row.get(12),
+        last_check_at: row.get(13),
+        last_error,
+        credential: Sealed(row.get(16)),
+        refresh_token: row.get::<_, Option<Vec<u8>>>(17).map(Sealed),
+        extras: row.get::<_, Option<Vec<u8>>>(18).map(Sealed),
+        version: row.get(19),
+        token_issued_at: row.get(20),
+    })
+}
+
+fn tenant_key_from_row(row: &Row) -> Result<TenantKeyRecord> {
+    Ok(TenantKeyRecord {
+        tenant: TenantId::parse(row.get::<_, String>(0)).map_err(|_| invalid_row("tenant id"))?,
+        generation: row.get::<_, i32>(1) as u32,
+        master_key_id: row.get(2),
+        wrapped: Sealed(row.get(3)),
+        created_at: row.get(4),
+    })
+}
+
+/// A record's values in `CONNECTION_COLUMNS` order without `version`: $1..$20, issued-at last.
+struct RowValues {
+    texts: [String; 6],
+    account: [Option<String>; 2],
+    times: [Option<i64>; 5],
+    created_at: i64,
+    updated_at: i64,
+    error: [Option<String>; 2],
+    blobs: (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>),
+}
+
+impl RowValues {
+    fn new(r: &ConnectionRecord) -> Result<Self> {
+        Ok(Self {
+            texts: [
+                r.key.tenant.to_string(),
+                r.key.provider.to_string(),
+                r.key.user.to_string(),
+                r.kind.as_str().to_owned(),
+                r.status.as_str().to_owned(),
+                serde_json::to_string(&r.scopes).map_err(|e| Error::internal(e.to_string()))?,
+            ],
+            account: [r.account.id.clone(), r.account.name.clone()],
+            times: [
+                r.expires_at,
+                r.last_refresh_at,
+                r.next_refresh_at,
+                r.last_check_at,
+                r.token_issued_at,
+            ],
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            error: [
+                r.last_error.as_ref().map(|e| e.code.clone()),
+                r.last_error.as_ref().map(|e| e.message.clone()),
+            ],
+            blobs: (
+                r.credential.0.clone(),
+                r.refresh_token.as_ref().map(|s| s.0.clone()),
+                r.extras.as_ref().map(|s| s.0.clone()),
+            ),
+        })
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.texts[0],
+            &self.texts[1],
+            &self.texts[2],
+            &self.texts[3],
+            &self.texts[4],
+            &self.texts[5],
+            &self.account[0],
+            &self.account[1],
+            &self.times[0],
+            &self.created_at,
+            &self.updated_at,
+            &self.times[1],
+            &self.times[2],
+            &self.times[3],
+            &self.error[0],
+            &self.error[1],
+            &self.blobs.0,
+            &self.blobs.1,
+            &self.blobs.2,
+            &self.times[4],
+        ]
+    }
+}
+
+fn provider_column(provider: &Option<ProviderId>) -> String {
+    provider.as_ref().map(|p| p.to_string()).unwrap_or_default()
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    async fn master_keys(&self) -> Result<Vec<MasterKeyRecord>> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT id, key_check, created_at, retired_at FROM master_keys ORDER BY created_at, id", &[])
+            .await
+            .map_err(pg("read master keys"))?;
+        Ok(rows
+            .iter()
+            .map(|r| MasterKeyRecord {
+                id: r.get(0),
+                key_check: Sealed(r.get(1)),
+                created_at: r.get(2),
+                retired_at: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn add_master_keys(&self, records: Vec<MasterKeyRecord>) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        for r in &records {
+            tx.execute(
+                "INSERT INTO master_keys (id, key_check, created_at, retired_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                &[&r.id, &r.key_check.0, &r.created_at, &r.retired_at],
+            )
+            .await
+            .map_err(pg("add master keys"))?;
+        }
+        tx.commit().await.map_err(pg("commit"))
+    }
+
+    async fn retire_master_key(&self, id: &str, now: i64) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        // Block concurrent rewraps of this key's tenants until we decide.
+        let in_use: i64 = tx
+            .query_one("SELECT count(*) FROM (SELECT 1 FROM tenant_keys WHERE master_key_id = $1 FOR UPDATE) t", &[&id])
+            .await
+            .map_err(pg("count tenant keys"))?
+            .get(0);
+        if in_use > 0 {
+            return Err(Error::new(
+                ErrorCode::KeyInUse,
+                format!("master key '{id}' still wraps {in_use} tenant key(s); call rotateMasterKey() first"),
+            ));
+        }
+        tx.execute(
+            "UPDATE master_keys SET retired_at = $2 WHERE id = $1 AND retired_at IS NULL",
+            &[&id, &now],
+        )
+        .await
+        .map_err(pg("retire master key"))?;
+        tx.commit().await.map_err(pg("commit"))
+    }
+
+    async fn tenant_keys(&self) -> Result<Vec<TenantKeyRecord>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT tenant_id, generation, master_key_id, wrapped, created_at FROM tenant_keys",
+                &[],
+            )
+            .await
+            .map_err(pg("read tenant keys"))?;
+        rows.iter().map(tenant_key_from_row).collect()
+    }
+
+    async fn tenant_key(&self, tenant: &TenantId) -> Result<Option<TenantKeyRecord>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT tenant_id, generation, master_key_id, wrapped, created_at FROM tenant_keys WHERE tenant_id = $1",
+                &[&tenant.as_str()],
+            )
+            .await
+            .map_err(pg("read tenant key"))?;
+        row.as_ref().map(tenant_key_from_row).transpose()
+    }
+
+    async fn insert_tenant_key(&self, record: TenantKeyRecord) -> Result<TenantKeyRecord> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO tenant_keys (tenant_id, generation, master_key_id, wrapped, created_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (tenant_id) DO NOTHING",
+                &[&record.tenant.as_str(), &(record.generation as i32), &record.master_key_id, &record.wrapped.0, &record.created_at],
+            )
+            .await
+            .map_err(pg("insert tenant key"))?;
+        let row = client
+            .query_one(
+                "SELECT tenant_id, generation, master_key_id, wrapped, created_at FROM tenant_keys WHERE tenant_id = $1",
+                &[&record.tenant.as_str()],
+            )
+            .await
+            .map_err(pg("read tenant key"))?;
+        tenant_key_from_row(&row)
+    }
+
+    async fn rewrap_tenant_key(
+        &self,
+        record: TenantKeyRecord,
+        expected_master_key_id: &str,
+    ) -> Result<bool> {
+        let changed = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE tenant_keys SET master_key_id = $2, wrapped = $3 WHERE tenant_id = $1 AND master_key_id = $4 AND generation = $5",
+                &[&record.tenant.as_str(), &record.master_key_id, &record.wrapped.0, &expected_master_key_id, &(record.generation as i32)],
+            )
+            .await
+            .map_err(pg("rewrap tenant key"))?;
+        Ok(changed == 1)
+    }
+
+    async fn delete_tenant(&self, tenant: &TenantId) -> Result<TenantDeletion> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        let t = tenant.as_str();
+        let had_key = tx
+            .execute("DELETE FROM tenant_keys WHERE tenant_id = $1", &[&t])
+            .await
+            .map_err(pg("delete tenant"))?
+            > 0;
+        let connections = tx
+            .execute("DELETE FROM connections WHERE tenant_id = $1", &[&t])
+            .await
+            .map_err(pg("delete tenant"))?;
+        let secrets = tx
+            .execute("DELETE FROM secrets WHERE tenant_id = $1", &[&t])
+            .await
+            .map_err(pg("delete tenant"))?;
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(TenantDeletion {
+            connections,
+            secrets,
+            had_key,
+        })
+    }
+
+    async fn put_connections(
+        &self,
+        records: Vec<ConnectionRecord>,
+    ) -> Result<Vec<ConnectionRecord>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        let upsert = format!(
+            "INSERT INTO connections ({CONNECTION_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 1, $20) \
+             ON CONFLICT (tenant_id, provider, user_id) DO UPDATE SET \
+               kind = excluded.kind, status = excluded.status, scopes = excluded.scopes, \
+               account_id = excluded.account_id, account_name = excluded.account_name, \
+               expires_at = excluded.expires_at, updated_at = excluded.updated_at, \
+               last_refresh_at = excluded.last_refresh_at, next_refresh_at = excluded.next_refresh_at, \
+               last_check_at = excluded.last_check_at, last_error_code = excluded.last_error_code, \
+               last_error_message = excluded.last_error_message, credential = excluded.credential, \
+               refresh_token = excluded.refresh_token, extras = excluded.extras, \
+               token_issued_at = excluded.token_issued_at, version = connections.version + 1 \
+             RETURNING created_at, version"
+        );
+        let mut stored = Vec::with_capacity(records.len());
+        for mut r in records {
+            let has_key = tx
+                .query_opt(
+                    "SELECT 1 FROM tenant_keys WHERE tenant_id = $1 FOR SHARE",
+                    &[&r.key.tenant.as_str()],
+                )
+                .await
+                .map_err(pg("check tenant key"))?
+                .is_some();
+            if !has_key {
+                return Err(Error::new(
+                    ErrorCode::VaultKeyMissing,
+                    format!("tenant '{}' has no data key (it was deleted while this write was prepared)", r.key.tenant),
+                ));
+            }
+            let values = RowValues::new(&r)?;
+            let row = tx
+                .query_one(upsert.as_str(), &values.params())
+                .await
+                .map_err(pg("store connection"))?;
+            r.created_at = row.get(0);
+            r.version = row.get(1);
+            stored.push(r);
+        }
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(stored)
+    }
+
+    async fn update_connection(
+        &self,
+        record: ConnectionRecord,
+        expected_version: i64,
+    ) -> Result<Option<ConnectionRecord>> {
+        let values = RowValues::new(&record)?;
+        let mut params = values.params();
+        params.remove(9); // created_at is never updated
+        params.push(&expected_version);
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "UPDATE connections SET kind = $4, status = $5, scopes = $6, account_id = $7, account_name = $8, \
+                   expires_at = $9, updated_at = $10, last_refresh_at = $11, next_refresh_at = $12, \
+                   last_check_at = $13, last_error_code = $14, last_error_message = $15, credential = $16, \
+                   refresh_token = $17, extras = $18, token_issued_at = $19, version = version + 1 \
+                 WHERE tenant_id = $1 AND provider = $2 AND user_id = $3 AND version = $20 \
+                 RETURNING version",
+                &params,
+            )
+            .await
+            .map_err(pg("update connection"))?;
+        Ok(row.map(|row| ConnectionRecord {
+            version: row.get(0),
+            ..record
+        }))
+    }
+
+    async fn connection(&self, key: &ConnectionKey) -> Result<Option<ConnectionRecord>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE tenant_id = $1 AND provider = $2 AND user_id = $3"),
+                &[&key.tenant.as_str(), &key.provider.as_str(), &key.user.as_str()],
+            )
+            .await
+            .map_err(pg("read connection"))?;
+        row.as_ref().map(connection_from_row).transpose()
+    }
+
+    async fn all_connections(&self) -> Result<Vec<ConnectionRecord>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!("SELECT {CONNECTION_COLUMNS} FROM connections"),
+                &[],
+            )
+            .await
+            .map_err(pg("read connections"))?;
+        rows.iter().map(connection_from_row).collect()
+    }
+
+    async fn list_connections(&self, query: &ListQuery) -> Result<Vec<ConnectionRecord>> {
+        let mut conditions = Vec::new();
+        let mut values: Vec<String> = Vec::new();
+        let mut bind = |column: &str, value: String, values: &mut Vec<String>| {
+            values.push(value);
+            conditions.push(format!("{column} = ${}", values.len()));
+        };
+        if let Some(t) = &query.tenant {
+            bind("tenant_id", t.to_string(), &mut values);
+        }
+        if let Some(p) = &query.provider {
+            bind("provider", p.to_string(), &mut values);
+        }
+        if let Some(s) = &query.status {
+            bind("status", s.as_str().to_owned(), &mut values);
+        }
+        if let Some(after) = &query.after {
+            values.extend([
+                after.tenant.to_string(),
+                after.provider.to_string(),
+                after.user.to_string(),
+            ]);
+            let n = values.len();
+            conditions.push(format!(
+                "(tenant_id, provider, user_id) > (${}, ${}, ${})",
+                n - 2,
+                n - 1,
+                n
+            ));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let limit = i64::from(query.limit);
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        params.push(&limit);
+        let sql = format!(
+            "SELECT {CONNECTION_COLUMNS} FROM connections {filter} ORDER BY tenant_id, provider, user_id LIMIT ${}",
+            params.len()
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(sql.as_str(), &params)
+            .await
+            .map_err(pg("list connections"))?;
+        rows.iter().map(connection_from_row).collect()
+    }
+
+    async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM connections WHERE tenant_id = $1 AND provider = $2 AND user_id = $3",
+                &[
+                    &key.tenant.as_str(),
+                    &key.provider.as_str(),
+                    &key.user.as_str(),
+                ],
+            )
+            .await
+            .map_err(pg("delete connection"))?;
+        Ok(n > 0)
+    }
+
+    async fn put_secret(&self, record: SecretRecord) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        let has_key = tx
+            .query_opt(
+                "SELECT 1 FROM tenant_keys WHERE tenant_id = $1 FOR SHARE",
+                &[&record.tenant.as_str()],
+            )
+            .await
+            .map_err(pg("check tenant key"))?
+            .is_some();
+        if !has_key {
+            return Err(Error::new(
+                ErrorCode::VaultKeyMissing,
+                format!(
+                    "tenant '{}' has no data key (it was deleted while this write was prepared)",
+                    record.tenant
+                ),
+            ));
+        }
+        tx.execute(
+            "INSERT INTO secrets (tenant_id, provider, name, value, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (tenant_id, provider, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            &[&record.tenant.as_str(), &provider_column(&record.provider), &record.name.as_str(), &record.value.0, &record.created_at, &record.updated_at],
+        )
+        .await
+        .map_err(pg("store secret"))?;
+        tx.commit().await.map_err(pg("commit"))
+    }
+
+    async fn secret(&self, key: &SecretKey) -> Result<Option<SecretRecord>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT value, created_at, updated_at FROM secrets WHERE tenant_id = $1 AND provider = $2 AND name = $3",
+                &[&key.tenant.as_str(), &provider_column(&key.provider), &key.name.as_str()],
+            )
+            .await
+            .map_err(pg("read secret"))?;
+        Ok(row.map(|r| SecretRecord {
+            tenant: key.tenant.clone(),
+            provider: key.provider.clone(),
+            name: key.name.clone(),
+            value: Sealed(r.get(0)),
+            created_at: r.get(1),
+            updated_at: r.get(2),
+        }))
+    }
+
+    async fn delete_secret(&self, key: &SecretKey) -> Result<bool> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM secrets WHERE tenant_id = $1 AND provider = $2 AND name = $3",
+                &[
+                    &key.tenant.as_str(),
+                    &provider_column(&key.provider),
+                    &key.name.as_str(),
+                ],
+            )
+            .await
+            .map_err(pg("delete secret"))?;
+        Ok(n > 0)
+    }
+
+    async fn put_flow(&self, flow: FlowRecord) -> Result<()> {
+        let scopes =
+            serde_json::to_string(&flow.scopes).map_err(|e| Error::internal(e.to_string()))?;
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO connect_flows (state_hash, tenant_id, provider, user_id, verifier, redirect_uri, scopes, browser_hash, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[
+                    &flow.state_hash,
+                    &flow.key.tenant.as_str(),
+                    &flow.key.provider.as_str(),
+                    &flow.key.user.as_str(),
+                    &flow.verifier.as_ref().map(|v| v.0.clone()),
+                    &flow.redirect_uri,
+                    &scopes,
+                    &flow.browser_hash,
+                    &flow.created_at,
+                    &flow.expires_at,
+                ],
+            )
+            .await
+            .map_err(pg("store connect flow"))?;
+        client
+            .execute(
+                "DELETE FROM connect_flows WHERE expires_at < $1",
+                &[&(flow.created_at - 24 * 3600 * 1000)],
+            )
+            .await
+            .map_err(pg("prune connect flows"))?;
+        Ok(())
+    }
+
+    async fn take_flow(&self, state_hash: &str, now: i64) -> Result<FlowTake> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        let row = tx
+            .query_opt(
+                "SELECT tenant_id, provider, user_id, verifier, redirect_uri, scopes, browser_hash, created_at, expires_at, consumed_at \
+                 FROM connect_flows WHERE state_hash = $1 FOR UPDATE",
+                &[&state_hash],
+            )
+            .await
+            .map_err(pg("read connect flow"))?;
+        let Some(row) = row else {
+            return Ok(FlowTake::Unknown);
+        };
+        let flow = FlowRecord {
+            state_hash: state_hash.to_owned(),
+            key: ConnectionKey::parse(
+                &row.get::<_, String>(1),
+                &row.get::<_, String>(0),
+                &row.get::<_, String>(2),
+            )
+            .map_err(|_| invalid_row("connect flow"))?,
+            verifier: row.get::<_, Option<Vec<u8>>>(3).map(Sealed),
+            redirect_uri: row.get(4),
+            scopes: serde_json::from_str(&row.get::<_, String>(5))
+                .map_err(|_| invalid_row("connect flow"))?,
+            browser_hash: row.get(6),
+            created_at: row.get(7),
+            expires_at: row.get(8),
+            consumed_at: row.get(9),
+        };
+        if flow.consumed_at.is_some() {
+            return Ok(FlowTake::Used(flow));
+        }
+        tx.execute(
+            "UPDATE connect_flows SET consumed_at = $2 WHERE state_hash = $1",
+            &[&state_hash, &now],
+        )
+        .await
+        .map_err(pg("consume connect flow"))?;
+        tx.commit().await.map_err(pg("commit"))?;
+        let expired = flow.expires_at <= now;
+        let consumed = FlowRecord {
+            consumed_at: Some(now),
+            ..flow
+        };
+        Ok(if expired {
+            FlowTake::Expired(consumed)
+        } else {
+            FlowTake::Fresh(consumed)
+        })
+    }
+
+    async fn put_session(&self, session: SessionRecord) -> Result<()> {
+        let providers = serde_json::to_string(&session.providers)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO connect_sessions (token_hash, tenant_id, user_id, providers, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&session.token_hash, &session.tenant.as_str(), &session.user.as_str(), &providers, &session.created_at, &session.expires_at],
+            )
+            .await
+            .map_err(pg("store connect session"))?;
+        client
+            .execute(
+                "DELETE FROM connect_sessions WHERE expires_at < $1",
+                &[&(session.created_at - 24 * 3600 * 1000)],
+            )
+            .await
+            .map_err(pg("prune connect sessions"))?;
+        Ok(())
+    }
+
+    async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT tenant_id, user_id, providers, created_at, expires_at FROM connect_sessions WHERE token_hash = $1",
+                &[&token_hash],
+            )
+            .await
+            .map_err(pg("read connect session"))?;
+        row.map(|r| {
+            Ok(SessionRecord {
+                token_hash: token_hash.to_owned(),
+                tenant: TenantId::parse(r.get::<_, String>(0))
+                    .map_err(|_| invalid_row("connect session"))?,
+                user: UserId::parse(r.get::<_, String>(1))
+                    .map_err(|_| invalid_row("connect session"))?,
+                providers: serde_json::from_str(&r.get::<_, String>(2))
+                    .map_err(|_| invalid_row("connect session"))?,
+                created_at: r.get(3),
+                expires_at: r.get(4),
+            })
+        })
+        .transpose()
+    }
+}

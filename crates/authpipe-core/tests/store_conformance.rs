@@ -1,0 +1,371 @@
+//! One behaviour for every store: the same checks against SQLite and PostgreSQL.
+//! PostgreSQL: `AUTHPIPE_TEST_POSTGRES` (default postgres://postgres@127.0.0.1:5432/test); each run
+//! uses its own schema and drops it. Without a reachable server the PostgreSQL half is skipped,
+//! except under CI, where it must run.
+
+use authpipe_core::ids::{ConnectionKey, ProviderId, SecretName, TenantId};
+use authpipe_core::records::{
+    ConnectionRecord, ConnectionStatus, CredentialKind, FlowRecord, MasterKeyRecord,
+    ProviderAccount, Sealed, SecretRecord, SessionRecord, TenantKeyRecord,
+};
+use authpipe_core::store::postgres::PostgresStore;
+use authpipe_core::store::sqlite::SqliteStore;
+use authpipe_core::store::{FlowTake, ListQuery, SecretKey, Store};
+use authpipe_core::ErrorCode;
+use std::sync::Arc;
+
+fn tenant_key(tenant: &str, master: &str) -> TenantKeyRecord {
+    TenantKeyRecord {
+        tenant: TenantId::parse(tenant).unwrap(),
+        generation: 1,
+        master_key_id: master.into(),
+        wrapped: Sealed(vec![1; 60]),
+        created_at: 5,
+    }
+}
+
+fn connection(tenant: &str, provider: &str, user: &str, token: u8) -> ConnectionRecord {
+    ConnectionRecord {
+        key: ConnectionKey::parse(provider, tenant, user).unwrap(),
+        kind: CredentialKind::OAuth2,
+        status: ConnectionStatus::Active,
+        scopes: vec!["a".into(), "b:c".into()],
+        account: ProviderAccount {
+            id: Some("ws".into()),
+            name: None,
+        },
+        expires_at: Some(2_000),
+        created_at: 100,
+        updated_at: 100,
+        last_refresh_at: None,
+        next_refresh_at: Some(1_500),
+        last_check_at: None,
+        last_error: None,
+        token_issued_at: Some(100),
+        credential: Sealed(vec![token; 40]),
+        refresh_token: Some(Sealed(vec![token + 1; 40])),
+        extras: None,
+        version: 0,
+    }
+}
+
+async fn conformance(store: Arc<dyn Store>) {
+    // Master keys: added once, retired only when unused.
+    let check = MasterKeyRecord {
+        id: "k1".into(),
+        key_check: Sealed(vec![7; 40]),
+        created_at: 1,
+        retired_at: None,
+    };
+    store.add_master_keys(vec![check.clone()]).await.unwrap();
+    store
+        .add_master_keys(vec![MasterKeyRecord {
+            key_check: Sealed(vec![9; 40]),
+            ..check.clone()
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.master_keys().await.unwrap(),
+        std::slice::from_ref(&check),
+        "existing ids are kept as they are"
+    );
+
+    // Tenant keys: the first writer wins, also under concurrency.
+    let writers: Vec<_> = (0..8u8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut record = tenant_key("t1", "k1");
+                record.wrapped = Sealed(vec![i; 60]);
+                store.insert_tenant_key(record).await.unwrap()
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for w in writers {
+        winners.push(w.await.unwrap());
+    }
+    assert!(
+        winners.iter().all(|w| w == &winners[0]),
+        "every writer gets the one stored key"
+    );
+    assert_eq!(
+        store.retire_master_key("k1", 9).await.unwrap_err().code,
+        ErrorCode::KeyInUse
+    );
+    let rewrapped = TenantKeyRecord {
+        master_key_id: "k2".into(),
+        ..winners[0].clone()
+    };
+    assert!(store
+        .rewrap_tenant_key(rewrapped.clone(), "k1")
+        .await
+        .unwrap());
+    assert!(
+        !store.rewrap_tenant_key(rewrapped, "k1").await.unwrap(),
+        "compare and swap"
+    );
+    store.retire_master_key("k1", 9).await.unwrap();
+    assert_eq!(store.master_keys().await.unwrap()[0].retired_at, Some(9));
+
+    // Connections: upsert keeps created_at and bumps the version; no tenant key, no write.
+    let stored = store
+        .put_connections(vec![connection("t1", "attio", "u1", 10)])
+        .await
+        .unwrap();
+    assert_eq!(stored[0].version, 1);
+    let mut again = connection("t1", "attio", "u1", 20);
+    again.created_at = 999;
+    let stored = store.put_connections(vec![again]).await.unwrap();
+    assert_eq!((stored[0].version, stored[0].created_at), (2, 100));
+    let read = store.connection(&stored[0].key).await.unwrap().unwrap();
+    assert_eq!(read, stored[0]);
+    let err = store
+        .put_connections(vec![connection("no-key", "attio", "u", 1)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::VaultKeyMissing);
+
+    // Compare-and-swap updates.
+    let degraded = ConnectionRecord {
+        status: ConnectionStatus::Degraded,
+        updated_at: 300,
+        created_at: 0,
+        ..read.clone()
+    };
+    let updated = store
+        .update_connection(degraded.clone(), read.version)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.version, read.version + 1);
+    assert!(
+        store
+            .update_connection(degraded, read.version)
+            .await
+            .unwrap()
+            .is_none(),
+        "a stale version loses"
+    );
+    let after = store.connection(&read.key).await.unwrap().unwrap();
+    assert_eq!(
+        (after.status, after.created_at),
+        (ConnectionStatus::Degraded, 100),
+        "created_at is never updated"
+    );
+
+    // Listing: byte order, filters, keyset paging.
+    store
+        .insert_tenant_key(tenant_key("t2", "k2"))
+        .await
+        .unwrap();
+    let mut batch = Vec::new();
+    for (tenant, provider, user) in [
+        ("t1", "hubspot", "u2"),
+        ("t2", "attio", "B"),
+        ("t2", "attio", "a"),
+        ("t2", "attio", "é"),
+    ] {
+        batch.push(connection(tenant, provider, user, 1));
+    }
+    store.put_connections(batch).await.unwrap();
+    let all = store
+        .list_connections(&ListQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let keys: Vec<String> = all.iter().map(|r| r.key.to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "attio/t1/u1",
+            "hubspot/t1/u2",
+            "attio/t2/B",
+            "attio/t2/a",
+            "attio/t2/é"
+        ]
+    );
+    let page = store
+        .list_connections(&ListQuery {
+            limit: 2,
+            after: Some(all[1].key.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.key.to_string()).collect::<Vec<_>>(),
+        ["attio/t2/B", "attio/t2/a"]
+    );
+    let filtered = ListQuery {
+        tenant: Some(TenantId::parse("t1").unwrap()),
+        provider: Some(ProviderId::parse("attio").unwrap()),
+        status: Some(ConnectionStatus::Degraded),
+        limit: 10,
+        after: None,
+    };
+    assert_eq!(store.list_connections(&filtered).await.unwrap().len(), 1);
+    assert_eq!(store.all_connections().await.unwrap().len(), 5);
+    assert!(store.delete_connection(&all[1].key).await.unwrap());
+    assert!(!store.delete_connection(&all[1].key).await.unwrap());
+
+    // Secrets.
+    let secret_key = SecretKey {
+        tenant: TenantId::parse("t2").unwrap(),
+        provider: None,
+        name: SecretName::parse("webhook").unwrap(),
+    };
+    let secret = SecretRecord {
+        tenant: secret_key.tenant.clone(),
+        provider: None,
+        name: secret_key.name.clone(),
+        value: Sealed(vec![3; 30]),
+        created_at: 1,
+        updated_at: 1,
+    };
+    store.put_secret(secret.clone()).await.unwrap();
+    assert_eq!(store.secret(&secret_key).await.unwrap(), Some(secret));
+    let scoped = SecretKey {
+        provider: Some(ProviderId::parse("attio").unwrap()),
+        ..secret_key.clone()
+    };
+    assert_eq!(
+        store.secret(&scoped).await.unwrap(),
+        None,
+        "tenant-wide and provider secrets are apart"
+    );
+
+    // Connect flows: taken once, also under concurrency; expiry; sessions.
+    let flow = FlowRecord {
+        state_hash: "h1".into(),
+        key: ConnectionKey::parse("attio", "t1", "u1").unwrap(),
+        verifier: Some(Sealed(vec![4; 50])),
+        redirect_uri: "https://app.example/cb".into(),
+        scopes: vec!["x".into()],
+        browser_hash: Some("b".into()),
+        created_at: 1_000,
+        expires_at: 10_000,
+        consumed_at: None,
+    };
+    store.put_flow(flow.clone()).await.unwrap();
+    store
+        .put_flow(FlowRecord {
+            state_hash: "h2".into(),
+            ..flow.clone()
+        })
+        .await
+        .unwrap();
+    let takers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.take_flow("h1", 5_000).await.unwrap() })
+        })
+        .collect();
+    let mut fresh = 0;
+    for t in takers {
+        match t.await.unwrap() {
+            FlowTake::Fresh(f) => {
+                fresh += 1;
+                assert_eq!(
+                    f,
+                    FlowRecord {
+                        consumed_at: Some(5_000),
+                        ..flow.clone()
+                    }
+                );
+            }
+            FlowTake::Used(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(fresh, 1, "exactly one callback wins a state");
+    assert!(matches!(
+        store.take_flow("h2", 10_000).await.unwrap(),
+        FlowTake::Expired(_)
+    ));
+    assert_eq!(store.take_flow("nope", 1).await.unwrap(), FlowTake::Unknown);
+    let session = SessionRecord {
+        token_hash: "s1".into(),
+        tenant: TenantId::parse("t1").unwrap(),
+        user: authpipe_core::ids::UserId::parse("u1").unwrap(),
+        providers: vec!["attio".into()],
+        created_at: 1,
+        expires_at: 2,
+    };
+    store.put_session(session.clone()).await.unwrap();
+    assert_eq!(store.session("s1").await.unwrap(), Some(session));
+
+    // Deleting a tenant takes its key, connections and secrets, and nothing else.
+    let deletion = store
+        .delete_tenant(&TenantId::parse("t2").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (deletion.connections, deletion.secrets, deletion.had_key),
+        (3, 1, true)
+    );
+    assert!(store
+        .tenant_key(&TenantId::parse("t2").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .tenant_key(&TenantId::parse("t1").unwrap())
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(store.all_connections().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_store() {
+    conformance(Arc::new(SqliteStore::open_in_memory().unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_store() {
+    let url = std::env::var("AUTHPIPE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("authpipe_test_{:016x}", rand_u64());
+    // Two stores starting together on a new schema: the migrations are applied once.
+    let (first, second) = tokio::join!(
+        PostgresStore::connect(&url, &schema),
+        PostgresStore::connect(&url, &schema)
+    );
+    let store = match first {
+        Ok(store) => store,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!(
+                "PostgreSQL conformance skipped ({}): set AUTHPIPE_TEST_POSTGRES",
+                e.message
+            );
+            return;
+        }
+        Err(e) => panic!("PostgreSQL is required under CI: {e}"),
+    };
+    drop(second.expect("the second store starts too"));
+    conformance(Arc::new(store)).await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
