@@ -285,8 +285,11 @@ describe('the HTTP handler', () => {
     expect(posted(await res.text())).toMatchObject({ ok: true, connection: { userId: 'user_post' } });
   });
 
-  test('unknown routes are 404 and the page script cannot be broken out of', async () => {
+  test('unknown routes are 404, malformed paths 400, and the page script cannot be broken out of', async () => {
     expect((await browse(`${appOrigin}/authpipe/nope`)).status).toBe(404);
+    const malformed = await browse(`${appOrigin}/authpipe/connect/%E0%A4%A`);
+    expect(malformed.status).toBe(400);
+    expect(posted(malformed.text)).toMatchObject({ ok: false, error: { code: 'INVALID_ARGUMENT' } });
     const res = await browse(`${appOrigin}/authpipe/callback?error=${encodeURIComponent('</script><script>alert(1)</script>')}&state=x`);
     expect(res.text).not.toContain('<script>alert(1)');
     expect(posted(res.text)).toMatchObject({ ok: false, error: { code: 'AUTHORIZATION_FAILED' } });

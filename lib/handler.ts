@@ -65,6 +65,15 @@ export function createHandler(backend: HandlerBackend, options: HandlerOptions):
   };
 
   async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    try {
+      await dispatch(req, res);
+    } catch (err) {
+      if (!(err instanceof URIError)) throw err;
+      page(res, 400, resultFor(invalidArgument('the request path is not valid percent-encoding')), appOrigin, returnTo);
+    }
+  }
+
+  async function dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
     // Express strips its mount path from req.url; originalUrl keeps the whole path.
     const raw = (req as { originalUrl?: string }).originalUrl ?? req.url ?? '/';
     const url = new URL(raw, 'http://handler.invalid');
