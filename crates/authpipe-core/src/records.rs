@@ -89,6 +89,16 @@ pub struct LastError {
     pub message: String,
 }
 
+impl LastError {
+    /// From the two columns stores keep it in: no code, no error.
+    pub fn from_columns(code: Option<String>, message: Option<String>) -> Option<Self> {
+        code.map(|code| Self {
+            code,
+            message: message.unwrap_or_default(),
+        })
+    }
+}
+
 /// One stored connection. All timestamps are milliseconds since the Unix epoch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConnectionRecord {

@@ -18,6 +18,10 @@ use crate::records::{
 };
 use async_trait::async_trait;
 
+/// How long ended connect flows and sessions are kept (to tell a replay from a forged state)
+/// before a store drops them.
+pub const ENDED_RETENTION_MS: i64 = 24 * 3600 * 1000;
+
 /// A page request for [`Store::list_connections`]. Results are ordered by
 /// (tenant, provider, user) and start strictly after `after`.
 #[derive(Clone, Debug, Default)]

@@ -7,7 +7,7 @@
 //! connection across all of them), several instances on one database could each refresh the
 //! same rotating token, which kills the grant.
 
-use super::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion};
+use super::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion, ENDED_RETENTION_MS};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
 use crate::records::{
@@ -225,16 +225,7 @@ fn connection_from_row(row: &Row) -> Result<ConnectionRecord> {
         TenantId::parse(text(0)).map_err(|_| invalid_row("tenant id"))?,
         UserId::parse(text(2)).map_err(|_| invalid_row("user id"))?,
     );
-    let last_error = match (
-        row.get::<_, Option<String>>(14),
-        row.get::<_, Option<String>>(15),
-    ) {
-        (Some(code), message) => Some(LastError {
-            code,
-            message: message.unwrap_or_default(),
-        }),
-        _ => None,
-    };
+    let last_error = LastError::from_columns(row.get(14), row.get(15));
     Ok(ConnectionRecord {
         key,
         kind: CredentialKind::parse(&text(3)).ok_or_else(|| invalid_row("credential kind"))?,
@@ -759,7 +750,7 @@ impl Store for PostgresStore {
         client
             .execute(
                 "DELETE FROM connect_flows WHERE expires_at < $1",
-                &[&(flow.created_at - 24 * 3600 * 1000)],
+                &[&(flow.created_at - ENDED_RETENTION_MS)],
             )
             .await
             .map_err(pg("prune connect flows"))?;
@@ -833,7 +824,7 @@ impl Store for PostgresStore {
         client
             .execute(
                 "DELETE FROM connect_sessions WHERE expires_at < $1",
-                &[&(session.created_at - 24 * 3600 * 1000)],
+                &[&(session.created_at - ENDED_RETENTION_MS)],
             )
             .await
             .map_err(pg("prune connect sessions"))?;

@@ -8,7 +8,7 @@
 //! - Calls run on tokio's blocking pool, one connection behind a mutex; several processes may
 //!   share the file (busy timeout).
 
-use super::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion};
+use super::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion, ENDED_RETENTION_MS};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
 use crate::records::{
@@ -273,16 +273,7 @@ fn connection_from_row(row: &Row<'_>) -> Result<ConnectionRecord> {
         ConnectionStatus::parse(&row.get::<_, String>(4)?).ok_or_else(|| invalid_row("status"))?;
     let scopes: Vec<String> =
         serde_json::from_str(&row.get::<_, String>(5)?).map_err(|_| invalid_row("scope list"))?;
-    let last_error = match (
-        row.get::<_, Option<String>>(14)?,
-        row.get::<_, Option<String>>(15)?,
-    ) {
-        (Some(code), message) => Some(LastError {
-            code,
-            message: message.unwrap_or_default(),
-        }),
-        _ => None,
-    };
+    let last_error = LastError::from_columns(row.get(14)?, row.get(15)?);
     Ok(ConnectionRecord {
         key,
         kind,
@@ -742,7 +733,7 @@ impl Store for SqliteStore {
                     flow.expires_at
                 ],
             )?;
-            conn.execute("DELETE FROM connect_flows WHERE expires_at < ?1", [flow.created_at - 24 * 3600 * 1000])?;
+            conn.execute("DELETE FROM connect_flows WHERE expires_at < ?1", [flow.created_at - ENDED_RETENTION_MS])?;
             Ok(())
         })
         .await
@@ -805,7 +796,7 @@ impl Store for SqliteStore {
                 "INSERT INTO connect_sessions (token_hash, tenant_id, user_id, providers, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![session.token_hash, session.tenant.as_str(), session.user.as_str(), providers, session.created_at, session.expires_at],
             )?;
-            conn.execute("DELETE FROM connect_sessions WHERE expires_at < ?1", [session.created_at - 24 * 3600 * 1000])?;
+            conn.execute("DELETE FROM connect_sessions WHERE expires_at < ?1", [session.created_at - ENDED_RETENTION_MS])?;
             Ok(())
         })
         .await
