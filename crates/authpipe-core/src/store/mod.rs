@@ -2,8 +2,9 @@
 //! persists records that are already sealed and never needs a key.
 //!
 //! Backends:
-//! - [`sqlite::SqliteStore`]: the embedded default, one file, safe for several processes on
-//!   one machine (WAL, busy timeout).
+//! - [`sqlite::SqliteStore`]: the embedded default, one file. Its writes are safe from several
+//!   processes (WAL, busy timeout), but refreshes are not yet coordinated across processes, so
+//!   one process per store file until refresh leases land.
 //! - [`postgres::PostgresStore`]: many app instances on one database (pooled, async). Not yet
 //!   reachable from JS: it waits for cross-instance refresh leases.
 

@@ -5,8 +5,9 @@
 //! - `secure_delete = ON` and a WAL truncate after `delete_tenant`: a crypto-shredded tenant
 //!   key is overwritten on disk, not left in a free page or the WAL.
 //! - The file is created 0600 in a 0700 directory; SQLite gives its -wal/-shm files the same mode.
-//! - Calls run on tokio's blocking pool, one connection behind a mutex; several processes may
-//!   share the file (busy timeout).
+//! - Calls run on tokio's blocking pool, one connection behind a mutex. The SQL is safe with
+//!   several processes on the file (busy timeout); the engine's refreshes are not coordinated
+//!   across processes yet.
 
 use super::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion, ENDED_RETENTION_MS};
 use crate::error::{Error, ErrorCode, Result};
