@@ -9,6 +9,7 @@
 //!   reachable from JS: it waits for cross-instance refresh leases.
 
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use crate::error::Result;

@@ -7,6 +7,7 @@
 //! connection across all of them), several instances on one database could each refresh the
 //! same rotating token, which kills the grant.
 
+use super::sql::{self, CONNECTION_COLUMNS};
 use super::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion, ENDED_RETENTION_MS};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
@@ -92,10 +93,6 @@ CREATE TABLE connect_sessions (
     expires_at bigint NOT NULL
 );
 "#];
-
-const CONNECTION_COLUMNS: &str = "tenant_id, provider, user_id, kind, status, scopes, account_id, account_name, \
-     expires_at, created_at, updated_at, last_refresh_at, next_refresh_at, last_check_at, last_error_code, \
-     last_error_message, credential, refresh_token, extras, version, token_issued_at";
 
 fn pg(context: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     // The database's own message (a constraint, a missing table) names no secret: values are
@@ -490,20 +487,7 @@ impl Store for PostgresStore {
     ) -> Result<Vec<ConnectionRecord>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
-        let upsert = format!(
-            "INSERT INTO connections ({CONNECTION_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 1, $20) \
-             ON CONFLICT (tenant_id, provider, user_id) DO UPDATE SET \
-               kind = excluded.kind, status = excluded.status, scopes = excluded.scopes, \
-               account_id = excluded.account_id, account_name = excluded.account_name, \
-               expires_at = excluded.expires_at, updated_at = excluded.updated_at, \
-               last_refresh_at = excluded.last_refresh_at, next_refresh_at = excluded.next_refresh_at, \
-               last_check_at = excluded.last_check_at, last_error_code = excluded.last_error_code, \
-               last_error_message = excluded.last_error_message, credential = excluded.credential, \
-               refresh_token = excluded.refresh_token, extras = excluded.extras, \
-               token_issued_at = excluded.token_issued_at, version = connections.version + 1 \
-             RETURNING created_at, version"
-        );
+        let upsert = sql::UPSERT_CONNECTION.as_str();
         let mut stored = Vec::with_capacity(records.len());
         for mut r in records {
             let has_key = tx
@@ -522,7 +506,7 @@ impl Store for PostgresStore {
             }
             let values = RowValues::new(&r)?;
             let row = tx
-                .query_one(upsert.as_str(), &values.params())
+                .query_one(upsert, &values.params())
                 .await
                 .map_err(pg("store connection"))?;
             r.created_at = row.get(0);
@@ -540,20 +524,12 @@ impl Store for PostgresStore {
     ) -> Result<Option<ConnectionRecord>> {
         let values = RowValues::new(&record)?;
         let mut params = values.params();
-        params.remove(9); // created_at is never updated
+        params.remove(sql::CREATED_AT_INDEX); // never updated
         params.push(&expected_version);
         let row = self
             .client()
             .await?
-            .query_opt(
-                "UPDATE connections SET kind = $4, status = $5, scopes = $6, account_id = $7, account_name = $8, \
-                   expires_at = $9, updated_at = $10, last_refresh_at = $11, next_refresh_at = $12, \
-                   last_check_at = $13, last_error_code = $14, last_error_message = $15, credential = $16, \
-                   refresh_token = $17, extras = $18, token_issued_at = $19, version = version + 1 \
-                 WHERE tenant_id = $1 AND provider = $2 AND user_id = $3 AND version = $20 \
-                 RETURNING version",
-                &params,
-            )
+            .query_opt(sql::UPDATE_CONNECTION, &params)
             .await
             .map_err(pg("update connection"))?;
         Ok(row.map(|row| ConnectionRecord {

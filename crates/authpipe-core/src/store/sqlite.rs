@@ -9,6 +9,7 @@
 //!   several processes on the file (busy timeout); the engine's refreshes are not coordinated
 //!   across processes yet.
 
+use super::sql::{self, CONNECTION_COLUMNS};
 use super::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion, ENDED_RETENTION_MS};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
@@ -111,10 +112,6 @@ CREATE TABLE connect_sessions (
 ALTER TABLE connections ADD COLUMN token_issued_at INTEGER;
 "#,
 ];
-
-const CONNECTION_COLUMNS: &str = "tenant_id, provider, user_id, kind, status, scopes, account_id, account_name, \
-     expires_at, created_at, updated_at, last_refresh_at, next_refresh_at, last_check_at, last_error_code, \
-     last_error_message, credential, refresh_token, extras, version, token_issued_at";
 
 impl From<rusqlite::Error> for Error {
     fn from(err: rusqlite::Error) -> Self {
@@ -310,7 +307,7 @@ fn tenant_key_from_row(row: &Row<'_>) -> Result<TenantKeyRecord> {
 }
 
 /// A record's column values in `CONNECTION_COLUMNS` order, without `version`, with
-/// `token_issued_at` last: ?1..?19 and ?20 in the statements below.
+/// `token_issued_at` last: the values of `sql::UPSERT_CONNECTION`.
 fn row_values(r: &ConnectionRecord) -> Result<Vec<Value>> {
     let text = |s: &str| Value::Text(s.to_owned());
     let opt_text = |s: Option<&str>| s.map_or(Value::Null, text);
@@ -510,21 +507,7 @@ impl Store for SqliteStore {
             let mut stored = Vec::with_capacity(records.len());
             {
                 let mut has_key = tx.prepare_cached("SELECT 1 FROM tenant_keys WHERE tenant_id = ?1")?;
-                let mut upsert = tx.prepare_cached(&format!(
-                    "INSERT INTO connections ({CONNECTION_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, 1, ?20) \
-                     ON CONFLICT (tenant_id, provider, user_id) DO UPDATE SET \
-                       kind = excluded.kind, status = excluded.status, scopes = excluded.scopes, \
-                       account_id = excluded.account_id, account_name = excluded.account_name, \
-                       expires_at = excluded.expires_at, updated_at = excluded.updated_at, \
-                       last_refresh_at = excluded.last_refresh_at, next_refresh_at = excluded.next_refresh_at, \
-                       last_check_at = excluded.last_check_at, last_error_code = excluded.last_error_code, \
-                       last_error_message = excluded.last_error_message, credential = excluded.credential, \
-                       refresh_token = excluded.refresh_token, extras = excluded.extras, \
-                       token_issued_at = excluded.token_issued_at, \
-                       version = connections.version + 1 \
-                     RETURNING created_at, version"
-                ))?;
+                let mut upsert = tx.prepare_cached(&sql::sqlite_placeholders(&sql::UPSERT_CONNECTION))?;
                 for mut r in records {
                     if !has_key.exists([r.key.tenant.as_str()])? {
                         return Err(Error::new(
@@ -554,15 +537,11 @@ impl Store for SqliteStore {
     ) -> Result<Option<ConnectionRecord>> {
         self.run(move |conn| {
             let mut values = row_values(&record)?;
+            values.remove(sql::CREATED_AT_INDEX); // never updated
             values.push(Value::Integer(expected_version));
             let version: Option<i64> = conn
                 .query_row(
-                    "UPDATE connections SET kind = ?4, status = ?5, scopes = ?6, account_id = ?7, account_name = ?8, \
-                       expires_at = ?9, updated_at = ?11, last_refresh_at = ?12, next_refresh_at = ?13, \
-                       last_check_at = ?14, last_error_code = ?15, last_error_message = ?16, credential = ?17, \
-                       refresh_token = ?18, extras = ?19, token_issued_at = ?20, version = version + 1 \
-                     WHERE tenant_id = ?1 AND provider = ?2 AND user_id = ?3 AND version = ?21 \
-                     RETURNING version",
+                    &sql::sqlite_placeholders(sql::UPDATE_CONNECTION),
                     params_from_iter(values),
                     |row| row.get(0),
                 )

@@ -1,0 +1,46 @@
+//! The connection statements both SQL stores run, so that what an upsert keeps and what a
+//! compare-and-swap update replaces is written once. Placeholders are `$n` (PostgreSQL); SQLite
+//! runs the same text as `?n` (see [`sqlite_placeholders`]), which binds by number too.
+
+use std::sync::LazyLock;
+
+/// Column order of `connections`, as every `SELECT` reads it.
+pub const CONNECTION_COLUMNS: &str = "tenant_id, provider, user_id, kind, status, scopes, account_id, account_name, \
+     expires_at, created_at, updated_at, last_refresh_at, next_refresh_at, last_check_at, last_error_code, \
+     last_error_message, credential, refresh_token, extras, version, token_issued_at";
+
+/// Insert or replace a connection: $1..$19 are the columns in order up to `extras`, $20 is
+/// `token_issued_at`. An existing row keeps its `created_at` and gets `version + 1`.
+pub static UPSERT_CONNECTION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO connections ({CONNECTION_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 1, $20) \
+         ON CONFLICT (tenant_id, provider, user_id) DO UPDATE SET \
+           kind = excluded.kind, status = excluded.status, scopes = excluded.scopes, \
+           account_id = excluded.account_id, account_name = excluded.account_name, \
+           expires_at = excluded.expires_at, updated_at = excluded.updated_at, \
+           last_refresh_at = excluded.last_refresh_at, next_refresh_at = excluded.next_refresh_at, \
+           last_check_at = excluded.last_check_at, last_error_code = excluded.last_error_code, \
+           last_error_message = excluded.last_error_message, credential = excluded.credential, \
+           refresh_token = excluded.refresh_token, extras = excluded.extras, \
+           token_issued_at = excluded.token_issued_at, version = connections.version + 1 \
+         RETURNING created_at, version"
+    )
+});
+
+/// Replace a connection if its version is still $20 (compare and swap). The values are the
+/// upsert's without `created_at` (never updated): $1..$9, then `updated_at` $10 .. `token_issued_at` $19.
+pub const UPDATE_CONNECTION: &str = "UPDATE connections SET kind = $4, status = $5, scopes = $6, account_id = $7, \
+       account_name = $8, expires_at = $9, updated_at = $10, last_refresh_at = $11, next_refresh_at = $12, \
+       last_check_at = $13, last_error_code = $14, last_error_message = $15, credential = $16, \
+       refresh_token = $17, extras = $18, token_issued_at = $19, version = version + 1 \
+     WHERE tenant_id = $1 AND provider = $2 AND user_id = $3 AND version = $20 \
+     RETURNING version";
+
+/// Index of `created_at` among the upsert's values, which the update leaves out.
+pub const CREATED_AT_INDEX: usize = 9;
+
+/// The statement with SQLite's numbered placeholders.
+pub fn sqlite_placeholders(sql: &str) -> String {
+    sql.replace('$', "?")
+}
