@@ -19,7 +19,7 @@ use crate::client::Client;
 use crate::engine::input::{check_scopes, ImportRequest, ImportedCredential};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
-use crate::providers::{Provider, ValueSource};
+use crate::providers::Provider;
 use crate::records::{ConnectionRecord, CredentialKind, FlowRecord, SessionRecord};
 use crate::store::FlowTake;
 use http::ClientCredentials;
@@ -140,8 +140,9 @@ impl Client {
 
         let state = CsrfToken::new_random_len(32);
         let state_hash = sha256_hex(state.secret());
+        // Nothing from the provider yet: only the app's params can fill the authorize URL.
         let mut url = definition.fill("authorizeUrl", &definition.authorize_url, &|name| {
-            provider.param(name).map(|v| (v, ValueSource::Config))
+            provider.template_value(&[], name)
         })?;
         let verifier = {
             let mut query = url.query_pairs_mut();
@@ -324,7 +325,7 @@ impl Client {
             })
             .collect();
         let token_url = definition.fill("tokenUrl", &definition.token_url, &|name| {
-            lookup(provider, &callback_values, &Map::new(), name)
+            provider.template_value(&[&callback_values], name)
         })?;
         let verifier = match &flow.verifier {
             Some(sealed) => Some(
@@ -376,7 +377,7 @@ impl Client {
         let mut granted = tokens.scopes.clone();
         if let Some(probe) = &definition.identity {
             let url = definition.fill("identity.url", &probe.url, &|name| {
-                lookup(provider, &callback_values, &tokens.extras, name)
+                provider.template_value(&[&callback_values, &tokens.extras], name)
             })?;
             let identity =
                 identity::probe(self.http(), provider, url, &tokens.access_token).await?;
@@ -537,7 +538,7 @@ impl Client {
             .and_then(|e| serde_json::from_str(e.expose_secret()).ok())
             .unwrap_or_default();
         let mut url = definition.fill("revoke.url", &revoke.url, &|name| {
-            lookup(provider, &extras, &extras, name)
+            provider.template_value(&[&extras], name)
         })?;
         // RFC 7009: revoke the refresh token (the grant); the access token if there is none.
         let (token, hint) = match &secrets.refresh_token {
@@ -567,22 +568,4 @@ impl Client {
             Revocation::Failed(http::unexpected(&purpose, &answer).message)
         })
     }
-}
-
-/// A template value for a connection: provider-supplied (callback, token response) first, then
-/// the app's configuration.
-fn lookup(
-    provider: &Provider,
-    callback: &Map<String, Value>,
-    token: &Map<String, Value>,
-    name: &str,
-) -> Option<(String, ValueSource)> {
-    let from_provider = callback
-        .get(name)
-        .or_else(|| token.get(name))
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
-    from_provider
-        .map(|v| (v, ValueSource::Provider))
-        .or_else(|| provider.param(name).map(|v| (v, ValueSource::Config)))
 }

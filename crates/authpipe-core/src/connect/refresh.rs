@@ -5,7 +5,7 @@
 
 use super::http::{self, Answer, ClientCredentials};
 use super::token::{self, TokenSet};
-use crate::providers::{Provider, ValueSource};
+use crate::providers::Provider;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
@@ -76,11 +76,7 @@ pub async fn refresh(
     let (client_id, client_secret) = provider.require_client().map_err(|e| config(e.message))?;
     let url = definition
         .fill("tokenUrl", &definition.token_url, &|name| {
-            values
-                .get(name)
-                .and_then(Value::as_str)
-                .map(|v| (v.to_owned(), ValueSource::Provider))
-                .or_else(|| provider.param(name).map(|v| (v, ValueSource::Config)))
+            provider.template_value(&[values], name)
         })
         .map_err(|e| config(e.message))?;
     let credentials = ClientCredentials {

@@ -10,14 +10,13 @@
 //!   token in service (status `degraded`);
 //! - a request that may have reached the provider is re-read before it is ever sent again.
 
-use super::{not_found, Engine, Event, EventKind, RetryState};
+use super::{Engine, Event, EventKind, RetryState};
 use crate::client::Connector;
 use crate::connect::refresh::{self as grant, RefreshFailure};
 use crate::connect::{identity, token::TokenSet};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::ConnectionKey;
 use crate::maintenance::{self, timing};
-use crate::providers::ValueSource;
 use crate::records::{ConnectionRecord, ConnectionStatus, CredentialKind, LastError};
 use crate::scheduler::{Job, Runner};
 use secrecy::{ExposeSecret, SecretString};
@@ -264,11 +263,7 @@ impl Engine {
         {
             Some(stored) => stored,
             None => {
-                let current = self
-                    .store
-                    .connection(&key)
-                    .await?
-                    .ok_or_else(|| not_found(&key))?;
+                let current = self.load(&key).await?;
                 self.store
                     .update_connection(updated, current.version)
                     .await?
@@ -304,8 +299,7 @@ impl Engine {
             failure,
             RefreshFailure::Terminal { .. } | RefreshFailure::Ambiguous { .. }
         ) {
-            self.count_read();
-            if let Some(current) = self.store.connection(&key).await? {
+            if let Some(current) = self.stored_connection(&key).await? {
                 if current.version != record.version {
                     return Ok(self.cache_put(current).record.clone());
                 }
@@ -416,11 +410,7 @@ impl Engine {
         let url = provider
             .definition
             .fill("identity.url", &probe.url, &|name| {
-                values
-                    .get(name)
-                    .and_then(Value::as_str)
-                    .map(|v| (v.to_owned(), ValueSource::Provider))
-                    .or_else(|| provider.param(name).map(|v| (v, ValueSource::Config)))
+                provider.template_value(&[&values], name)
             })?;
         let outcome = {
             let _permit = connector.permit(&key.provider).await;

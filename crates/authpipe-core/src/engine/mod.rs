@@ -295,9 +295,7 @@ impl Engine {
 
     /// The stored connection (a counted store read), or `CONNECTION_NOT_FOUND`.
     async fn load(&self, key: &ConnectionKey) -> Result<ConnectionRecord> {
-        self.count_read();
-        self.store
-            .connection(key)
+        self.stored_connection(key)
             .await?
             .ok_or_else(|| not_found(key))
     }

@@ -17,18 +17,30 @@ use crate::ids::ProviderId;
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 const BUILTIN_JSON: &str = include_str!("builtin.json");
 
-/// The built-in definitions, validated (a test keeps them valid).
-pub fn builtin_definitions() -> Vec<ProviderDefinition> {
+/// The built-in definitions, parsed and validated once (a test keeps them valid).
+static BUILTIN: LazyLock<Vec<ProviderDefinition>> = LazyLock::new(|| {
     let values: Vec<serde_json::Value> =
         serde_json::from_str(BUILTIN_JSON).expect("builtin.json is JSON");
     values
         .into_iter()
         .map(|v| ProviderDefinition::from_json(v).expect("builtin.json is valid"))
         .collect()
+});
+
+pub fn builtin_definitions() -> Vec<ProviderDefinition> {
+    BUILTIN.clone()
+}
+
+/// A custom provider that names only an issuer: its endpoints come from discovery.
+fn needs_discovery(id: &str, settings: &serde_json::Value) -> bool {
+    !BUILTIN.iter().any(|d| d.id == id)
+        && settings.get("issuer").is_some()
+        && settings.get("authorizeUrl").is_none()
+        && settings.get("tokenUrl").is_none()
 }
 
 /// The app's settings for one provider (`providers.<id>` in `new Authpipe()`), as JSON.
@@ -233,6 +245,20 @@ impl Provider {
             .or_else(|| self.definition.config_params.get(name).cloned().flatten())
     }
 
+    /// A value for a URL template of this connection: what the provider supplied (callback
+    /// parameters, token-response fields; first map first), else the app's `params`.
+    pub fn template_value(
+        &self,
+        supplied: &[&serde_json::Map<String, serde_json::Value>],
+        name: &str,
+    ) -> Option<(String, ValueSource)> {
+        supplied
+            .iter()
+            .find_map(|values| values.get(name).and_then(|v| v.as_str()))
+            .map(|v| (v.to_owned(), ValueSource::Provider))
+            .or_else(|| self.param(name).map(|v| (v, ValueSource::Config)))
+    }
+
     /// The client id, or an error saying how to configure it.
     pub fn require_client(&self) -> Result<(&str, &SecretString)> {
         match (&self.client_id, &self.client_secret) {
@@ -298,14 +324,9 @@ impl Catalog {
         settings: serde_json::Map<String, serde_json::Value>,
         http: &reqwest::Client,
     ) -> Result<Self> {
-        let builtin_ids: Vec<String> = builtin_definitions().into_iter().map(|d| d.id).collect();
         let mut resolved = serde_json::Map::new();
         for (id, mut value) in settings {
-            let needs_discovery = !builtin_ids.contains(&id)
-                && value.get("issuer").is_some()
-                && value.get("authorizeUrl").is_none()
-                && value.get("tokenUrl").is_none();
-            if needs_discovery {
+            if needs_discovery(&id, &value) {
                 let issuer = value["issuer"].as_str().unwrap_or_default().to_owned();
                 let found =
                     discovery::discover(http, &format!("providers.{id}.issuer"), &issuer).await?;
@@ -318,14 +339,9 @@ impl Catalog {
 
     /// Checks settings without network access: entries that await discovery are skipped.
     pub fn check(settings: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
-        let builtin_ids: Vec<String> = builtin_definitions().into_iter().map(|d| d.id).collect();
         let checkable: serde_json::Map<String, serde_json::Value> = settings
             .iter()
-            .filter(|(id, v)| {
-                builtin_ids.contains(id)
-                    || v.get("issuer").is_none()
-                    || v.get("authorizeUrl").is_some()
-            })
+            .filter(|(id, v)| !needs_discovery(id, v))
             .map(|(id, v)| (id.clone(), v.clone()))
             .collect();
         for (id, value) in settings {
@@ -352,10 +368,6 @@ impl Catalog {
                 ),
             )
         })
-    }
-
-    pub fn contains(&self, id: &ProviderId) -> bool {
-        self.providers.contains_key(id)
     }
 
     pub fn ids(&self) -> impl Iterator<Item = &ProviderId> {
@@ -457,6 +469,28 @@ mod tests {
         let mycrm = c.require(&ProviderId::parse("mycrm").unwrap()).unwrap();
         assert_eq!(mycrm.definition.client_auth, ClientAuth::Body);
         assert!(mycrm.definition.pkce);
+    }
+
+    #[test]
+    fn the_synchronous_check_defers_exactly_what_discovery_will_resolve() {
+        let discovered = json!({ "x": { "issuer": "https://idp.example" } });
+        assert!(
+            Catalog::check(discovered.as_object().unwrap()).is_ok(),
+            "left to discovery at open"
+        );
+        let half = json!({ "x": { "issuer": "https://idp.example", "tokenUrl": "https://idp.example/token" } });
+        let err = Catalog::check(half.as_object().unwrap()).unwrap_err();
+        assert!(
+            err.message
+                .contains("providers.x is not a built-in provider"),
+            "{}",
+            err.message
+        );
+        let insecure = json!({ "x": { "issuer": "http://idp.example" } });
+        assert!(Catalog::check(insecure.as_object().unwrap())
+            .unwrap_err()
+            .message
+            .contains("https"));
     }
 
     #[test]
