@@ -10,9 +10,12 @@ use authpipe_core::records::{
 };
 use authpipe_core::store::postgres::PostgresStore;
 use authpipe_core::store::sqlite::SqliteStore;
-use authpipe_core::store::{FlowTake, ListQuery, SecretKey, Store};
+use authpipe_core::store::{
+    Change, ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
+};
 use authpipe_core::ErrorCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn tenant_key(tenant: &str, master: &str) -> TenantKeyRecord {
     TenantKeyRecord {
@@ -320,9 +323,184 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(store.all_connections().await.unwrap().len(), 1);
 }
 
+/// What two processes sharing a store rely on: `a` and `b` are two handles on one database.
+async fn coordination(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let key = ConnectionKey::parse("hubspot", "tc", "u1").unwrap();
+    let lease = |owner: &'static str, until: i64| Lease {
+        key: &key,
+        purpose: LeasePurpose::Refresh,
+        owner,
+        until,
+    };
+
+    // One holder at a time; the holder renews; an expired lease is taken over.
+    assert_eq!(
+        a.try_lease(lease("a", 1_000), 0).await.unwrap(),
+        LeaseTake::Acquired
+    );
+    assert_eq!(
+        b.try_lease(lease("b", 1_500), 10).await.unwrap(),
+        LeaseTake::HeldUntil(1_000)
+    );
+    assert_eq!(
+        a.try_lease(lease("a", 2_000), 20).await.unwrap(),
+        LeaseTake::Acquired,
+        "renewed"
+    );
+    assert_eq!(
+        b.try_lease(lease("b", 2_500), 1_999).await.unwrap(),
+        LeaseTake::HeldUntil(2_000)
+    );
+    assert_eq!(
+        b.try_lease(lease("b", 3_000), 2_000).await.unwrap(),
+        LeaseTake::Acquired,
+        "expired"
+    );
+    // Purposes are separate leases.
+    let check = Lease {
+        purpose: LeasePurpose::Check,
+        ..lease("a", 3_000)
+    };
+    assert_eq!(
+        a.try_lease(check, 2_000).await.unwrap(),
+        LeaseTake::Acquired
+    );
+    // Only the holder releases.
+    a.release_lease(&key, LeasePurpose::Refresh, "a")
+        .await
+        .unwrap();
+    assert_eq!(
+        a.try_lease(lease("a", 3_100), 2_100).await.unwrap(),
+        LeaseTake::HeldUntil(3_000)
+    );
+    b.release_lease(&key, LeasePurpose::Refresh, "b")
+        .await
+        .unwrap();
+    assert_eq!(
+        a.try_lease(lease("a", 3_100), 2_100).await.unwrap(),
+        LeaseTake::Acquired
+    );
+
+    // Of many takers at once, exactly one wins.
+    let racer = ConnectionKey::parse("hubspot", "tc", "race").unwrap();
+    let takers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let racer = racer.clone();
+            tokio::spawn(async move {
+                let owner = format!("owner-{i}");
+                let lease = Lease {
+                    key: &racer,
+                    purpose: LeasePurpose::Refresh,
+                    owner: &owner,
+                    until: 9_000,
+                };
+                store.try_lease(lease, 100).await.unwrap()
+            })
+        })
+        .collect();
+    let mut acquired = 0;
+    for taker in takers {
+        if taker.await.unwrap() == LeaseTake::Acquired {
+            acquired += 1;
+        }
+    }
+    assert_eq!(acquired, 1);
+
+    // Several connections in one read; absent ones are left out.
+    a.insert_tenant_key(tenant_key("tm", "k1")).await.unwrap();
+    a.put_connections(vec![
+        connection("tm", "hubspot", "m1", 1),
+        connection("tm", "hubspot", "m2", 2),
+    ])
+    .await
+    .unwrap();
+    let wanted = ["m1", "m2", "absent"].map(|u| ConnectionKey::parse("hubspot", "tm", u).unwrap());
+    let mut found: Vec<String> = b
+        .connections(&wanted)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key.user.to_string())
+        .collect();
+    found.sort();
+    assert_eq!(found, ["m1", "m2"]);
+    a.delete_tenant(&TenantId::parse("tm").unwrap())
+        .await
+        .unwrap();
+
+    // The change feed: b hears what a writes (keys and versions), deletions included.
+    let mut feed = b
+        .watch()
+        .await
+        .unwrap()
+        .expect("a shared store has a change feed");
+    a.insert_tenant_key(tenant_key("tc", "k1")).await.unwrap();
+    a.put_connections(vec![connection("tc", "hubspot", "u1", 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        next_change(&mut feed).await,
+        Change::Connection {
+            key: key.clone(),
+            version: Some(1)
+        }
+    );
+    let stored = a.connection(&key).await.unwrap().unwrap();
+    a.update_connection(stored, 1).await.unwrap().unwrap();
+    assert_eq!(
+        next_change(&mut feed).await,
+        Change::Connection {
+            key: key.clone(),
+            version: Some(2)
+        }
+    );
+    a.delete_connection(&key).await.unwrap();
+    assert_eq!(
+        next_change(&mut feed).await,
+        Change::Connection {
+            key: key.clone(),
+            version: None
+        }
+    );
+    // Deleting the tenant deletes its leases too.
+    a.delete_tenant(&TenantId::parse("tc").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        b.try_lease(lease("b", 10_000), 2_200).await.unwrap(),
+        LeaseTake::Acquired
+    );
+}
+
+async fn next_change(feed: &mut ChangeFeed) -> Change {
+    tokio::time::timeout(Duration::from_secs(10), feed.recv())
+        .await
+        .expect("a change within 10 s")
+        .expect("the feed is open")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_store() {
     conformance(Arc::new(SqliteStore::open_in_memory().unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_processes_coordinate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let a = Arc::new(SqliteStore::open(&path).unwrap());
+    let b = Arc::new(SqliteStore::open(&path).unwrap());
+    coordination(a, b).await;
+    assert!(
+        SqliteStore::open_in_memory()
+            .unwrap()
+            .watch()
+            .await
+            .unwrap()
+            .is_none(),
+        "nobody else can write to a private in-memory store"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -346,12 +524,47 @@ async fn postgres_store() {
         }
         Err(e) => panic!("PostgreSQL is required under CI: {e}"),
     };
-    drop(second.expect("the second store starts too"));
-    conformance(Arc::new(store)).await;
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+    let store = Arc::new(store);
+    conformance(store.clone()).await;
+    let second = Arc::new(second.expect("the second store starts too"));
+    coordination(store.clone(), second.clone()).await;
+
+    // A listener that loses its connection reconnects and asks for a full reload.
+    let (client, driver) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
-    tokio::spawn(connection);
+    tokio::spawn(driver);
+    let mut feed = second.watch().await.unwrap().unwrap();
+    let terminated = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1",
+            &[&format!("LISTEN {schema}")],
+        )
+        .await
+        .unwrap();
+    assert!(!terminated.is_empty(), "the listeners were found");
+    loop {
+        if next_change(&mut feed).await == Change::Resync {
+            break;
+        }
+    }
+    // And hears changes again.
+    store
+        .insert_tenant_key(tenant_key("tr", "k1"))
+        .await
+        .unwrap();
+    store
+        .put_connections(vec![connection("tr", "hubspot", "u9", 3)])
+        .await
+        .unwrap();
+    assert_eq!(
+        next_change(&mut feed).await,
+        Change::Connection {
+            key: ConnectionKey::parse("hubspot", "tr", "u9").unwrap(),
+            version: Some(1)
+        }
+    );
+    drop(feed);
     client
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await

@@ -1,12 +1,17 @@
 //! Persistence behind one trait. The engine, vault and cache only ever see [`Store`]; a backend
 //! persists records that are already sealed and never needs a key.
 //!
+//! Besides records, a store gives the engine what several processes sharing it need:
+//! - leases ([`Store::try_lease`]): one refresh (or probe) of a connection at a time across all
+//!   processes, expiring on their own if the holder dies;
+//! - a change feed ([`Store::watch`]): which connections other processes changed, so every
+//!   process's cache follows the store.
+//!
 //! Backends:
-//! - [`sqlite::SqliteStore`]: the embedded default, one file. Its writes are safe from several
-//!   processes (WAL, busy timeout), but refreshes are not yet coordinated across processes, so
-//!   one process per store file until refresh leases land.
-//! - [`postgres::PostgresStore`]: many app instances on one database (pooled, async). Not yet
-//!   reachable from JS: it waits for cross-instance refresh leases.
+//! - [`sqlite::SqliteStore`]: the embedded default, one file, shareable by processes on one
+//!   machine (WAL, busy timeout; the change feed polls a trigger-written log).
+//! - [`postgres::PostgresStore`]: many app instances on one database (pooled, async; the change
+//!   feed is LISTEN/NOTIFY).
 
 pub mod postgres;
 mod sql;
@@ -63,6 +68,58 @@ pub enum FlowTake {
     Unknown,
 }
 
+/// What a lease is for: at most one holder per connection and purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeasePurpose {
+    /// Refreshing the token (a rotating refresh token must never be used twice).
+    Refresh,
+    /// Probing the connection's health (once per interval, by one process).
+    Check,
+}
+
+impl LeasePurpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refresh => "refresh",
+            Self::Check => "check",
+        }
+    }
+}
+
+/// A lease request: `owner` holds (connection, purpose) until `until` (ms).
+#[derive(Clone, Debug)]
+pub struct Lease<'a> {
+    pub key: &'a ConnectionKey,
+    pub purpose: LeasePurpose,
+    pub owner: &'a str,
+    pub until: i64,
+}
+
+/// What asking for a lease found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseTake {
+    /// Ours until the requested time (taken, renewed, or taken over after it expired).
+    Acquired,
+    /// Another owner holds it until this time (ms).
+    HeldUntil(i64),
+}
+
+/// A change to a stored connection, as the change feed reports it. Carries no secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The connection was written (and now has `version`), or deleted (`None`).
+    Connection {
+        key: ConnectionKey,
+        version: Option<i64>,
+    },
+    /// Changes may have been missed (the feed lost its database connection, or fell behind):
+    /// reload everything.
+    Resync,
+}
+
+/// The receiving end of [`Store::watch`]; dropping it stops the feed.
+pub type ChangeFeed = tokio::sync::mpsc::UnboundedReceiver<Change>;
+
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// A description for messages, without credentials (e.g. `sqlite:/srv/app/.authpipe/authpipe.db`).
@@ -111,6 +168,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         expected_version: i64,
     ) -> Result<Option<ConnectionRecord>>;
     async fn connection(&self, key: &ConnectionKey) -> Result<Option<ConnectionRecord>>;
+    /// The stored connections among `keys`, in no particular order (absent ones are left out).
+    async fn connections(&self, keys: &[ConnectionKey]) -> Result<Vec<ConnectionRecord>>;
     /// Every connection, for warming the cache when an engine opens.
     async fn all_connections(&self) -> Result<Vec<ConnectionRecord>>;
     async fn list_connections(&self, query: &ListQuery) -> Result<Vec<ConnectionRecord>>;
@@ -133,4 +192,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn take_flow(&self, state_hash: &str, now: i64) -> Result<FlowTake>;
     async fn put_session(&self, session: SessionRecord) -> Result<()>;
     async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>>;
+
+    // Coordination between processes ----------------------------------------------------------
+
+    /// Takes `lease` if it is free, expired, or already `lease.owner`'s (then it is renewed),
+    /// atomically: of concurrent takers exactly one gets `Acquired`. `now` decides expiry.
+    async fn try_lease(&self, lease: Lease<'_>, now: i64) -> Result<LeaseTake>;
+    /// Gives a lease back early, if `owner` still holds it.
+    async fn release_lease(
+        &self,
+        key: &ConnectionKey,
+        purpose: LeasePurpose,
+        owner: &str,
+    ) -> Result<()>;
+    /// Starts reporting connection changes, from this moment on (changes this process made
+    /// may be reported too). `None` if no other process can write to this store.
+    async fn watch(&self) -> Result<Option<ChangeFeed>>;
 }

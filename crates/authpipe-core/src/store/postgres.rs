@@ -3,12 +3,16 @@
 //! (deadpool + tokio-postgres); migrations applied under an advisory lock, so instances starting
 //! at once apply each migration exactly once.
 //!
-//! Not reachable from JS yet: until refresh leases coordinate instances (one refresh per
-//! connection across all of them), several instances on one database could each refresh the
-//! same rotating token, which kills the grant.
+//! The change feed is LISTEN/NOTIFY: a trigger notifies every connection write on a channel
+//! named after the schema (payload: the connection's key and version, no secret). A listener
+//! that loses its database connection reconnects with backoff and reports [`Change::Resync`],
+//! since notifications sent meanwhile are lost.
 
 use super::sql::{self, CONNECTION_COLUMNS};
-use super::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion, ENDED_RETENTION_MS};
+use super::{
+    Change, ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
+    TenantDeletion, ENDED_RETENTION_MS,
+};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
 use crate::records::{
@@ -17,13 +21,17 @@ use crate::records::{
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::sync::LazyLock;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 /// The advisory lock key that serialises migrations ("authpipe" in ASCII, truncated).
 const MIGRATION_LOCK: i64 = 0x6175_7468_7069_7065;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE master_keys (
     id          text PRIMARY KEY,
     key_check   bytea NOT NULL,
@@ -92,7 +100,72 @@ CREATE TABLE connect_sessions (
     created_at bigint NOT NULL,
     expires_at bigint NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE leases (
+    tenant_id  text COLLATE "C" NOT NULL,
+    provider   text COLLATE "C" NOT NULL,
+    user_id    text COLLATE "C" NOT NULL,
+    purpose    text NOT NULL,
+    owner      text NOT NULL,
+    expires_at bigint NOT NULL,
+    PRIMARY KEY (tenant_id, provider, user_id, purpose)
+);
+-- Tells listeners which connection changed (version NULL: deleted). Keys only, never a secret.
+CREATE FUNCTION connections_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify(TG_TABLE_SCHEMA, json_build_array(OLD.tenant_id, OLD.provider, OLD.user_id, NULL)::text);
+        RETURN OLD;
+    END IF;
+    PERFORM pg_notify(TG_TABLE_SCHEMA, json_build_array(NEW.tenant_id, NEW.provider, NEW.user_id, NEW.version)::text);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER connections_notify AFTER INSERT OR UPDATE OR DELETE ON connections
+    FOR EACH ROW EXECUTE FUNCTION connections_notify();
+"#,
+];
+
+/// Takes a lease ($1..$3 connection, $4 purpose, $5 owner, $6 until) if it is free, ours, or
+/// expired at $7: `(true, until)`. Held by another: `(false, its expiry)`. In one round trip, and
+/// without a write when the lease is held: SQLite's `INSERT .. ON CONFLICT DO UPDATE .. WHERE`
+/// locks the existing row before it reads the condition, which makes every refused attempt a
+/// commit waiting on a WAL flush, and with several instances racing for each refresh those
+/// flushes took most of the database's time.
+const TAKE_LEASE: &str = "WITH lease AS ( \
+       SELECT owner, expires_at FROM leases \
+       WHERE tenant_id = $1 AND provider = $2 AND user_id = $3 AND purpose = $4), \
+     renewed AS ( \
+       UPDATE leases SET owner = $5, expires_at = $6 \
+       WHERE tenant_id = $1 AND provider = $2 AND user_id = $3 AND purpose = $4 \
+         AND (owner = $5 OR expires_at <= $7) \
+       RETURNING expires_at), \
+     created AS ( \
+       INSERT INTO leases (tenant_id, provider, user_id, purpose, owner, expires_at) \
+       SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM lease) \
+       ON CONFLICT DO NOTHING \
+       RETURNING expires_at) \
+     SELECT true, expires_at FROM renewed \
+     UNION ALL SELECT true, expires_at FROM created \
+     UNION ALL SELECT false, expires_at FROM lease \
+       WHERE NOT EXISTS (SELECT 1 FROM renewed)";
+
+/// [`sql::RELEASE_LEASE`] in one round trip that does not wait for the WAL to reach the disk:
+/// `set_config(.., true)` turns `synchronous_commit` off for this statement's own transaction
+/// (evaluated only on the row it deletes). A release lost in a database crash only leaves the
+/// lease to run out on its own (a later refresh, never a second one), and each flush saved is
+/// one more refresh per flush the disk can do.
+static RELEASE_LEASE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} AND set_config('synchronous_commit', 'off', true) IS NOT NULL",
+        sql::RELEASE_LEASE
+    )
+});
+
+/// Reconnecting a lost listener: the first retry after this, doubling up to `LISTEN_RETRY_MAX`.
+const LISTEN_RETRY_MIN: Duration = Duration::from_millis(50);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(2);
 
 fn pg(context: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     // The database's own message (a constraint, a missing table) names no secret: values are
@@ -115,21 +188,16 @@ fn pool_error(e: deadpool_postgres::PoolError) -> Error {
 pub struct PostgresStore {
     pool: Pool,
     label: String,
+    /// For the change feed's own (unpooled) connection.
+    config: tokio_postgres::Config,
+    /// The schema, which is also the notification channel.
+    schema: String,
 }
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://...`) and applies migrations in `schema` (created if missing).
     pub async fn connect(url: &str, schema: &str) -> Result<Self> {
-        let valid_schema = !schema.is_empty()
-            && schema.len() <= 63
-            && schema
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !valid_schema {
-            return Err(Error::invalid_argument(
-                "the PostgreSQL schema name must be 1-63 lowercase letters, digits or '_'",
-            ));
-        }
+        check_schema(schema)?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|_| Error::invalid_argument("store is not a valid postgres:// URL"))?;
@@ -143,8 +211,9 @@ impl PostgresStore {
                 .unwrap_or_default(),
             config.get_dbname().unwrap_or("")
         );
+        config.keepalives_idle(Duration::from_secs(10));
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -154,7 +223,12 @@ impl PostgresStore {
             .max_size(16)
             .build()
             .map_err(|e| Error::store("PostgreSQL pool", e))?;
-        let store = Self { pool, label };
+        let store = Self {
+            pool,
+            label,
+            config,
+            schema: schema.to_owned(),
+        };
         store.migrate(schema).await?;
         Ok(store)
     }
@@ -206,6 +280,98 @@ impl PostgresStore {
     async fn client(&self) -> Result<deadpool_postgres::Client> {
         self.pool.get().await.map_err(pool_error)
     }
+}
+
+/// `sql` from the pooled connection's statement cache: parsed and planned by the server once per
+/// connection instead of on every call. (For the statements a refresh runs, that parsing cost
+/// PostgreSQL more time than running them.)
+async fn prepared(
+    client: &deadpool_postgres::Client,
+    sql: &str,
+) -> Result<tokio_postgres::Statement> {
+    client.prepare_cached(sql).await.map_err(pg("prepare"))
+}
+
+/// Schema names are used unquoted in SQL (and as the notification channel): a plain identifier.
+pub fn check_schema(schema: &str) -> Result<()> {
+    let valid = !schema.is_empty()
+        && schema.len() <= 63
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::invalid_argument(
+            "the PostgreSQL schema name must be 1-63 lowercase letters, digits or '_', not starting with a digit",
+        ))
+    }
+}
+
+/// A connection subscribed to the change channel.
+struct Listener {
+    /// Kept alive: dropping the client ends the connection.
+    _client: tokio_postgres::Client,
+    notes: tokio::sync::mpsc::UnboundedReceiver<String>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    async fn connect(
+        config: &tokio_postgres::Config,
+        channel: &str,
+    ) -> std::result::Result<Self, tokio_postgres::Error> {
+        let (client, mut connection) = config.connect(NoTls).await?;
+        let (notes_tx, notes) = tokio::sync::mpsc::unbounded_channel();
+        // The connection only makes progress while polled, LISTEN included.
+        let driver = tokio::spawn(async move {
+            while let Some(Ok(message)) =
+                std::future::poll_fn(|cx| connection.poll_message(cx)).await
+            {
+                if let AsyncMessage::Notification(note) = message {
+                    if notes_tx.send(note.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
+            driver.abort();
+            return Err(e);
+        }
+        Ok(Self {
+            _client: client,
+            notes,
+            driver,
+        })
+    }
+
+    /// Forwards changes until the connection is lost or nobody is listening any more.
+    async fn forward(mut self, tx: &UnboundedSender<Change>) {
+        loop {
+            tokio::select! {
+                _ = tx.closed() => break,
+                note = self.notes.recv() => match note {
+                    Some(payload) => {
+                        if let Some(change) = parse_notification(&payload) {
+                            let _ = tx.send(change);
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+        self.driver.abort();
+    }
+}
+
+/// `[tenant, provider, user, version]`, as the trigger builds it.
+fn parse_notification(payload: &str) -> Option<Change> {
+    let (tenant, provider, user, version): (String, String, String, Option<i64>) =
+        serde_json::from_str(payload).ok()?;
+    let key = ConnectionKey::parse(&provider, &tenant, &user).ok()?;
+    Some(Change::Connection { key, version })
 }
 
 fn invalid_row(what: &str) -> Error {
@@ -473,6 +639,9 @@ impl Store for PostgresStore {
             .execute("DELETE FROM secrets WHERE tenant_id = $1", &[&t])
             .await
             .map_err(pg("delete tenant"))?;
+        tx.execute("DELETE FROM leases WHERE tenant_id = $1", &[&t])
+            .await
+            .map_err(pg("delete tenant"))?;
         tx.commit().await.map_err(pg("commit"))?;
         Ok(TenantDeletion {
             connections,
@@ -526,10 +695,9 @@ impl Store for PostgresStore {
         let mut params = values.params();
         params.remove(sql::CREATED_AT_INDEX); // never updated
         params.push(&expected_version);
-        let row = self
-            .client()
-            .await?
-            .query_opt(sql::UPDATE_CONNECTION, &params)
+        let client = self.client().await?;
+        let row = client
+            .query_opt(&prepared(&client, sql::UPDATE_CONNECTION).await?, &params)
             .await
             .map_err(pg("update connection"))?;
         Ok(row.map(|row| ConnectionRecord {
@@ -538,13 +706,44 @@ impl Store for PostgresStore {
         }))
     }
 
+    async fn connections(&self, keys: &[ConnectionKey]) -> Result<Vec<ConnectionRecord>> {
+        let column = |f: fn(&ConnectionKey) -> &str| keys.iter().map(f).collect::<Vec<&str>>();
+        let (tenants, providers, users) = (
+            column(|k| k.tenant.as_str()),
+            column(|k| k.provider.as_str()),
+            column(|k| k.user.as_str()),
+        );
+        let client = self.client().await?;
+        let statement = prepared(
+            &client,
+            &format!(
+                "SELECT {CONNECTION_COLUMNS} FROM connections \
+                 WHERE (tenant_id, provider, user_id) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
+            ),
+        )
+        .await?;
+        let rows = client
+            .query(&statement, &[&tenants, &providers, &users])
+            .await
+            .map_err(pg("read connections"))?;
+        rows.iter().map(connection_from_row).collect()
+    }
+
     async fn connection(&self, key: &ConnectionKey) -> Result<Option<ConnectionRecord>> {
-        let row = self
-            .client()
-            .await?
+        let client = self.client().await?;
+        let statement = prepared(
+            &client,
+            &format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE tenant_id = $1 AND provider = $2 AND user_id = $3"),
+        )
+        .await?;
+        let row = client
             .query_opt(
-                &format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE tenant_id = $1 AND provider = $2 AND user_id = $3"),
-                &[&key.tenant.as_str(), &key.provider.as_str(), &key.user.as_str()],
+                &statement,
+                &[
+                    &key.tenant.as_str(),
+                    &key.provider.as_str(),
+                    &key.user.as_str(),
+                ],
             )
             .await
             .map_err(pg("read connection"))?;
@@ -831,5 +1030,85 @@ impl Store for PostgresStore {
             })
         })
         .transpose()
+    }
+
+    async fn try_lease(&self, lease: Lease<'_>, now: i64) -> Result<LeaseTake> {
+        let key = lease.key;
+        let (t, p, u, purpose) = (
+            key.tenant.as_str(),
+            key.provider.as_str(),
+            key.user.as_str(),
+            lease.purpose.as_str(),
+        );
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &prepared(&client, TAKE_LEASE).await?,
+                &[&t, &p, &u, &purpose, &lease.owner, &lease.until, &now],
+            )
+            .await
+            .map_err(pg("take lease"))?;
+        Ok(match row {
+            Some(row) if row.get::<_, bool>(0) => LeaseTake::Acquired,
+            Some(row) => LeaseTake::HeldUntil(row.get(1)),
+            // Taken or released by another in the meantime: let the caller ask again.
+            None => LeaseTake::HeldUntil(now),
+        })
+    }
+
+    async fn release_lease(
+        &self,
+        key: &ConnectionKey,
+        purpose: LeasePurpose,
+        owner: &str,
+    ) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                &prepared(&client, &RELEASE_LEASE).await?,
+                &[
+                    &key.tenant.as_str(),
+                    &key.provider.as_str(),
+                    &key.user.as_str(),
+                    &purpose.as_str(),
+                    &owner,
+                ],
+            )
+            .await
+            .map_err(pg("release lease"))?;
+        Ok(())
+    }
+
+    async fn watch(&self) -> Result<Option<ChangeFeed>> {
+        let (config, channel) = (self.config.clone(), self.schema.clone());
+        // Subscribed before we return: the engine loads connections after this, so no change
+        // can fall between its load and the feed.
+        let first = Listener::connect(&config, &channel)
+            .await
+            .map_err(pg("listen for connection changes"))?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut listener = first;
+            loop {
+                listener.forward(&tx).await;
+                // Lost (a restart, a network failure): reconnect, then have everything reloaded,
+                // since whatever was notified meanwhile is gone.
+                let mut retry = LISTEN_RETRY_MIN;
+                listener = loop {
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                    match Listener::connect(&config, &channel).await {
+                        Ok(listener) => break listener,
+                        Err(_) => retry = (retry * 2).min(LISTEN_RETRY_MAX),
+                    }
+                };
+                if tx.send(Change::Resync).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Some(rx))
     }
 }

@@ -37,6 +37,10 @@ pub const UPDATE_CONNECTION: &str = "UPDATE connections SET kind = $4, status = 
      WHERE tenant_id = $1 AND provider = $2 AND user_id = $3 AND version = $20 \
      RETURNING version";
 
+/// Give back a lease ($1..$3, $4 purpose) if $5 still holds it.
+pub const RELEASE_LEASE: &str = "DELETE FROM leases \
+     WHERE tenant_id = $1 AND provider = $2 AND user_id = $3 AND purpose = $4 AND owner = $5";
+
 /// Index of `created_at` among the upsert's values, which the update leaves out.
 pub const CREATED_AT_INDEX: usize = 9;
 

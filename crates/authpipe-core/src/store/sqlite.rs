@@ -5,12 +5,20 @@
 //! - `secure_delete = ON` and a WAL truncate after `delete_tenant`: a crypto-shredded tenant
 //!   key is overwritten on disk, not left in a free page or the WAL.
 //! - The file is created 0600 in a 0700 directory; SQLite gives its -wal/-shm files the same mode.
-//! - Calls run on tokio's blocking pool, one connection behind a mutex. The SQL is safe with
-//!   several processes on the file (busy timeout); the engine's refreshes are not coordinated
-//!   across processes yet.
+//! - Calls run on tokio's blocking pool, one connection behind a mutex. Several processes may
+//!   share the file (busy timeout; leases coordinate their refreshes and probes).
+//! - Leases go through a second connection with `synchronous = OFF`: they are coordination
+//!   between live processes, not data, so they are not worth an fsync each (after a power loss
+//!   no process that held one is alive).
+//! - Other processes' changes are found by polling: triggers append every connection write to
+//!   `connection_changes`, and [`Store::watch`] reads what is new whenever `PRAGMA
+//!   data_version` says another connection committed.
 
 use super::sql::{self, CONNECTION_COLUMNS};
-use super::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion, ENDED_RETENTION_MS};
+use super::{
+    Change, ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
+    TenantDeletion, ENDED_RETENTION_MS,
+};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
 use crate::records::{
@@ -111,7 +119,52 @@ CREATE TABLE connect_sessions (
     r#"
 ALTER TABLE connections ADD COLUMN token_issued_at INTEGER;
 "#,
+    r#"
+CREATE TABLE leases (
+    tenant_id  TEXT NOT NULL,
+    provider   TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    purpose    TEXT NOT NULL,
+    owner      TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, provider, user_id, purpose)
+) STRICT, WITHOUT ROWID;
+
+-- Every connection write, for other processes to follow (version NULL: deleted). Keys and
+-- versions only, never a secret; the newest CHANGE_LOG_ROWS are kept.
+CREATE TABLE connection_changes (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id TEXT NOT NULL,
+    provider  TEXT NOT NULL,
+    user_id   TEXT NOT NULL,
+    version   INTEGER
+) STRICT;
+CREATE TRIGGER connections_inserted AFTER INSERT ON connections BEGIN
+    INSERT INTO connection_changes (tenant_id, provider, user_id, version)
+    VALUES (NEW.tenant_id, NEW.provider, NEW.user_id, NEW.version);
+END;
+CREATE TRIGGER connections_updated AFTER UPDATE ON connections BEGIN
+    INSERT INTO connection_changes (tenant_id, provider, user_id, version)
+    VALUES (NEW.tenant_id, NEW.provider, NEW.user_id, NEW.version);
+END;
+CREATE TRIGGER connections_deleted AFTER DELETE ON connections BEGIN
+    INSERT INTO connection_changes (tenant_id, provider, user_id, version)
+    VALUES (OLD.tenant_id, OLD.provider, OLD.user_id, NULL);
+END;
+CREATE TRIGGER connection_changes_pruned AFTER INSERT ON connection_changes BEGIN
+    DELETE FROM connection_changes WHERE seq <= NEW.seq - 10000;
+END;
+"#,
 ];
+
+/// Rows `connection_changes` keeps (the pruning trigger's literal); a process that falls
+/// further behind reloads everything.
+#[cfg(test)]
+const CHANGE_LOG_ROWS: i64 = 10_000;
+
+/// How often other processes' changes are looked for: the bound on how stale this process's
+/// cache is after another process's write (one `PRAGMA data_version` when nothing changed).
+const CHANGE_POLL: Duration = Duration::from_millis(20);
 
 impl From<rusqlite::Error> for Error {
     fn from(err: rusqlite::Error) -> Self {
@@ -123,7 +176,11 @@ impl From<rusqlite::Error> for Error {
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// For leases (the same connection for an in-memory store).
+    leases: Arc<Mutex<Connection>>,
     label: String,
+    /// Whether other processes can open it (a file, not `:memory:`).
+    shared: bool,
 }
 
 impl SqliteStore {
@@ -141,15 +198,27 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| Error::store(&format!("cannot open {}", path.display()), e))?;
-        Self::init(conn, label)
+        let mut store = Self::init(conn, label, true)?;
+        let leases = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        leases.busy_timeout(Duration::from_secs(10))?;
+        leases.pragma_update(None, "synchronous", "OFF")?;
+        store.leases = Arc::new(Mutex::new(leases));
+        Ok(store)
     }
 
     /// A private in-memory store; gone when closed. For tests.
     pub fn open_in_memory() -> Result<Self> {
-        Self::init(Connection::open_in_memory()?, "sqlite::memory:".to_owned())
+        Self::init(
+            Connection::open_in_memory()?,
+            "sqlite::memory:".to_owned(),
+            false,
+        )
     }
 
-    fn init(mut conn: Connection, label: String) -> Result<Self> {
+    fn init(mut conn: Connection, label: String, shared: bool) -> Result<Self> {
         conn.busy_timeout(Duration::from_secs(10))?;
         let not_ours = |what: &str| {
             Error::new(
@@ -168,9 +237,12 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "secure_delete", "ON")?;
         migrate(&mut conn)?;
+        let conn = Arc::new(Mutex::new(conn));
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            leases: conn.clone(),
+            conn,
             label,
+            shared,
         })
     }
 
@@ -180,11 +252,61 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&mut conn.lock()))
-            .await
-            .map_err(|e| Error::internal(format!("store task failed: {e}")))?
+        run_on(&self.conn, f).await
     }
+}
+
+/// Runs `f` with `conn` on tokio's blocking pool.
+async fn run_on<T, F>(conn: &Arc<Mutex<Connection>>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+{
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || f(&mut conn.lock()))
+        .await
+        .map_err(|e| Error::internal(format!("store task failed: {e}")))?
+}
+
+/// Where a change-feed reader is: the last change seen, and the last `data_version` read.
+struct FeedPosition {
+    seq: i64,
+    data_version: Option<i64>,
+}
+
+/// Reads the changes other connections committed since `position`.
+fn poll_changes(conn: &Connection, position: &mut FeedPosition) -> Result<Vec<Change>> {
+    let data_version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+    if position.data_version == Some(data_version) {
+        return Ok(Vec::new());
+    }
+    position.data_version = Some(data_version);
+    let mut statement = conn.prepare_cached(
+        "SELECT seq, tenant_id, provider, user_id, version FROM connection_changes WHERE seq > ?1 ORDER BY seq",
+    )?;
+    let rows = statement.query_map([position.seq], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<i64>>(4)?,
+        ))
+    })?;
+    let mut changes = Vec::new();
+    for row in rows {
+        let (seq, tenant, provider, user, version) = row?;
+        // Sequence numbers have no gaps (AUTOINCREMENT, one writer at a time): a gap means the
+        // rows in between were pruned before we read them.
+        if changes.is_empty() && seq != position.seq + 1 {
+            changes.push(Change::Resync);
+        }
+        position.seq = seq;
+        if let Ok(key) = ConnectionKey::parse(&provider, &tenant, &user) {
+            changes.push(Change::Connection { key, version });
+        }
+    }
+    Ok(changes)
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -351,6 +473,42 @@ fn query_connections(
     Ok(out)
 }
 
+fn read_connection(conn: &Connection, key: &ConnectionKey) -> Result<Option<ConnectionRecord>> {
+    let sql = format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE tenant_id = ?1 AND provider = ?2 AND user_id = ?3");
+    let params = vec![
+        Value::Text(key.tenant.as_str().to_owned()),
+        Value::Text(key.provider.as_str().to_owned()),
+        Value::Text(key.user.as_str().to_owned()),
+    ];
+    Ok(query_connections(conn, &sql, params)?.pop())
+}
+
+/// Take a lease ($1..$3 connection, $4 purpose, $5 owner, $6 until) if it is free, ours, or
+/// expired at $7. Returns a row only if taken. (SQLite takes the database's write lock for any
+/// INSERT, so unlike PostgreSQL's, this one need not avoid writing when the lease is held.)
+const TAKE_LEASE: &str =
+    "INSERT INTO leases (tenant_id, provider, user_id, purpose, owner, expires_at) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (tenant_id, provider, user_id, purpose) DO UPDATE \
+       SET owner = excluded.owner, expires_at = excluded.expires_at \
+       WHERE leases.owner = excluded.owner OR leases.expires_at <= $7 \
+     RETURNING owner";
+
+/// When the lease ($1..$3, $4 purpose) held by someone else ends.
+const LEASE_EXPIRY: &str = "SELECT expires_at FROM leases \
+     WHERE tenant_id = $1 AND provider = $2 AND user_id = $3 AND purpose = $4";
+
+/// A lease's row key and owner, in the order the lease statements bind them.
+fn lease_columns(key: &ConnectionKey, purpose: LeasePurpose, owner: &str) -> [String; 5] {
+    [
+        key.tenant.as_str().to_owned(),
+        key.provider.as_str().to_owned(),
+        key.user.as_str().to_owned(),
+        purpose.as_str().to_owned(),
+        owner.to_owned(),
+    ]
+}
+
 fn provider_column(provider: &Option<ProviderId>) -> String {
     provider
         .as_ref()
@@ -486,6 +644,7 @@ impl Store for SqliteStore {
                 "DELETE FROM secrets WHERE tenant_id = ?1",
                 [tenant.as_str()],
             )? as u64;
+            tx.execute("DELETE FROM leases WHERE tenant_id = ?1", [tenant.as_str()])?;
             tx.commit()?;
             // secure_delete zeroed the pages in the database; the WAL may still hold copies.
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
@@ -553,14 +712,17 @@ impl Store for SqliteStore {
 
     async fn connection(&self, key: &ConnectionKey) -> Result<Option<ConnectionRecord>> {
         let key = key.clone();
+        self.run(move |conn| read_connection(conn, &key)).await
+    }
+
+    async fn connections(&self, keys: &[ConnectionKey]) -> Result<Vec<ConnectionRecord>> {
+        let keys = keys.to_vec();
         self.run(move |conn| {
-            let sql = format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE tenant_id = ?1 AND provider = ?2 AND user_id = ?3");
-            let params = vec![
-                Value::Text(key.tenant.as_str().to_owned()),
-                Value::Text(key.provider.as_str().to_owned()),
-                Value::Text(key.user.as_str().to_owned()),
-            ];
-            Ok(query_connections(conn, &sql, params)?.pop())
+            let mut out = Vec::with_capacity(keys.len());
+            for key in &keys {
+                out.extend(read_connection(conn, key)?);
+            }
+            Ok(out)
         })
         .await
     }
@@ -806,6 +968,98 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn try_lease(&self, lease: Lease<'_>, now: i64) -> Result<LeaseTake> {
+        let values = lease_columns(lease.key, lease.purpose, lease.owner);
+        let until = lease.until;
+        run_on(&self.leases, move |conn| {
+            let [tenant, provider, user, purpose, owner] = &values;
+            let taken = conn
+                .prepare_cached(&sql::sqlite_placeholders(TAKE_LEASE))?
+                .exists(params![tenant, provider, user, purpose, owner, until, now])?;
+            if taken {
+                return Ok(LeaseTake::Acquired);
+            }
+            let held_until: Option<i64> = conn
+                .prepare_cached(&sql::sqlite_placeholders(LEASE_EXPIRY))?
+                .query_row(params![tenant, provider, user, purpose], |r| r.get(0))
+                .optional()?;
+            // Released in between: free now, but let the caller ask again.
+            Ok(LeaseTake::HeldUntil(held_until.unwrap_or(now)))
+        })
+        .await
+    }
+
+    async fn release_lease(
+        &self,
+        key: &ConnectionKey,
+        purpose: LeasePurpose,
+        owner: &str,
+    ) -> Result<()> {
+        let values = lease_columns(key, purpose, owner);
+        run_on(&self.leases, move |conn| {
+            conn.prepare_cached(&sql::sqlite_placeholders(sql::RELEASE_LEASE))?
+                .execute(params_from_iter(values.iter()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn watch(&self) -> Result<Option<ChangeFeed>> {
+        if !self.shared {
+            return Ok(None);
+        }
+        let mut position = self
+            .run(|conn| {
+                let seq = conn.query_row(
+                    "SELECT coalesce(max(seq), 0) FROM connection_changes",
+                    [],
+                    |r| r.get(0),
+                )?;
+                let data_version = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+                Ok(FeedPosition {
+                    seq,
+                    data_version: Some(data_version),
+                })
+            })
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHANGE_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tick.tick() => {}
+                }
+                // The usual answer, nothing new, is one PRAGMA that reads shared memory: asked
+                // here when the connection is free, not handed to the blocking pool.
+                let unchanged = conn.try_lock().is_some_and(|c| {
+                    c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+                        .is_ok_and(|v| position.data_version == Some(v))
+                });
+                if unchanged {
+                    continue;
+                }
+                let conn = conn.clone();
+                let polled = tokio::task::spawn_blocking(move || {
+                    let changes = poll_changes(&conn.lock(), &mut position);
+                    (changes, position)
+                })
+                .await;
+                let Ok((changes, moved)) = polled else { return };
+                position = moved;
+                // A failed poll (the file busy past the timeout) is tried again next tick.
+                for change in changes.unwrap_or_default() {
+                    if tx.send(change).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Some(rx))
+    }
 }
 
 #[cfg(test)]
@@ -881,5 +1135,58 @@ mod tests {
             out.push(task.await.unwrap());
         }
         out
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_reader_that_falls_behind_the_change_log_resyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let writer = SqliteStore::open(&path).unwrap();
+        let reader = SqliteStore::open(&path).unwrap();
+        writer
+            .insert_tenant_key(TenantKeyRecord {
+                tenant: TenantId::parse("t").unwrap(),
+                generation: 1,
+                master_key_id: "k".into(),
+                wrapped: Sealed(vec![1; 60]),
+                created_at: 1,
+            })
+            .await
+            .unwrap();
+        let mut position = reader
+            .run(|conn| {
+                Ok(FeedPosition {
+                    seq: conn.query_row(
+                        "SELECT coalesce(max(seq), 0) FROM connection_changes",
+                        [],
+                        |r| r.get(0),
+                    )?,
+                    data_version: None,
+                })
+            })
+            .await
+            .unwrap();
+        let records: Vec<_> = (0..=CHANGE_LOG_ROWS)
+            .map(|i| {
+                let mut r = crate::cache::tests::record(&format!("u{i}"), 0, b"x");
+                r.key = ConnectionKey::parse("attio", "t", &format!("u{i}")).unwrap();
+                r
+            })
+            .collect();
+        writer.put_connections(records).await.unwrap();
+        let changes = reader
+            .run(move |conn| poll_changes(conn, &mut position))
+            .await
+            .unwrap();
+        assert_eq!(
+            changes[0],
+            Change::Resync,
+            "the oldest change was pruned unread"
+        );
+        assert_eq!(
+            changes.len(),
+            1 + CHANGE_LOG_ROWS as usize,
+            "and the log kept its newest rows"
+        );
     }
 }
