@@ -118,7 +118,7 @@ impl Cache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::records::{ConnectionStatus, CredentialKind, ProviderAccount, Sealed};
 

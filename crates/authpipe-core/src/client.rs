@@ -10,6 +10,7 @@ use crate::store::{ListQuery, SecretKey};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use dashmap::DashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -56,13 +57,24 @@ pub struct Connector {
     pub concurrency: usize,
     /// Interval of scheduled health probes; `None` turns them off.
     pub health_interval_ms: Option<i64>,
+    /// How long a refresh lease is taken for: the longest a refresh can take (one token request,
+    /// `http`'s timeout) and a margin to store its result. A holder that dies blocks the
+    /// connection's refreshes this long at most.
+    pub refresh_lease_ms: i64,
     limits: DashMap<ProviderId, Arc<Semaphore>>,
+    /// Set by [`Client::close`]: the engine no longer starts refreshes or probes with it.
+    closed: AtomicBool,
 }
 
+/// What a refresh needs besides its token request: reading and writing the store.
+const REFRESH_LEASE_MARGIN_MS: i64 = 5_000;
+
 impl Connector {
+    /// `request_timeout` must be the timeout `http` was built with.
     pub fn new(
         catalog: Catalog,
         http: reqwest::Client,
+        request_timeout: std::time::Duration,
         concurrency: usize,
         health_interval_ms: Option<i64>,
     ) -> Self {
@@ -71,8 +83,16 @@ impl Connector {
             http,
             concurrency: concurrency.max(1),
             health_interval_ms,
+            refresh_lease_ms: request_timeout.as_millis() as i64 + REFRESH_LEASE_MARGIN_MS,
             limits: DashMap::new(),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether its instance was closed. (SeqCst: [`Engine::settle`] relies on it, see
+    /// [`Client::close`].)
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Waits for a slot to call `provider`.
@@ -108,6 +128,19 @@ impl Client {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// Stops the engine from starting refreshes and probes with this instance's settings, even
+    /// while something still holds them (a probe under way). Then [`Engine::settle`] can wait
+    /// for the refreshes already started: each one is counted before it looks for settings, so
+    /// either `settle` sees it, or it finds them closed and sends nothing.
+    pub fn close(&self) {
+        self.connector.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// The longest one refresh can take (its lease).
+    pub fn refresh_lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.connector.refresh_lease_ms as u64)
     }
 
     pub fn catalog(&self) -> &Catalog {

@@ -9,14 +9,15 @@
 //! | [`ids`]       | validated tenant, user, provider and secret ids                       |
 //! | [`records`]   | what the store persists (secret fields already sealed)                |
 //! | [`vault`]     | master keyring, per-tenant data keys, the sealed record format        |
-//! | [`store`]     | the `Store` trait and its SQLite implementation                       |
+//! | [`store`]     | the `Store` trait (records, leases, change feed); SQLite, PostgreSQL  |
 //! | [`cache`]     | sealed connections in memory, and [`generations`] for the JS memo     |
 //! | [`scheduler`] | one timer queue per engine: memo invalidation, refreshes, probes      |
-//! | [`maintenance`] | refresh and health: timing, single-flight refresh, probes, status     |
+//! | [`maintenance`] | refresh timing and backoff (the procedures: `engine/maintain.rs`)   |
 //! | [`events`]    | connection events broadcast to every instance                          |
 //! | [`providers`] | provider definitions (endpoints, quirks) and the app's settings        |
 //! | [`connect`]   | the connect flow: PKCE, state, callback, code exchange, identity, revoke |
-//! | [`engine`]    | ties store, vault and cache together; one per store per process       |
+//! | [`engine`]    | ties store, vault and cache together; one per store per process;     |
+//! |               | refreshes and probes under store leases, follows other processes     |
 //! | [`client`]    | one `new Authpipe()`: an engine plus that instance's configuration   |
 //! | [`error`]     | `Error` with a stable `ErrorCode`                                     |
 

@@ -1,30 +1,18 @@
 //! Each built-in provider's authorize request carries its quirks: scope parameter and
 //! separator, extra parameters, PKCE or not, templates filled from the app's params.
 
+mod common;
+
 use authpipe_core::client::{Client, Connector};
 use authpipe_core::connect::{http, StartRequest};
-use authpipe_core::engine::{open_shared, EngineOptions, MasterKeySource, StoreLocation};
 use authpipe_core::ids::ConnectionKey;
 use authpipe_core::providers::Catalog;
-use authpipe_core::vault::MasterKeyConfig;
-use secrecy::SecretString;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 async fn client() -> Client {
-    let keys = MasterKeySource::Configured(vec![MasterKeyConfig {
-        id: None,
-        key: SecretString::from("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
-    }]);
-    let engine = open_shared(EngineOptions {
-        store: StoreLocation::Memory,
-        keys,
-        clock: None,
-    })
-    .await
-    .unwrap()
-    .engine;
+    let engine = common::memory_engine().await;
     let mut settings = serde_json::Map::new();
     for id in [
         "attio",
@@ -44,7 +32,10 @@ async fn client() -> Client {
     }
     let catalog = Catalog::from_settings(&settings).unwrap();
     let http = http::client(Duration::from_secs(5)).unwrap();
-    Client::new(engine, Connector::new(catalog, http, 4, None))
+    Client::new(
+        engine,
+        Connector::new(catalog, http, Duration::from_secs(10), 4, None),
+    )
 }
 
 async fn authorize(client: &Client, provider: &str) -> (String, BTreeMap<String, String>) {

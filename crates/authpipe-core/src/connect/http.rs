@@ -14,13 +14,25 @@ use url::Url;
 /// Largest provider response we read: token responses and identity documents are small.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
+/// How long a pooled connection may sit idle and still be reused: less than the shortest
+/// keep-alive servers commonly grant (Node's default is 5 s; nginx's 75 s, AWS load balancers'
+/// 60 s). Past the server's, a request can be written into a connection it is closing; the
+/// failure then looks like "maybe sent", which for a rotating refresh token means a re-read
+/// and a retry instead of a clean answer. (reqwest's default is 90 s.)
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
 /// An HTTP client for provider calls: no redirects (a token endpoint that redirects is
 /// misconfigured, and following it could send credentials elsewhere), bounded time.
 pub fn client(timeout: Duration) -> Result<reqwest::Client> {
+    build_client(timeout, POOL_IDLE)
+}
+
+fn build_client(timeout: Duration, pool_idle: Duration) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .timeout(timeout)
+        .pool_idle_timeout(pool_idle)
         .user_agent(concat!("authpipe-node/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))
@@ -200,4 +212,68 @@ pub fn unexpected(purpose: &str, answer: &Answer) -> Error {
         ErrorCode::ProviderError,
         format!("the {purpose} answered HTTP {}{detail}", answer.status),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A keep-alive HTTP/1.1 server on loopback that answers every request with "ok" and counts
+    /// the connections it accepted.
+    async fn counting_server() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut seen = Vec::new();
+                    while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if socket.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (origin, accepted)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_idle_connection_is_not_reused_past_the_pool_idle_time() {
+        let (origin, accepted) = counting_server().await;
+        let client = build_client(Duration::from_secs(5), Duration::from_millis(50)).unwrap();
+        let get = || async {
+            client
+                .get(&origin)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        };
+        assert_eq!(get().await, "ok");
+        assert_eq!(get().await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused while fresh");
+        // Idle time is what is under test here, so real time passes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(get().await, "ok");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "a new connection after idling"
+        );
+    }
 }

@@ -350,6 +350,7 @@ impl Client {
             form.push(("code_verifier", v.expose_secret()));
         }
         let purpose = format!("{} token endpoint", definition.display_name);
+        let requested_at = engine.now_ms();
         let answer = http::post_form(self.http(), &purpose, token_url, form, &credentials).await?;
         let tokens = match answer.json_object() {
             Some(body) if answer.is_success() => token::parse(definition, &body)?,
@@ -407,15 +408,12 @@ impl Client {
             ));
         }
 
-        let now = engine.now_ms();
         let request = ImportRequest {
             key: flow.key.clone(),
             credential: ImportedCredential::OAuth2 {
+                expires_at: tokens.expires_at(requested_at),
                 access_token: tokens.access_token,
                 refresh_token: tokens.refresh_token,
-                expires_at: tokens
-                    .expires_in
-                    .map(|s| now + (s as i64).saturating_mul(1000)),
             },
             scopes: granted.into_iter().filter(|s| !s.is_empty()).collect(),
             extras: (!extras.is_empty())

@@ -19,6 +19,19 @@ pub struct TokenSet {
     pub extras: Map<String, Value>,
 }
 
+impl TokenSet {
+    /// When the access token expires, for a response to a request sent at `requested_at` (ms).
+    ///
+    /// Counted from the request, not the response: the server started the token's life
+    /// somewhere between the two, so a clock started on receipt would outlive the token by the
+    /// round trip (and a slow response, or a busy process, makes that long). What `expires_in`
+    /// loses to whole seconds is left to `maintenance::timing::usable_until`.
+    pub fn expires_at(&self, requested_at: i64) -> Option<i64> {
+        self.expires_in
+            .map(|s| requested_at.saturating_add((s as i64).saturating_mul(1000)))
+    }
+}
+
 impl std::fmt::Debug for TokenSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenSet")
@@ -189,5 +202,14 @@ mod tests {
                 ErrorCode::ProviderError
             );
         }
+    }
+
+    #[test]
+    fn expiry_counts_from_the_request() {
+        let d = def("hubspot");
+        let tokens = parse(&d, &obj(json!({ "access_token": "a", "expires_in": 1800 }))).unwrap();
+        assert_eq!(tokens.expires_at(10_000), Some(10_000 + 1_800_000));
+        let forever = parse(&def("attio"), &obj(json!({ "access_token": "a" }))).unwrap();
+        assert_eq!(forever.expires_at(10_000), None);
     }
 }

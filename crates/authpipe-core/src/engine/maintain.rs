@@ -1,14 +1,21 @@
 //! Keeping connections alive: the single-flight refresh, health probes, their status changes
 //! and events. The rules (RFC 6749 §6, RFC 9700 §4.14.2, reference/peers.md §12):
 //!
-//! - one refresh per connection at a time; waiters get its result, never a second refresh;
-//! - the store is re-read under the lock, so a refresh done meanwhile is adopted, not repeated;
+//! - one refresh per connection at a time, across processes: in-process callers wait on one
+//!   lock and get its result; processes take a lease in the store (expiring on its own if the
+//!   holder dies) before they spend the refresh token;
+//! - the store is re-read under the lease, so a refresh done meanwhile is adopted, not repeated;
+//! - a caller that finds the token stale while another process refreshes it waits for that
+//!   process's commit (the change feed brings it), as it would for a refresh in this process: a
+//!   token past its stale point is not served while a refresh can still replace it (its expiry
+//!   is only known to the second, see timing.rs);
 //! - a new refresh token is committed (compare-and-swap on the version) before the new access
 //!   token is served; a response without one keeps the old;
 //! - `invalid_grant` means revoked only after a re-read shows nobody else rotated the token;
 //! - transient failures back off with jitter, honour `Retry-After`, and leave the still-valid
 //!   token in service (status `degraded`);
-//! - a request that may have reached the provider is re-read before it is ever sent again.
+//! - a request that may have reached the provider is re-read before it is ever sent again;
+//! - a scheduled health probe runs in one process per interval (a lease as long as the interval).
 
 use super::{Engine, Event, EventKind, RetryState};
 use crate::client::Connector;
@@ -17,13 +24,79 @@ use crate::connect::{identity, token::TokenSet};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::ConnectionKey;
 use crate::maintenance::{self, timing};
+use crate::providers::Provider;
 use crate::records::{ConnectionRecord, ConnectionStatus, CredentialKind, LastError};
 use crate::scheduler::{Job, Runner};
+use crate::store::{Lease, LeasePurpose, LeaseTake};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::broadcast;
+
+/// While waiting for another process's refresh, the store is asked this often, and when the
+/// holder's lease ends. The change feed brings the outcome (within milliseconds) and wakes the
+/// waiter; the poll only covers a feed that fell behind, or a holder that gave the lease back
+/// without writing. Polling more often costs two round trips per waiting connection and
+/// process each time, which under load slows the very refresh being waited for.
+const LEASE_POLL: Duration = Duration::from_millis(500);
+
+/// After a store failure, a refresh is retried at least this long before the token's last usable
+/// moment.
+const STORE_RETRY_LEAD_MS: i64 = 500;
+
+/// How long a refreshed token set is held in memory, retrying, while the store is unreachable.
+const COMMIT_PERSISTENCE: Duration = Duration::from_secs(120);
+const COMMIT_RETRY_MIN: Duration = Duration::from_millis(50);
+const COMMIT_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Counts a refresh in flight for [`Engine::settle`] while alive.
+struct InFlight<'a>(&'a Engine);
+
+impl<'a> InFlight<'a> {
+    fn new(engine: &'a Engine) -> Self {
+        engine.refreshes_in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(engine)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.refreshes_in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.refresh_ended.notify_waiters();
+    }
+}
+
+/// Marks a scheduled probe of a connection as under way in this process while alive.
+struct Probing<'a>(&'a Engine, String);
+
+impl<'a> Probing<'a> {
+    fn start(engine: &'a Engine, key: &ConnectionKey) -> Option<Self> {
+        let cache_key = key.cache_key();
+        engine
+            .probing
+            .insert(cache_key.clone(), ())
+            .is_none()
+            .then(|| Self(engine, cache_key))
+    }
+}
+
+impl Drop for Probing<'_> {
+    fn drop(&mut self) {
+        self.0.probing.remove(&self.1);
+    }
+}
+
+/// How a refresh lease was settled.
+enum Leased {
+    /// Ours: the connection as stored when we got it, still in need of a refresh, and a slot to
+    /// send its request.
+    Ours(ConnectionRecord, tokio::sync::OwnedSemaphorePermit),
+    /// No refresh of ours is needed (any more): serve this.
+    Settled(ConnectionRecord),
+}
 
 /// Why a refresh was asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +145,7 @@ impl Runner for Engine {
                             .last_check_at
                             .is_some_and(|last| engine.now_ms() - last < interval / 2);
                         if !checked_recently {
-                            let _ = engine.check(&entry.record.key).await;
+                            let _ = engine.scheduled_check(&entry.record.key, interval).await;
                         }
                     }
                 }
@@ -99,8 +172,12 @@ impl Engine {
         }
     }
 
+    /// The settings of an instance still open.
     pub(super) fn connector(&self) -> Option<Arc<Connector>> {
-        self.connectors.read().iter().find_map(|c| c.upgrade())
+        self.connectors
+            .read()
+            .iter()
+            .find_map(|c| c.upgrade().filter(|c| !c.is_closed()))
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -152,54 +229,248 @@ impl Engine {
         self.scheduler.at(due, Job::Check(record.key.cache_key()));
     }
 
-    /// Refreshes a connection (single-flight) and returns it as stored afterwards.
+    /// Refreshes a connection (single-flight across processes) and returns it as stored
+    /// afterwards. A store failure backs the connection off like a failed refresh, but retries
+    /// before the token's last usable moment: an outage of the store (a database restart) must
+    /// not outlast a token that a retry just after it could still replace.
     pub async fn refresh(
         &self,
         key: &ConnectionKey,
         reason: RefreshReason,
     ) -> Result<ConnectionRecord> {
-        let cache_key = key.cache_key();
+        let refreshed = self.refresh_once(key, reason).await;
+        if let Err(e) = &refreshed {
+            if e.code == ErrorCode::StoreError {
+                let last_chance = self
+                    .cache
+                    .get_key(key)
+                    .and_then(|entry| entry.record.expires_at)
+                    .map(|expires_at| timing::usable_until(expires_at) - STORE_RETRY_LEAD_MS);
+                self.back_off(key, None, last_chance);
+            }
+        }
+        refreshed
+    }
+
+    async fn refresh_once(
+        &self,
+        key: &ConnectionKey,
+        reason: RefreshReason,
+    ) -> Result<ConnectionRecord> {
+        // Counted before anything else: close() closes its connector and then waits for this
+        // count to reach zero, so a refresh either is counted when close() looks, or finds no
+        // open connector (see Client::close). Counted any later, one could get the connector
+        // just before close(), and send its request while the process exits: a rotated refresh
+        // token then never reaches the store, and the grant is lost.
+        let _in_flight = InFlight::new(self);
         let lock = self
             .refresh_locks
-            .entry(cache_key.clone())
+            .entry(key.cache_key())
             .or_default()
             .clone();
         let _flight = lock.lock().await;
-        let record = self.load(key).await?;
-        let now = self.now_ms();
-        let due = match reason {
-            RefreshReason::Stale => maintenance::is_stale(&record, now),
-            RefreshReason::Scheduled => maintenance::refresh_due(&record, now),
-            RefreshReason::Forced => true,
-        };
-        if !due || record.status == ConnectionStatus::Revoked || record.refresh_token.is_none() {
-            // Someone refreshed meanwhile (or there is nothing to refresh with): adopt what is stored.
-            return Ok(self.cache_put(record).record.clone());
+        // What the cache holds may settle it (a refresh by this process just now, or by another
+        // one, which the change feed brought): no store round trip, no lease.
+        if let Some(entry) = self.cache.get_key(key) {
+            if !refresh_needed(&entry.record, reason, self.now_ms()) {
+                return Ok(entry.record.clone());
+            }
         }
-        let Some(connector) = self.connector() else {
-            return Ok(self.cache_put(record).record.clone());
-        };
-        let Some(provider) = connector.catalog.get(&key.provider).cloned() else {
-            return Ok(self.cache_put(record).record.clone());
-        };
-        if !provider.definition.refresh.supported || provider.require_client().is_err() {
+        let connector = self.connector();
+        let provider = connector
+            .as_ref()
+            .and_then(|c| c.catalog.get(&key.provider).cloned())
+            .filter(|p| p.definition.refresh.supported && p.require_client().is_ok());
+        let (Some(connector), Some(provider)) = (connector, provider) else {
             // Not refreshable here: the token is served until it expires, then CONNECTION_EXPIRED.
+            let record = self.load(key).await?;
             return Ok(self.cache_put(record).record.clone());
+        };
+        let (record, slot) = match self.lease_refresh(key, reason, &connector).await? {
+            // Closed while it waited for the lease: close() may have stopped waiting for it.
+            Leased::Ours(record, _) if connector.is_closed() => {
+                let _ = self
+                    .store
+                    .release_lease(key, LeasePurpose::Refresh, &self.owner)
+                    .await;
+                return Ok(record);
+            }
+            Leased::Ours(record, slot) => (record, slot),
+            Leased::Settled(record) => return Ok(record),
+        };
+        let refreshed = self
+            .refresh_leased(record, slot, &connector, &provider)
+            .await;
+        // After the commit; if this fails, the lease runs out on its own.
+        let _ = self
+            .store
+            .release_lease(key, LeasePurpose::Refresh, &self.owner)
+            .await;
+        refreshed
+    }
+
+    /// Gets the refresh lease of `key` (and a request slot for its provider), or finds that no
+    /// refresh of ours is needed because another process holds it or has just refreshed.
+    async fn lease_refresh(
+        &self,
+        key: &ConnectionKey,
+        reason: RefreshReason,
+        connector: &Connector,
+    ) -> Result<Leased> {
+        // A read first: another process's refresh may be stored and not yet brought here by the
+        // change feed. A read costs far less than taking a lease and giving it back (two
+        // durable writes, each waiting on the database's disk).
+        if reason != RefreshReason::Forced {
+            let stored = self.load(key).await?;
+            if !refresh_needed(&stored, reason, self.now_ms()) {
+                return Ok(Leased::Settled(self.cache_put(stored).record.clone()));
+            }
         }
+        loop {
+            // The slot first: waiting for one must not eat into the lease.
+            let permit = connector.permit(&key.provider).await;
+            let now = self.now_ms();
+            // The wait for a slot can be long: the refresh we waited for may have come through
+            // the change feed meanwhile.
+            if reason != RefreshReason::Forced {
+                if let Some(entry) = self.cache.get_key(key) {
+                    if !refresh_needed(&entry.record, reason, now) {
+                        return Ok(Leased::Settled(entry.record.clone()));
+                    }
+                }
+            }
+            let lease = Lease {
+                key,
+                purpose: LeasePurpose::Refresh,
+                owner: &self.owner,
+                until: now + connector.refresh_lease_ms,
+            };
+            let held_until = match self.store.try_lease(lease, now).await? {
+                LeaseTake::Acquired => {
+                    // Re-read under the lease: another process may have refreshed just before.
+                    match self.load(key).await {
+                        Ok(record) if refresh_needed(&record, reason, now) => {
+                            return Ok(Leased::Ours(record, permit));
+                        }
+                        stored => {
+                            let _ = self
+                                .store
+                                .release_lease(key, LeasePurpose::Refresh, &self.owner)
+                                .await;
+                            let record = self.cache_put(stored?).record.clone();
+                            return Ok(Leased::Settled(record));
+                        }
+                    }
+                }
+                LeaseTake::HeldUntil(until) => until,
+            };
+            drop(permit);
+            // Another process is refreshing it.
+            let current = match self.cache.get_key(key) {
+                Some(entry) => entry.record.clone(),
+                None => self.cache_put(self.load(key).await?).record.clone(),
+            };
+            if reason == RefreshReason::Stale && !refresh_needed(&current, reason, now) {
+                // Its new token reached the cache already.
+                return Ok(Leased::Settled(current));
+            }
+            if reason == RefreshReason::Scheduled {
+                // Its result arrives through the change feed; should it die, we take over when
+                // its lease ends.
+                self.scheduler
+                    .at(held_until + 1, Job::Refresh(key.cache_key()));
+                return Ok(Leased::Settled(current));
+            }
+            // A caller waits for the holder's outcome, which the change feed brings into the
+            // cache, usually within milliseconds. Every change in this process wakes it, and
+            // costs only a look at the cache; the store (its lease, then the row) is asked again
+            // each LEASE_POLL only, in case the feed is behind or the holder is gone.
+            let poll_at = tokio::time::Instant::now()
+                + LEASE_POLL.min(Duration::from_millis((held_until - now).max(1) as u64));
+            loop {
+                let changed = self.cache_changed.notified();
+                if let Some(entry) = self.cache.get_key(key) {
+                    if settled_by_holder(&current, &entry.record) {
+                        return Ok(Leased::Settled(entry.record.clone()));
+                    }
+                }
+                if tokio::time::timeout_at(poll_at, changed).await.is_err() {
+                    break;
+                }
+            }
+            let stored = self.load(key).await?;
+            if settled_by_holder(&current, &stored) {
+                return Ok(Leased::Settled(self.cache_put(stored).record.clone()));
+            }
+        }
+    }
+
+    /// The refresh itself, under the lease. `slot` is given back as soon as the provider has
+    /// answered: it bounds requests in flight, not the bookkeeping after them.
+    async fn refresh_leased(
+        &self,
+        record: ConnectionRecord,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        connector: &Connector,
+        provider: &Provider,
+    ) -> Result<ConnectionRecord> {
         let secrets = self.secrets_of(&record).await?;
         let values = json_object(secrets.extras.as_ref());
         let refresh_token = secrets
             .refresh_token
             .clone()
             .ok_or_else(|| Error::internal("refresh token vanished"))?;
-        let outcome = {
-            let _permit = connector.permit(&key.provider).await;
-            grant::refresh(&connector.http, &provider, &refresh_token, &values, now).await
-        };
-        match outcome {
-            Ok(tokens) => self.store_refreshed(record, values, tokens).await,
+        let requested_at = self.now_ms();
+        let answer = grant::refresh(
+            &connector.http,
+            provider,
+            &refresh_token,
+            &values,
+            requested_at,
+        )
+        .await;
+        drop(slot);
+        match answer {
+            Ok(tokens) => {
+                let lease_ms = connector.refresh_lease_ms;
+                self.store_refreshed(record, values, tokens, requested_at, lease_ms)
+                    .await
+            }
             Err(failure) => self.refresh_failed(record, failure).await,
         }
+    }
+
+    /// Waits (at most `limit`) until no refresh of this engine is under way, so that a process
+    /// can exit without losing a rotated refresh token.
+    pub async fn settle(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let ended = self.refresh_ended.notified();
+            if self.refreshes_in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Backs off the connection's next refresh attempt (a failed refresh, or an unreachable
+    /// store) and schedules it, no later than `deadline` if one is given ([`timing::retry_at`]).
+    fn back_off(
+        &self,
+        key: &ConnectionKey,
+        retry_after: Option<i64>,
+        deadline: Option<i64>,
+    ) -> (u32, i64) {
+        let attempts = self.retries.get(&key.cache_key()).map_or(0, |r| r.attempts) + 1;
+        let now = self.now_ms();
+        let backoff = timing::backoff_ms(attempts, rand::random(), retry_after);
+        let retry_at = timing::retry_at(now, backoff, deadline);
+        self.retries
+            .insert(key.cache_key(), RetryState { attempts, retry_at });
+        self.scheduler.at(retry_at, Job::Refresh(key.cache_key()));
+        (attempts, retry_at)
     }
 
     async fn store_refreshed(
@@ -207,6 +478,8 @@ impl Engine {
         record: ConnectionRecord,
         mut values: Map<String, Value>,
         tokens: TokenSet,
+        requested_at: i64,
+        lease_ms: i64,
     ) -> Result<ConnectionRecord> {
         let key = record.key.clone();
         let now = self.now_ms();
@@ -234,9 +507,7 @@ impl Engine {
                     &Value::Object(values).to_string(),
                 )?)
             },
-            expires_at: tokens
-                .expires_in
-                .map(|s| now + (s as i64).saturating_mul(1000)),
+            expires_at: tokens.expires_at(requested_at),
             scopes: tokens
                 .scopes
                 .clone()
@@ -244,37 +515,21 @@ impl Engine {
             status: ConnectionStatus::Active,
             last_error: None,
             last_refresh_at: Some(now),
-            token_issued_at: Some(now),
+            token_issued_at: Some(requested_at),
             updated_at: now,
             next_refresh_at: None,
             ..record.clone()
         };
         let updated = ConnectionRecord {
-            next_refresh_at: updated.expires_at.map(|e| timing::refresh_at(now, e, 0.5)),
+            next_refresh_at: updated
+                .expires_at
+                .map(|e| timing::refresh_at(requested_at, e, 0.5)),
             ..updated
         };
-        // Commit before anyone is handed the new access token. We hold the refresh lock, so a
-        // conflict means another process wrote the row: our tokens are the newest the provider
-        // issued (it just rotated), so they win.
-        let stored = match self
-            .store
-            .update_connection(updated.clone(), record.version)
-            .await?
-        {
-            Some(stored) => stored,
-            None => {
-                let current = self.load(&key).await?;
-                self.store
-                    .update_connection(updated, current.version)
-                    .await?
-                    .ok_or_else(|| {
-                        Error::new(
-                            ErrorCode::StoreError,
-                            "the connection kept changing while a refresh was stored",
-                        )
-                    })?
-            }
-        };
+        // Commit before anyone is handed the new access token.
+        let stored = self
+            .commit_refreshed(updated, record.version, lease_ms)
+            .await?;
         self.retries.remove(&key.cache_key());
         let entry = self.cache_put(stored);
         let mut event = Event::new(EventKind::Refreshed, &key, now);
@@ -285,6 +540,61 @@ impl Engine {
             self.emit(status_event(EventKind::Recovered, &entry.record, now));
         }
         Ok(entry.record.clone())
+    }
+
+    /// Writes a refresh's result. The provider has rotated the refresh token, so the new one
+    /// exists only here: while the store is unreachable (a database restart) the write is
+    /// retried, and the lease renewed, for up to [`COMMIT_PERSISTENCE`]. A conflict means
+    /// another writer changed the row (a status, a probe) but not the tokens (we hold the
+    /// lease): ours win, keeping the time of a probe made meanwhile (else the next one would
+    /// come at once). Conflicts are retried as long.
+    async fn commit_refreshed(
+        &self,
+        mut updated: ConnectionRecord,
+        mut expected_version: i64,
+        lease_ms: i64,
+    ) -> Result<ConnectionRecord> {
+        let key = updated.key.clone();
+        let give_up = tokio::time::Instant::now() + COMMIT_PERSISTENCE;
+        let mut pause = COMMIT_RETRY_MIN;
+        loop {
+            let written = match self
+                .store
+                .update_connection(updated.clone(), expected_version)
+                .await
+            {
+                Ok(Some(stored)) => return Ok(stored),
+                Ok(None) => self.load(&key).await,
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(current) if tokio::time::Instant::now() < give_up => {
+                    updated.last_check_at = updated.last_check_at.max(current.last_check_at);
+                    expected_version = current.version;
+                }
+                Ok(_) => {
+                    return Err(Error::new(
+                        ErrorCode::StoreError,
+                        "the connection kept changing while a refresh was stored",
+                    ))
+                }
+                Err(e)
+                    if e.code == ErrorCode::StoreError && tokio::time::Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(COMMIT_RETRY_MAX);
+                    let now = self.now_ms();
+                    let renew = Lease {
+                        key: &key,
+                        purpose: LeasePurpose::Refresh,
+                        owner: &self.owner,
+                        until: now + lease_ms,
+                    };
+                    let _ = self.store.try_lease(renew, now).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn refresh_failed(
@@ -326,12 +636,8 @@ impl Engine {
             RefreshFailure::Config { .. } => Some(60_000),
             _ => None,
         };
-        let attempts = self.retries.get(&key.cache_key()).map_or(0, |r| r.attempts) + 1;
-        let retry_at = now + timing::backoff_ms(attempts, rand::random(), retry_after);
-        self.retries
-            .insert(key.cache_key(), RetryState { attempts, retry_at });
-        let expired = record.expires_at.is_some_and(|e| e <= now);
-        let status = if expired {
+        let (attempts, retry_at) = self.back_off(&key, retry_after, None);
+        let status = if maintenance::is_expired(&record, now) {
             ConnectionStatus::Expired
         } else {
             ConnectionStatus::Degraded
@@ -339,7 +645,6 @@ impl Engine {
         let stored = self
             .set_status(&record, status, Some(error.clone()), now)
             .await?;
-        self.scheduler.at(retry_at, Job::Refresh(key.cache_key()));
         let mut event = status_event(EventKind::RefreshFailed, &stored, now);
         event.error = Some(error.clone());
         event.attempt = Some(attempts);
@@ -389,6 +694,48 @@ impl Engine {
         Ok(self.cache_put(stored).record.clone())
     }
 
+    /// A scheduled probe: run by whichever process takes the connection's probe lease for
+    /// this interval; the others skip it, and learn its result through the change feed.
+    async fn scheduled_check(&self, key: &ConnectionKey, interval: i64) -> Result<()> {
+        // One probe per connection at a time in this process (jobs for the same moment pile up;
+        // the lease would let them all through, since it is ours).
+        let Some(_probing) = Probing::start(self, key) else {
+            return Ok(());
+        };
+        let now = self.now_ms();
+        let lease = Lease {
+            key,
+            purpose: LeasePurpose::Check,
+            owner: &self.owner,
+            until: now + interval,
+        };
+        match self.store.try_lease(lease, now).await? {
+            LeaseTake::Acquired => {
+                let record = self.load(key).await?;
+                let probed_meanwhile = record
+                    .last_check_at
+                    .is_some_and(|last| now - last < interval / 2);
+                // A token about to be refreshed says little; its refresh will tell, and the
+                // probe comes after it (the refreshed record schedules it).
+                let refreshing =
+                    record.refresh_token.is_some() && maintenance::is_stale(&record, now);
+                if refreshing {
+                    let _ = self
+                        .store
+                        .release_lease(key, LeasePurpose::Check, &self.owner)
+                        .await;
+                } else if !probed_meanwhile {
+                    self.check(key).await?;
+                }
+            }
+            // Should its holder die before probing, this process probes after the lease ends.
+            LeaseTake::HeldUntil(until) => {
+                self.scheduler.at(until + 1, Job::Check(key.cache_key()))
+            }
+        }
+        Ok(())
+    }
+
     /// Probes a connection's health now: the provider's identity probe decides whether it is
     /// alive (`revoked` otherwise) and still has its required scopes.
     pub async fn check(&self, key: &ConnectionKey) -> Result<ConnectionRecord> {
@@ -418,7 +765,13 @@ impl Engine {
         };
         let now = self.now_ms();
         let refresh_failing = self.retries.contains_key(&key.cache_key());
+        // A token near its end may already be dead at the provider (expiry is known to the second
+        // only): "inactive" then proves nothing, and its refresh will tell.
+        let near_end = maintenance::is_stale(&record, now);
         let (status, error, kind) = match outcome {
+            Ok(identity) if !identity.active && near_end => {
+                (record.status, record.last_error.clone(), None)
+            }
             Ok(identity) if !identity.active => (
                 ConnectionStatus::Revoked,
                 Some(LastError {
@@ -472,15 +825,48 @@ impl Engine {
                 (ConnectionStatus::Degraded, Some(error), kind)
             }
         };
-        let checked = ConnectionRecord {
+        let checked = |base: &ConnectionRecord| ConnectionRecord {
             status,
             last_error: error.clone(),
             last_check_at: Some(now),
             updated_at: now,
-            ..record.clone()
+            ..base.clone()
         };
-        let stored = self.write_or_keep_newer(checked, record.version).await?;
-        if let Some(kind) = kind.filter(|_| status != record.status) {
+        // Another writer may have got there first: a refresh, most often, which moots what the
+        // probe said of the old token. Its row stands, with the probe's time on it, so that the
+        // next probe comes an interval from now and not at once (probing again and again while
+        // refreshes keep winning). A status change found on the same token is still applied.
+        let (stored, changed_from) = match self
+            .store
+            .update_connection(checked(&record), record.version)
+            .await?
+        {
+            Some(stored) => (stored, Some(record.status)),
+            None => {
+                let newer = self.load(key).await?;
+                let applies = kind.is_some() && newer.credential == record.credential;
+                let rewritten = if applies {
+                    checked(&newer)
+                } else {
+                    ConnectionRecord {
+                        last_check_at: Some(now),
+                        updated_at: now,
+                        ..newer.clone()
+                    }
+                };
+                match self
+                    .store
+                    .update_connection(rewritten, newer.version)
+                    .await?
+                {
+                    Some(stored) => (stored, applies.then_some(newer.status)),
+                    None => (self.load(key).await?, None),
+                }
+            }
+        };
+        let stored = self.cache_put(stored).record.clone();
+        let kind = kind.filter(|_| changed_from.is_some_and(|from| from != status));
+        if let Some(kind) = kind {
             let mut event = status_event(kind, &stored, now);
             event.error = error;
             self.emit(event);
@@ -507,12 +893,32 @@ impl Engine {
     }
 }
 
+/// Whether another process's refresh of `waited_on` has had its outcome, as `seen` shows: a new
+/// token, or its failure recorded. Another write (a probe's timestamp) leaves the token as stale
+/// as it was.
+fn settled_by_holder(waited_on: &ConnectionRecord, seen: &ConnectionRecord) -> bool {
+    seen.credential != waited_on.credential
+        || (seen.version != waited_on.version && seen.status != ConnectionStatus::Active)
+}
+
 fn status_event(kind: EventKind, record: &ConnectionRecord, now: i64) -> Event {
     let mut event = Event::new(kind, &record.key, now);
     event.status = Some(record.status);
     event.expires_at = record.expires_at;
     event.error = record.last_error.clone();
     event
+}
+
+/// Whether `record` still needs the refresh `reason` asks for.
+fn refresh_needed(record: &ConnectionRecord, reason: RefreshReason, now: i64) -> bool {
+    if record.status == ConnectionStatus::Revoked || record.refresh_token.is_none() {
+        return false;
+    }
+    match reason {
+        RefreshReason::Stale => maintenance::is_stale(record, now),
+        RefreshReason::Scheduled => maintenance::refresh_due(record, now),
+        RefreshReason::Forced => true,
+    }
 }
 
 fn json_object(json: Option<&SecretString>) -> Map<String, Value> {

@@ -4,8 +4,11 @@
 //!
 //! - a secret is sealed before it reaches the store and opened only on its way out to a caller;
 //! - the cache mirrors the store, and every change bumps the connection's generation;
-//! - a tenant's data key is created once, by whichever writer comes first.
+//! - a tenant's data key is created once, by whichever writer comes first;
+//! - other processes sharing the store are followed through its change feed (engine/follow.rs),
+//!   and refreshes and probes are coordinated with them through store leases (maintain.rs).
 
+mod follow;
 pub mod input;
 mod maintain;
 mod open;
@@ -32,6 +35,7 @@ use crate::scheduler::{Job, Runner, Scheduler};
 use crate::store::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion};
 use crate::vault::{RecordPlace, TenantKey, Vault};
 use dashmap::DashMap;
+use follow::FollowTask;
 use input::{ImportRequest, ImportedCredential};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,6 +95,14 @@ pub struct EngineStats {
     pub store: String,
     pub cached_connections: u64,
     pub store_reads: u64,
+    /// Cache entries changed because another process changed the store.
+    pub remote_changes: u64,
+    /// Full reloads after the change feed may have missed changes.
+    pub resyncs: u64,
+    /// How long other processes' writes took to reach this cache (from the writer's clock
+    /// reading just before its commit to the cache update here), over the last
+    /// [`follow::LAG_SAMPLES`] changes: median, 99th percentile, max; `None` before any.
+    pub remote_change_lag_ms: Option<[u64; 3]>,
 }
 
 pub struct Engine {
@@ -101,10 +113,24 @@ pub struct Engine {
     scheduler: Scheduler,
     clock: Arc<dyn Clock>,
     store_reads: AtomicU64,
+    remote_changes: AtomicU64,
+    resyncs: AtomicU64,
+    follow_lags: follow::Lags,
+    /// This engine's name in store leases: unique per process and engine.
+    owner: String,
+    /// Refreshes under way, and a signal when one ends.
+    refreshes_in_flight: std::sync::atomic::AtomicUsize,
+    refresh_ended: tokio::sync::Notify,
+    /// Woken whenever the cache changes, for those waiting on another process's refresh.
+    cache_changed: tokio::sync::Notify,
+    /// Follows the store's change feed; stopped with the engine.
+    follow: std::sync::OnceLock<FollowTask>,
     /// The instances' provider configurations; refreshes and probes use the first still open.
     connectors: parking_lot::RwLock<Vec<Weak<Connector>>>,
     /// Single-flight: one refresh per connection at a time, the others wait for its result.
     refresh_locks: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Connections with a scheduled probe under way.
+    probing: DashMap<String, ()>,
     /// Connections whose last refresh failed, and when to try again.
     retries: DashMap<String, RetryState>,
     events: broadcast::Sender<Event>,
@@ -125,11 +151,29 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-/// Tokens without a refresh token leave the JS memo this long before they expire; Rust serves
-/// them (checking expiry exactly) until then.
-const UNREFRESHABLE_MEMO_MARGIN_MS: i64 = 1_000;
+/// Tokens leave the JS memo at least this long before their last usable moment (or at their
+/// stale point, if sooner), so that a timer running late (by hundreds of ms on a loaded machine)
+/// cannot let the memo, which reads no clock, serve them past it; Rust serves them, reading the
+/// clock, until then. A one-hour token leaves at its stale point, five minutes before expiry; a
+/// two-second test token is never memoised.
+const MEMO_LEAD_MS: i64 = 1_000;
+/// New tokens a caller refreshes for in a row when each arrives already stale; after them it
+/// serves what it has while that is usable.
+const STALE_ON_ARRIVAL_REFRESHES: usize = 2;
 /// Events buffered per subscriber before a slow one starts missing them.
 const EVENT_BUFFER: usize = 4096;
+
+/// Which process refreshes a cached token before its stale point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refresher {
+    /// This one: it obtained the token, or read it from the store itself.
+    Us,
+    /// The one whose refresh the change feed just brought: it refreshes the next token too, so
+    /// this process stands by, and refreshes only if the token goes stale without one (its
+    /// callers, meanwhile, refresh on demand). Otherwise every process would race for every
+    /// refresh, and all but one would spend store round trips learning they lost.
+    Elsewhere,
+}
 
 /// What the cache can do for a credential request.
 enum Reveal {
@@ -211,6 +255,8 @@ impl Engine {
         for record in &tenant_keys {
             let _ = vault.unwrap(record);
         }
+        // Watch first, then load: a change made in between is reported, none is missed.
+        let feed = store.watch().await?;
         let records = store.all_connections().await?;
         let cache = Cache::default();
         let generations = cache.generations().clone();
@@ -224,14 +270,28 @@ impl Engine {
                 scheduler: Scheduler::start(generations, clock.clone(), runner),
                 clock,
                 store_reads: AtomicU64::new(0),
+                remote_changes: AtomicU64::new(0),
+                resyncs: AtomicU64::new(0),
+                follow_lags: Default::default(),
+                owner: format!("{}:{:016x}", std::process::id(), rand::random::<u64>()),
+                refreshes_in_flight: Default::default(),
+                refresh_ended: tokio::sync::Notify::new(),
+                cache_changed: tokio::sync::Notify::new(),
+                follow: std::sync::OnceLock::new(),
                 connectors: Default::default(),
                 refresh_locks: DashMap::new(),
+                probing: DashMap::new(),
                 retries: DashMap::new(),
                 events: broadcast::channel(EVENT_BUFFER).0,
             }
         });
         for record in records {
             engine.cache_put(record);
+        }
+        if let Some(feed) = feed {
+            let _ = engine
+                .follow
+                .set(FollowTask::start(Arc::downgrade(&engine), feed));
         }
         Ok(engine)
     }
@@ -240,20 +300,31 @@ impl Engine {
     /// lapse at the stale point (just before expiry for tokens that cannot be refreshed), a
     /// refresh comes before it, and the next health probe.
     fn cache_put(&self, record: ConnectionRecord) -> Arc<CachedConnection> {
+        self.cache_put_from(record, Refresher::Us)
+    }
+
+    /// [`Engine::cache_put`] for a record whose token `refresher` will refresh ahead of time.
+    fn cache_put_from(
+        &self,
+        record: ConnectionRecord,
+        refresher: Refresher,
+    ) -> Arc<CachedConnection> {
         let (entry, changed) = self.cache.put_changed(record);
         if !changed {
             // Its jobs are scheduled already; scheduling again would only add duplicates.
             return entry;
         }
+        self.cache_changed.notify_waiters();
         let record = &entry.record;
         if let Some(expires_at) = record.expires_at {
             let issued = maintenance::issued_at(record);
             let refreshable =
                 record.refresh_token.is_some() && record.status != ConnectionStatus::Revoked;
+            let last_memoised = timing::usable_until(expires_at) - MEMO_LEAD_MS;
             let memo_until = if refreshable {
-                timing::stale_at(issued, expires_at)
+                timing::stale_at(issued, expires_at).min(last_memoised)
             } else {
-                expires_at - UNREFRESHABLE_MEMO_MARGIN_MS
+                last_memoised
             };
             self.scheduler.at(
                 memo_until,
@@ -263,7 +334,10 @@ impl Engine {
                 },
             );
             if refreshable {
-                let at = timing::refresh_at(issued, expires_at, rand::random());
+                let at = match refresher {
+                    Refresher::Us => timing::refresh_at(issued, expires_at, rand::random()),
+                    Refresher::Elsewhere => timing::standby_refresh_at(issued, expires_at),
+                };
                 self.scheduler.at(at, Job::Refresh(record.key.cache_key()));
             }
         }
@@ -285,6 +359,9 @@ impl Engine {
             store: self.store.describe(),
             cached_connections: self.cache.len() as u64,
             store_reads: self.store_reads.load(Ordering::Relaxed),
+            remote_changes: self.remote_changes.load(Ordering::Relaxed),
+            resyncs: self.resyncs.load(Ordering::Relaxed),
+            remote_change_lag_ms: self.follow_lags.summary(),
         }
     }
 
@@ -325,10 +402,12 @@ impl Engine {
     }
 
     /// Serves a credential: reads the store on a cache miss, and waits for the (single) refresh
-    /// of a stale token. If that refresh fails, the token is served as long as it is valid.
+    /// of a stale token. If that refresh fails, the token is served as long as it is usable.
     pub async fn credential(&self, key: &ConnectionKey) -> Result<Credential> {
         let mut allow_stale = false;
-        for _ in 0..3 {
+        let mut refreshes = 0;
+        // A cache miss, a tenant key to load, the refreshes, and the serving.
+        for _ in 0..(3 + STALE_ON_ARRIVAL_REFRESHES) {
             let entry = match self.cache.get_key(key) {
                 Some(entry) => entry,
                 None => {
@@ -342,8 +421,29 @@ impl Engine {
                     self.tenant_key(&key.tenant, false).await?;
                 }
                 Reveal::NeedsRefresh => {
-                    self.refresh(key, RefreshReason::Stale).await?;
-                    allow_stale = true;
+                    refreshes += 1;
+                    match self.refresh(key, RefreshReason::Stale).await {
+                        // A new token: served next time round, or, if it arrived already
+                        // stale (its answer took longer than its margin), refreshed again
+                        // rather than served while it may be dead.
+                        Ok(record)
+                            if record.credential != entry.record.credential
+                                && refreshes <= STALE_ON_ARRIVAL_REFRESHES => {}
+                        Ok(_) => allow_stale = true,
+                        Err(e) => {
+                            // The store is unreachable, say: a still-usable token is served
+                            // all the same (refreshes back off and retry).
+                            let now = self.now_ms();
+                            let usable = self
+                                .cache
+                                .get_key(key)
+                                .is_some_and(|entry| !maintenance::is_expired(&entry.record, now));
+                            if !usable {
+                                return Err(e);
+                            }
+                            allow_stale = true;
+                        }
+                    }
                 }
             }
         }
@@ -365,12 +465,16 @@ impl Engine {
             ));
         }
         let now = self.clock.now_ms();
-        if let Some(expires_at) = record.expires_at {
+        if maintenance::is_stale(record, now) {
+            let expired = maintenance::is_expired(record, now);
             // Refresh first, unless a refresh just failed (backing off) or already ran for this call.
             let refresh_first = record.refresh_token.is_some()
                 && !allow_stale
                 && !self.backing_off(&key.cache_key(), now);
-            if expires_at <= now && !refresh_first {
+            if refresh_first {
+                return Ok(Reveal::NeedsRefresh);
+            }
+            if expired {
                 let why = record
                     .last_error
                     .as_ref()
@@ -383,9 +487,6 @@ impl Engine {
                         key.provider, key.tenant, key.user
                     ),
                 ));
-            }
-            if refresh_first && maintenance::is_stale(record, now) {
-                return Ok(Reveal::NeedsRefresh);
             }
         }
         let Some(tenant_key) = self.vault.cached(&key.tenant) else {

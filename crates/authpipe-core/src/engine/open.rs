@@ -5,6 +5,7 @@
 use super::Engine;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, ErrorCode, Result};
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::{canonical_path, SqliteStore};
 use crate::store::Store;
 use crate::vault::{Keyring, MasterKey, MasterKeyConfig, Vault};
@@ -16,28 +17,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 
 /// Where the store lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum StoreLocation {
     /// An SQLite file (created if missing).
     File(PathBuf),
     /// A private in-memory SQLite database: for tests; never shared, gone on close.
     Memory,
+    /// A PostgreSQL database, its tables in `schema` (created if missing).
+    Postgres {
+        /// The connection URL without the `schema` parameter; it may hold a password.
+        url: SecretString,
+        schema: String,
+    },
 }
 
 impl StoreLocation {
     /// The default embedded store, relative to the working directory.
     pub const DEFAULT_PATH: &'static str = ".authpipe/authpipe.db";
+    /// The schema of a PostgreSQL store whose URL names none.
+    pub const DEFAULT_SCHEMA: &'static str = "authpipe";
 
-    /// Parses the `store` option: `":memory:"`, a file path, or `sqlite:<path>`.
+    /// Parses the `store` option: `":memory:"`, a file path, `sqlite:<path>`, or
+    /// `postgres://user:password@host:port/database?schema=name`.
     pub fn parse(value: &str) -> Result<Self> {
         let value = value.trim();
         if value == ":memory:" || value == "sqlite::memory:" {
             return Ok(Self::Memory);
         }
         if value.starts_with("postgres://") || value.starts_with("postgresql://") {
-            return Err(Error::invalid_argument(
-                "store: PostgreSQL stores are not available in this version; use an SQLite file path",
-            ));
+            return Self::parse_postgres(value);
         }
         let path = value.strip_prefix("sqlite:").unwrap_or(value);
         if path.is_empty() || path.contains('\0') {
@@ -46,6 +54,48 @@ impl StoreLocation {
             ));
         }
         Ok(Self::File(PathBuf::from(path)))
+    }
+
+    fn parse_postgres(value: &str) -> Result<Self> {
+        // Never echo the URL: it may carry a password.
+        let invalid = || Error::invalid_argument("store is not a valid postgres:// URL");
+        let mut url = url::Url::parse(value).map_err(|_| invalid())?;
+        let mut schema = Self::DEFAULT_SCHEMA.to_owned();
+        let others: Vec<(String, String)> = url
+            .query_pairs()
+            .filter_map(|(k, v)| {
+                if k == "schema" {
+                    schema = v.into_owned();
+                    None
+                } else {
+                    Some((k.into_owned(), v.into_owned()))
+                }
+            })
+            .collect();
+        if others.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(others);
+        }
+        crate::store::postgres::check_schema(&schema)?;
+        let url = SecretString::from(url.to_string());
+        {
+            use secrecy::ExposeSecret;
+            url.expose_secret()
+                .parse::<tokio_postgres::Config>()
+                .map_err(|_| invalid())?;
+        }
+        Ok(Self::Postgres { url, schema })
+    }
+
+    /// The key under which a process shares one engine for this store.
+    fn shared_key(&self) -> Option<String> {
+        use secrecy::ExposeSecret;
+        match self {
+            Self::Memory => None,
+            Self::File(path) => Some(format!("sqlite:{}", canonical_path(path).display())),
+            Self::Postgres { url, schema } => Some(format!("{}#{schema}", url.expose_secret())),
+        }
     }
 }
 
@@ -79,7 +129,7 @@ pub struct Opened {
     pub dev_key: Option<DevKeyNotice>,
 }
 
-static ENGINES: LazyLock<tokio::sync::Mutex<HashMap<PathBuf, Weak<Engine>>>> =
+static ENGINES: LazyLock<tokio::sync::Mutex<HashMap<String, Weak<Engine>>>> =
     LazyLock::new(Default::default);
 static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -98,33 +148,41 @@ pub async fn open_shared(options: EngineOptions) -> Result<Opened> {
     let clock = options.clock.unwrap_or_else(|| Arc::new(SystemClock));
     let (keyring, dev_key) = resolve_keys(&options.keys, &options.store)?;
     let id = || NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed);
-    let path = match options.store {
-        StoreLocation::Memory => {
-            let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory()?);
-            let engine = Engine::new(id(), store, Vault::new(keyring), clock).await?;
-            return Ok(Opened { engine, dev_key });
-        }
-        StoreLocation::File(path) => canonical_path(&path),
+    let Some(shared_key) = options.store.shared_key() else {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory()?);
+        let engine = Engine::new(id(), store, Vault::new(keyring), clock).await?;
+        return Ok(Opened { engine, dev_key });
     };
 
     let mut engines = ENGINES.lock().await;
-    if let Some(engine) = engines.get(&path).and_then(Weak::upgrade) {
+    if let Some(engine) = engines.get(&shared_key).and_then(Weak::upgrade) {
         if !engine.vault.same_keys(&keyring) {
             return Err(Error::invalid_argument(format!(
                 "another Authpipe instance in this process has {} open with different master keys; \
                  instances that share a store must be configured with the same keys",
-                path.display()
+                engine.store.describe()
             )));
         }
         return Ok(Opened { engine, dev_key });
     }
     engines.retain(|_, engine| engine.strong_count() > 0);
-    let open_path = path.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&open_path))
-        .await
-        .map_err(|e| Error::internal(format!("opening the store failed: {e}")))??;
-    let engine = Engine::new(id(), Arc::new(store), Vault::new(keyring), clock).await?;
-    engines.insert(path, Arc::downgrade(&engine));
+    let store: Arc<dyn Store> = match &options.store {
+        StoreLocation::Postgres { url, schema } => {
+            use secrecy::ExposeSecret;
+            Arc::new(PostgresStore::connect(url.expose_secret(), schema).await?)
+        }
+        StoreLocation::File(path) => {
+            let path = canonical_path(path);
+            Arc::new(
+                tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                    .await
+                    .map_err(|e| Error::internal(format!("opening the store failed: {e}")))??,
+            )
+        }
+        StoreLocation::Memory => unreachable!("an in-memory store is never shared"),
+    };
+    let engine = Engine::new(id(), store, Vault::new(keyring), clock).await?;
+    engines.insert(shared_key, Arc::downgrade(&engine));
     Ok(Opened { engine, dev_key })
 }
 
@@ -143,6 +201,10 @@ fn resolve_keys(
                 let (key, _) = MasterKey::generate(None)?;
                 Ok((Keyring::new(vec![key])?, Some(DevKeyNotice { path: None, created: true })))
             }
+            StoreLocation::Postgres { .. } => Err(Error::invalid_argument(
+                "a PostgreSQL store needs masterKey or masterKeys (or AUTHPIPE_MASTER_KEY): every \
+                 instance sharing the database must use the same keys, so none is generated",
+            )),
             StoreLocation::File(db) => {
                 let path = dev_key_path(db);
                 let (encoded, created) = load_or_create_dev_key(&path)?;

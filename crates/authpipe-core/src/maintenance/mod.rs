@@ -26,9 +26,16 @@ pub fn is_stale(record: &ConnectionRecord, now: i64) -> bool {
         Some(expires_at) if record.refresh_token.is_some() => {
             now >= timing::stale_at(issued_at(record), expires_at)
         }
-        Some(expires_at) => now >= expires_at,
+        Some(_) => is_expired(record, now),
         None => false,
     }
+}
+
+/// Whether the token may no longer be handed out at all: the server may refuse it already.
+pub fn is_expired(record: &ConnectionRecord, now: i64) -> bool {
+    record
+        .expires_at
+        .is_some_and(|expires_at| now >= timing::usable_until(expires_at))
 }
 
 /// Whether a scheduled refresh is due: inside the window where jittered refreshes fall.
