@@ -100,7 +100,7 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
       .open(openInput)
       .then(
         (handle) => {
-          if (this.#closed) handle.close();
+          if (this.#closed) return handle; // close() closes it
           this.#native = handle;
           this.#memo = memoLimit > 0 ? new CredentialMemo(handle, memoLimit) : undefined;
           handle.subscribe((event) => this.#deliver(event));
@@ -425,19 +425,23 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
   /** Diagnostics of the native engine behind this instance. */
   async stats(): Promise<AuthpipeStats> {
     const handle = await this.#handle();
-    return Object.freeze(await call(() => handle.stats()));
+    const { remoteChangeLagMs, ...counts } = await call(() => handle.stats());
+    const lag = remoteChangeLagMs ? (Object.freeze([...remoteChangeLagMs]) as unknown as readonly [number, number, number]) : null;
+    return Object.freeze({ ...counts, remoteChangeLagMs: lag });
   }
 
   /**
    * Releases this instance. The engine (store, cache, background work) closes with the last
-   * instance on its store; the process can then exit on its own.
+   * instance on its store; the process can then exit on its own. Resolves once the refreshes
+   * already under way are stored (a provider may have spent the old refresh token), at most the
+   * refresh lease (`httpTimeoutMs` + 5 s) later; their events reach the listeners first.
    */
   async close(): Promise<void> {
     this.#closed = true;
     this.#memo?.clear();
     this.#memo = undefined;
-    this.#native?.close();
-    await this.#opening.catch(() => {});
+    const handle = this.#native ?? (await this.#opening.catch(() => undefined));
+    await handle?.close();
   }
 
   async #handle(): Promise<NativeAuthpipe> {

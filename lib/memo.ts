@@ -3,8 +3,8 @@
  * the connection changes. Validity is checked against the connection's generation counter,
  * which Rust bumps on every change (new token, revoked, deleted) and which JS reads straight
  * from shared memory, so a hit is three Map lookups and one typed-array read, with no call
- * into Rust and no clock read: Rust also bumps the counter shortly before a token expires
- * (see deadlines.rs), and checks expiry exactly whenever it serves.
+ * into Rust and no clock read: Rust's scheduler also bumps the counter at a token's stale
+ * point (`Engine::cache_put`), and Rust checks expiry against the clock whenever it serves.
  * @internal
  */
 import type { Credential } from './types';

@@ -6,8 +6,15 @@ export type MasterKeyMaterial = string | Uint8Array;
 /** Options of `new Authpipe()`. */
 export interface AuthpipeOptions {
   /**
-   * Where connections are stored: an SQLite file path (`sqlite:` prefix optional), or
-   * `':memory:'` for a private in-memory store (tests). Default: `./.authpipe/authpipe.db`.
+   * Where connections are stored. Default: `./.authpipe/authpipe.db`.
+   * - An SQLite file path (`sqlite:` prefix optional). Processes on one machine may share it.
+   * - `postgres://user:password@host:5432/database?schema=authpipe`: PostgreSQL, for app
+   *   instances on several machines (`schema` defaults to `authpipe`; tables are created and
+   *   migrated on start). Needs `masterKey` or `masterKeys`, the same in every instance.
+   * - `':memory:'`: a private in-memory store (tests).
+   *
+   * Instances sharing a store refresh each connection once between them (a lease in the store)
+   * and see each other's changes within milliseconds.
    */
   store?: string;
   /**
@@ -207,8 +214,18 @@ export interface AuthpipeStats {
   /** The store, without credentials. */
   readonly store: string;
   readonly cachedConnections: number;
-  /** Reads that went to the store (cache misses, metadata and list calls). */
+  /** Reads that went to the store (cache misses, metadata and list calls, following changes). */
   readonly storeReads: number;
+  /** Cached connections updated because another process changed them in the store. */
+  readonly remoteChanges: number;
+  /** Full reloads of the cache after changes may have been missed (a lost database connection). */
+  readonly resyncs: number;
+  /**
+   * How long other processes' writes took to reach this instance's cache, in ms, over the last
+   * 4,096 of them: `[median, p99, max]`, measured from the writer's clock just before its commit.
+   * `null` until the first.
+   */
+  readonly remoteChangeLagMs: readonly [number, number, number] | null;
 }
 
 /** Input of `startConnect`. */

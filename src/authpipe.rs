@@ -28,8 +28,15 @@ use tokio::sync::broadcast;
 pub struct NativeAuthpipe {
     client: RwLock<Option<Arc<Client>>>,
     dev_key: Option<DevKeyNotice>,
-    /// Forwards engine events to the JS listener; aborted by `close()`.
-    events: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Forwards engine events to the JS listener until `close()`.
+    events: parking_lot::Mutex<Option<EventForwarder>>,
+}
+
+/// The task that hands engine events to the JS listener, and how to end it.
+struct EventForwarder {
+    task: tokio::task::JoinHandle<()>,
+    /// Ends the task once it has handed over every event already sent.
+    stop: tokio::sync::oneshot::Sender<()>,
 }
 
 /// The JS event listener: weak, so it never keeps the process alive.
@@ -355,32 +362,57 @@ impl NativeAuthpipe {
         Ok(self.client()?.engine().stats().into())
     }
 
-    /// Releases this instance's hold on the engine; the engine closes with its last instance.
-    #[napi(catch_unwind)]
-    pub fn close(&self) {
-        if let Some(task) = self.events.lock().take() {
-            task.abort();
+    /// Releases this instance's hold on the engine (which closes with its last instance), then
+    /// waits for refreshes already sent to a provider to be stored: the provider may have rotated
+    /// the refresh token, and a process that exits before storing the new one loses the grant.
+    /// Events of what happened until then (those refreshes too) are handed to the listener
+    /// before it resolves; none after.
+    #[napi]
+    pub async fn close(&self) -> napi::Result<()> {
+        let client = self.client.write().take();
+        if let Some(client) = client {
+            let (engine, limit) = (client.engine().clone(), client.refresh_lease());
+            client.close();
+            drop(client);
+            engine.settle(limit).await;
         }
-        self.client.write().take();
+        let forwarder = self.events.lock().take();
+        if let Some(EventForwarder { task, stop }) = forwarder {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        Ok(())
     }
 
     /// Delivers the engine's connection events to `listener` until `close()`.
     #[napi(catch_unwind, ts_args_type = "listener: (event: EventOutput) => void")]
     pub fn subscribe(&self, listener: EventListener) -> napi::Result<()> {
         let mut receiver = self.client()?.engine().subscribe();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let deliver = move |event: authpipe_core::events::Event| {
+            listener.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking);
+        };
         let task = napi::bindgen_prelude::spawn(async move {
             loop {
-                match receiver.recv().await {
-                    Ok(event) => {
-                        listener.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking);
+                tokio::select! {
+                    // Events first: those sent before close() asked to stop are all delivered.
+                    biased;
+                    received = receiver.recv() => match received {
+                        Ok(event) => deliver(event),
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = &mut stopped => {
+                        while let Ok(event) = receiver.try_recv() {
+                            deliver(event);
+                        }
+                        break;
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => break,
                 }
             }
         });
-        if let Some(old) = self.events.lock().replace(task) {
-            old.abort();
+        if let Some(old) = self.events.lock().replace(EventForwarder { task, stop }) {
+            old.task.abort();
         }
         Ok(())
     }

@@ -217,6 +217,10 @@ pub struct StatsOutput {
     pub store: String,
     pub cached_connections: u32,
     pub store_reads: u32,
+    pub remote_changes: u32,
+    pub resyncs: u32,
+    /// [median, p99, max] in ms, or null before the first.
+    pub remote_change_lag_ms: Option<Vec<u32>>,
 }
 
 impl From<EngineStats> for StatsOutput {
@@ -226,6 +230,13 @@ impl From<EngineStats> for StatsOutput {
             store: s.store,
             cached_connections: s.cached_connections as u32,
             store_reads: s.store_reads as u32,
+            remote_changes: s.remote_changes as u32,
+            resyncs: s.resyncs as u32,
+            remote_change_lag_ms: s.remote_change_lag_ms.map(|lags| {
+                lags.iter()
+                    .map(|&l| l.min(u32::MAX as u64) as u32)
+                    .collect()
+            }),
         }
     }
 }

@@ -113,6 +113,7 @@ pub async fn open(input: OpenInput) -> napi::Result<NativeAuthpipe> {
     let connector = Connector::new(
         catalog,
         http,
+        connector.timeout,
         connector.concurrency,
         connector.health_interval_ms,
     );
