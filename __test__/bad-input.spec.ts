@@ -1,12 +1,12 @@
 import { Authpipe, AuthpipeError, type AuthpipeErrorCode } from '..';
-import { newKey, open, rejection } from './helpers';
+import { newKey, open, rejection, testStore } from './helpers';
 
 const ok = { provider: 'attio', tenantId: 'org_acme', userId: 'user_1' };
 const SECRET = 'tok_live_0123456789abcdefSECRET';
 const HUGE = 'x'.repeat(10 * 1024 * 1024);
 
 describe('bad input never crashes, never half-stores, never echoes a secret', () => {
-  const authpipe = open({ store: ':memory:', masterKey: newKey() });
+  const authpipe = open({ store: testStore(), masterKey: newKey() });
 
   const cases: Array<[string, () => Promise<unknown>, AuthpipeErrorCode, RegExp]> = [
     ['null ref', () => authpipe.getCredential(null as never), 'INVALID_ARGUMENT', /connection must be an object/],
@@ -83,18 +83,27 @@ describe('bad input never crashes, never half-stores, never echoes a secret', ()
 
   test('options checked by the core also throw from the constructor', () => {
     for (const [options, message] of [
-      [{ store: 'postgres://localhost/db', masterKey: newKey() }, /PostgreSQL stores are not available/],
-      [{ store: ':memory:', masterKeys: [{ id: 'bad id!', key: newKey() }] }, /id must be 1-64 characters/],
-      [{ store: ':memory:', masterKeys: [{ id: 'a', key: newKey() }, { id: 'a', key: newKey() }] }, /two keys with id 'a'/],
-      [{ store: ':memory:', masterKey: newKey(), providers: { 'Bad Id': {} } }, /provider must be lowercase/],
+      [{ store: 'postgres://app:hunter2@localhost/db?schema=Bad-Name', masterKey: newKey() }, /schema name must be/],
+      [{ store: 'postgres://app:hunter2@[::1/db', masterKey: newKey() }, /not a valid postgres:\/\/ URL/],
+      [{ store: testStore(), masterKeys: [{ id: 'bad id!', key: newKey() }] }, /id must be 1-64 characters/],
+      [{ store: testStore(), masterKeys: [{ id: 'a', key: newKey() }, { id: 'a', key: newKey() }] }, /two keys with id 'a'/],
+      [{ store: testStore(), masterKey: newKey(), providers: { 'Bad Id': {} } }, /provider must be lowercase/],
     ] as const) {
       expect(() => new Authpipe(options)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(message) }));
+      expect(() => new Authpipe(options)).toThrow(expect.objectContaining({ message: expect.not.stringContaining('hunter2') }));
     }
+  });
+
+  test('a PostgreSQL store needs a configured master key (every instance must share it)', async () => {
+    const authpipe = new Authpipe({ store: 'postgres://postgres@127.0.0.1:5432/test?schema=never_created' });
+    const err = await rejection(authpipe.ready(), 'INVALID_ARGUMENT');
+    expect(err.message).toMatch(/needs masterKey/);
+    await authpipe.close();
   });
 
   test('a custom provider from the providers option is known', async () => {
     const custom = new Authpipe({
-      store: ':memory:',
+      store: testStore(),
       masterKey: newKey(),
       providers: { mycrm: { authorizeUrl: 'https://crm.example/authorize', tokenUrl: 'https://crm.example/token' } },
     });

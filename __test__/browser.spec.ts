@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { chromium, type Browser } from 'playwright-core';
 import { Authpipe, type ConnectResultMessage } from '..';
 import { createSandbox, type Sandbox } from '../dist/testing';
-import { newKey } from './helpers';
+import { newKey, testStore } from './helpers';
 
 const CHROMIUM = '/usr/bin/chromium';
 const available = existsSync(CHROMIUM);
@@ -29,7 +29,7 @@ maybe('the connect popup in Chromium', () => {
     await new Promise<void>((resolve) => app.listen(0, '127.0.0.1', resolve));
     appOrigin = `http://127.0.0.1:${(app.address() as AddressInfo).port}`;
     authpipe = new Authpipe({
-      store: ':memory:',
+      store: testStore(),
       masterKey: newKey(),
       healthCheckIntervalMs: 0,
       providers: { attio: sandbox.providerConfig({ redirectUri: `${appOrigin}/authpipe/callback/attio` }) },

@@ -4,7 +4,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Authpipe, type ConnectResultMessage } from '..';
 import { createSandbox, type Sandbox } from '../dist/testing';
-import { newKey, rejection } from './helpers';
+import { newKey, rejection, testStore } from './helpers';
 
 const who = { provider: 'attio', tenantId: 'org_acme', userId: 'user_1' };
 
@@ -22,7 +22,7 @@ beforeAll(async () => {
   appOrigin = `http://127.0.0.1:${(app.address() as AddressInfo).port}`;
   redirectUri = `${appOrigin}/authpipe/callback/attio`;
   authpipe = new Authpipe({
-    store: ':memory:',
+    store: testStore(),
     masterKey: newKey(),
     httpTimeoutMs: 1000,
     providers: { attio: sandbox.providerConfig({ redirectUri, requiredScopes: ['record_permission:read-write'] }) },
@@ -137,7 +137,7 @@ describe('startConnect and handleCallback', () => {
 
   test('a connection without a required scope is refused', async () => {
     const picky = new Authpipe({
-      store: ':memory:',
+      store: testStore(),
       masterKey: newKey(),
       providers: { attio: sandbox.providerConfig({ redirectUri, requiredScopes: ['webhook:read-write'] }) },
     });
@@ -150,7 +150,7 @@ describe('startConnect and handleCallback', () => {
 
   test('iss is checked when the provider has an issuer (RFC 9207)', async () => {
     const strict = new Authpipe({
-      store: ':memory:',
+      store: testStore(),
       masterKey: newKey(),
       providers: { attio: sandbox.providerConfig({ redirectUri, issuer: sandbox.origin, issParameterSupported: true }) },
     });
@@ -168,7 +168,7 @@ describe('startConnect and handleCallback', () => {
   test('redirect URIs must be registered, exactly', async () => {
     await rejection(authpipe.startConnect({ ...who, redirectUri: 'https://evil.example/callback' }), 'INVALID_ARGUMENT');
     const unregistered = new Authpipe({
-      store: ':memory:',
+      store: testStore(),
       masterKey: newKey(),
       providers: { attio: { ...sandbox.providerConfig(), redirectUri: `${appOrigin}/not-registered` } },
     });
@@ -179,7 +179,7 @@ describe('startConnect and handleCallback', () => {
 
   test('endpoint overrides must be https, or http on loopback', () => {
     for (const authorizeUrl of ['http://attio.example/authorize', 'http://10.0.0.1/authorize', 'file:///etc/passwd']) {
-      expect(() => new Authpipe({ store: ':memory:', masterKey: newKey(), providers: { attio: { authorizeUrl } } })).toThrow(
+      expect(() => new Authpipe({ store: testStore(), masterKey: newKey(), providers: { attio: { authorizeUrl } } })).toThrow(
         expect.objectContaining({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('providers.attio.authorizeUrl must be an https URL') }),
       );
     }
@@ -300,7 +300,7 @@ describe('the handler in Express and Fastify, and with resolveUser', () => {
   /** An Authpipe whose redirect URI points at `origin`, and its handler. */
   function instanceFor(origin: string, extra: Partial<Parameters<Authpipe['handler']>[0]> = {}) {
     const instance = new Authpipe({
-      store: ':memory:',
+      store: testStore(),
       masterKey: newKey(),
       providers: { attio: sandbox.providerConfig({ redirectUri: `${origin}/authpipe/callback/attio` }) },
     });
@@ -383,7 +383,7 @@ describe('the handler in Express and Fastify, and with resolveUser', () => {
 describe('the sandbox controls', () => {
   test('revoke, uninstall, failures, rate limits', async () => {
     const box = await createSandbox({ provider: 'attio' });
-    const instance = new Authpipe({ store: ':memory:', masterKey: newKey(), providers: { attio: box.providerConfig({ redirectUri }) } });
+    const instance = new Authpipe({ store: testStore(), masterKey: newKey(), providers: { attio: box.providerConfig({ redirectUri }) } });
     const self = (token: string) => fetch(box.identityUrl, { headers: { authorization: `Bearer ${token}` } });
     try {
       for (const userId of ['a', 'b']) {

@@ -4,7 +4,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Authpipe, type ConnectResultMessage } from '..';
-import { newKey, rejection } from './helpers';
+import { newKey, rejection, testStore } from './helpers';
 import { followUntil, startOidcProvider, type OidcProvider } from './support/oidc';
 
 let app: Server;
@@ -18,7 +18,7 @@ beforeAll(async () => {
   appOrigin = `http://127.0.0.1:${(app.address() as AddressInfo).port}`;
   oidc = await startOidcProvider({ redirectUris: [`${appOrigin}/authpipe/callback/oidc`] });
   authpipe = new Authpipe({
-    store: ':memory:',
+    store: testStore(),
     masterKey: newKey(),
     providers: {
       // Only an issuer: endpoints, PKCE, client authentication and iss support are discovered.
@@ -89,7 +89,7 @@ test('a callback whose iss is not the issuer is refused before the code is redee
 });
 
 test('an http issuer off loopback is refused', () => {
-  expect(() => new Authpipe({ store: ':memory:', masterKey: newKey(), providers: { x: { issuer: 'http://idp.example' } } })).toThrow(
+  expect(() => new Authpipe({ store: testStore(), masterKey: newKey(), providers: { x: { issuer: 'http://idp.example' } } })).toThrow(
     expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
   );
 });
@@ -101,7 +101,7 @@ test('discovery refuses metadata that names another issuer', async () => {
   });
   await new Promise<void>((resolve) => impostor.listen(0, '127.0.0.1', resolve));
   const issuer = `http://127.0.0.1:${(impostor.address() as AddressInfo).port}`;
-  const bad = new Authpipe({ store: ':memory:', masterKey: newKey(), providers: { x: { issuer } } });
+  const bad = new Authpipe({ store: testStore(), masterKey: newKey(), providers: { x: { issuer } } });
   const err = await rejection(bad.ready(), 'PROVIDER_ERROR');
   expect(err.message).toContain(`names issuer '${oidc.issuer}'`);
   await bad.close();
@@ -110,7 +110,7 @@ test('discovery refuses metadata that names another issuer', async () => {
 });
 
 test('discovery of an issuer that serves no metadata fails at ready()', async () => {
-  const bad = new Authpipe({ store: ':memory:', masterKey: newKey(), providers: { x: { issuer: `${appOrigin}/no-such-issuer` } } });
+  const bad = new Authpipe({ store: testStore(), masterKey: newKey(), providers: { x: { issuer: `${appOrigin}/no-such-issuer` } } });
   await rejection(bad.ready(), 'PROVIDER_ERROR');
   await bad.close();
 });

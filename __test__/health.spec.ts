@@ -2,7 +2,7 @@
 // are the only way to notice a revoked or uninstalled connection.
 import { Authpipe, type ConnectionEvent, type ConnectionEventName } from '..';
 import { createSandbox, type Sandbox } from '../dist/testing';
-import { newKey, rejection } from './helpers';
+import { newKey, rejection, testStore } from './helpers';
 
 const INTERVAL_MS = 400;
 const redirectUri = 'http://127.0.0.1:9/authpipe/callback/attio';
@@ -12,7 +12,7 @@ let authpipe: Authpipe;
 beforeEach(async () => {
   sandbox = await createSandbox({ provider: 'attio' });
   authpipe = new Authpipe({
-    store: ':memory:',
+    store: testStore(),
     masterKey: newKey(),
     healthCheckIntervalMs: INTERVAL_MS,
     providers: { attio: sandbox.providerConfig({ redirectUri, requiredScopes: ['record_permission:read-write'] }) },
@@ -87,7 +87,7 @@ test('uninstalling the app revokes every connection; health() counts by status a
 describe('a HubSpot-like provider: refresh and introspection', () => {
   test.each([false, true])('connect, refresh ahead of expiry, probe by introspection (rotating refresh tokens: %s)', async (rotate) => {
     const hub = await createSandbox({ provider: 'hubspot', accessTokenTtl: 2, rotateRefreshTokens: rotate });
-    const app = new Authpipe({ store: ':memory:', masterKey: newKey(), healthCheckIntervalMs: 0, providers: { hubspot: hub.providerConfig({ redirectUri }) } });
+    const app = new Authpipe({ store: testStore(), masterKey: newKey(), healthCheckIntervalMs: 0, providers: { hubspot: hub.providerConfig({ redirectUri }) } });
     try {
       const ref = { provider: 'hubspot', tenantId: 'org_acme', userId: 'u' };
       const { url } = await app.startConnect(ref);

@@ -1,8 +1,46 @@
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Authpipe, AuthpipeError, type AuthpipeOptions, type AuthpipeErrorCode } from '..';
+
+/** The PostgreSQL database tests use (trust auth on loopback; see the README, Quick start). */
+export const POSTGRES_URL = process.env.AUTHPIPE_TEST_POSTGRES ?? 'postgres://postgres@127.0.0.1:5432/test';
+
+/** Which store the suites run on: `AUTHPIPE_TEST_STORE=postgres` runs them all on PostgreSQL. */
+export const STORE_KIND: 'sqlite' | 'postgres' = process.env.AUTHPIPE_TEST_STORE === 'postgres' ? 'postgres' : 'sqlite';
+
+const schemas: string[] = [];
+afterAll(() => schemas.splice(0).forEach(dropSchema));
+
+/**
+ * A fresh, private store: in-memory SQLite, or a new PostgreSQL schema (dropped after the test
+ * file) when the suites run on PostgreSQL.
+ */
+export function testStore(): string {
+  if (STORE_KIND === 'sqlite') return ':memory:';
+  return postgresStore();
+}
+
+/** A store URL with a new PostgreSQL schema, dropped after the test file. */
+export function postgresStore(): string {
+  const schema = `authpipe_jest_${randomBytes(6).toString('hex')}`;
+  schemas.push(schema);
+  return `${POSTGRES_URL}?schema=${schema}`;
+}
+
+/** Runs SQL on the test database with psql. */
+export function psql(sql: string): string {
+  return execFileSync('psql', ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', POSTGRES_URL, '-c', sql], {
+    encoding: 'utf8',
+    env: { ...process.env, PGOPTIONS: '-c client_min_messages=warning' },
+  }).trim();
+}
+
+function dropSchema(schema: string): void {
+  psql(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+}
 
 /** A fresh base64 master key. */
 export function newKey(): string {

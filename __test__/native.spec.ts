@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { Authpipe, AuthpipeError, ERROR_CODES } from '..';
-import { newKey, open, rejection, tempDir } from './helpers';
+import { newKey, open, rejection, tempDir, testStore } from './helpers';
 
 // The generated loader, internal to the package.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -31,7 +31,7 @@ test('a Rust panic becomes an INTERNAL AuthpipeError, never a process abort', as
   expect(asyncErr.message).toMatch(/panic/i); // napi reports async panics without their payload
 
   // The process, and the addon, carry on.
-  const authpipe = new Authpipe({ store: ':memory:', masterKey: newKey() });
+  const authpipe = new Authpipe({ store: testStore(), masterKey: newKey() });
   await authpipe.importConnection({ ...ref, accessToken: 'still-alive' });
   expect((await authpipe.getCredential(ref)).credential).toBe('still-alive');
   await authpipe.close();
@@ -105,7 +105,7 @@ test('close() leaves nothing that keeps the process alive, event listeners inclu
   const { execFileSync } = await import('node:child_process');
   const script = `
     const { Authpipe } = require(${JSON.stringify(join(__dirname, '..'))});
-    const a = new Authpipe({ store: ':memory:', masterKey: ${JSON.stringify(newKey())} });
+    const a = new Authpipe({ store: ${JSON.stringify(testStore())}, masterKey: ${JSON.stringify(newKey())} });
     a.on('connection.created', () => {});
     a.on('connection.refreshed', () => {});
     a.importConnection({ provider: 'attio', tenantId: 't', userId: 'u', accessToken: 'x' })
@@ -118,7 +118,7 @@ test('close() leaves nothing that keeps the process alive, event listeners inclu
 });
 
 test('errors after close have the CLOSED code', async () => {
-  const authpipe = new Authpipe({ store: ':memory:', masterKey: newKey() });
+  const authpipe = new Authpipe({ store: testStore(), masterKey: newKey() });
   await authpipe.close();
   await rejection(authpipe.importConnection({ ...ref, accessToken: 'x' }), 'CLOSED');
 });

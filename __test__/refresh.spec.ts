@@ -1,23 +1,26 @@
 // Silent refresh against a strict authorization server: panva's oidc-provider with refresh-token
 // rotation and replay detection (reusing a rotated refresh token revokes the whole grant), and
-// 2-second access tokens.
+// 4-second access tokens: refreshed 2 s into their life, and served, while no refresh can
+// replace them, until their last second (expires_in is whole seconds).
 import { Authpipe, type ConnectionEvent, type ConnectionEventName, type RefreshFailedEvent } from '..';
-import { newKey, rejection } from './helpers';
+import { join } from 'node:path';
+import { newKey, postgresStore, rejection, STORE_KIND, tempDir, testStore } from './helpers';
 import { followUntil, startOidcProvider, type OidcProvider } from './support/oidc';
 
 const redirectUri = 'http://127.0.0.1:9/authpipe/callback/oidc'; // never contacted: we stop at it
 let oidc: OidcProvider;
 let authpipe: Authpipe;
 const events: ConnectionEvent[] = [];
+const dir = tempDir();
 
 beforeAll(async () => {
-  oidc = await startOidcProvider({ redirectUris: [redirectUri], accessTokenTtl: 2 });
+  oidc = await startOidcProvider({ redirectUris: [redirectUri], accessTokenTtl: 4 });
   authpipe = new Authpipe({
-    store: ':memory:',
+    store: testStore(),
     masterKey: newKey(),
     httpTimeoutMs: 500,
     healthCheckIntervalMs: 0,
-    providers: { oidc: { issuer: oidc.issuer, clientId: oidc.clientId, clientSecret: oidc.clientSecret, redirectUri, scopes: ['api:read', 'offline_access'] } },
+    providers: { oidc: oidc.providerConfig(redirectUri) },
   });
   for (const name of ['connection.refreshed', 'connection.refresh_failed', 'connection.degraded', 'connection.revoked', 'connection.recovered'] as const) {
     authpipe.on(name, (event: ConnectionEvent) => events.push(event));
@@ -61,7 +64,7 @@ const eventsOf = (userId: string, type: ConnectionEventName) => events.filter((e
 test('the scheduler refreshes before expiry; the new refresh token is stored and works', async () => {
   const ref = await connect('scheduled');
   const first = await authpipe.getCredential(ref);
-  const refreshed = await next('connection.refreshed', 'scheduled'); // about 1 s before expiry
+  const refreshed = await next('connection.refreshed', 'scheduled'); // about 2 s before expiry
   expect(refreshed.at.getTime()).toBeLessThan(first.expiresAt!.getTime());
   const second = await authpipe.getCredential(ref);
   expect(second.credential).not.toBe(first.credential);
@@ -147,6 +150,92 @@ describe('faults at the token endpoint: degraded, still serving, then recovered'
     expect(revoked.error?.code).toBe('invalid_grant');
     await rejection(authpipe.getCredential(ref), 'CONNECTION_REVOKED');
   });
+});
+
+test("a token's life counts from the request: a slow answer does not make it outlive the server's expiry", async () => {
+  // The server starts a token's life when it issues it; an answer that takes 1.5 s to arrive has
+  // 1.5 s less left than its expires_in says. 60-second tokens (30 s margin), so no refresh runs
+  // on its own while we look.
+  const server = await startOidcProvider({ redirectUris: [redirectUri], accessTokenTtl: 60 });
+  const patient = new Authpipe({
+    store: testStore(),
+    masterKey: newKey(),
+    httpTimeoutMs: 5_000,
+    healthCheckIntervalMs: 0,
+    providers: { oidc: server.providerConfig(redirectUri) },
+  });
+  /** How far past the server's expiry we believe the token lives: under 1 s (expires_in is whole seconds). */
+  const overshoot = async (credential: { credential: string; expiresAt: Date | null }) => {
+    const record = await server.tokenRecord(credential.credential);
+    return credential.expiresAt!.getTime() - record!.expiresAt;
+  };
+  try {
+    const ref = { provider: 'oidc', tenantId: 'org_acme', userId: 'slow' };
+    const { url } = await patient.startConnect(ref);
+    const callback = await followUntil(url, redirectUri);
+    await server.injectFaults([{ slowMs: 1_500 }]); // the code exchange
+    await patient.handleCallback({ url: callback });
+    expect(await overshoot(await patient.getCredential(ref))).toBeLessThan(1_000);
+    await server.injectFaults([{ slowMs: 1_500 }]); // a refresh
+    await patient.refreshConnection(ref);
+    expect(await overshoot(await patient.getCredential(ref))).toBeLessThan(1_000);
+  } finally {
+    await patient.close();
+    await server.close();
+  }
+});
+
+test('a new token that arrives already stale is refreshed again before a caller gets it', async () => {
+  // A 4 s token is stale 2 s into its life; its answer takes 2.5 s.
+  const patient = new Authpipe({
+    store: testStore(),
+    masterKey: newKey(),
+    httpTimeoutMs: 5_000,
+    healthCheckIntervalMs: 0,
+    providers: { oidc: oidc.providerConfig(redirectUri) },
+  });
+  try {
+    const tokens = await oidc.obtainTokens(redirectUri);
+    const ref = { provider: 'oidc', tenantId: 'org_acme', userId: 'late' };
+    const { refreshGrants: before } = await oidc.stats();
+    await oidc.injectFaults([{ slowMs: 2_500 }]); // the first refresh, which starts on import
+    await patient.importConnection({ ...ref, accessToken: tokens.access_token, refreshToken: tokens.refresh_token, expiresAt: Date.now() - 1000 });
+    const served = await patient.getCredential(ref);
+    expect((await oidc.stats()).refreshGrants - before).toBe(2);
+    expect(served.expiresAt!.getTime() - Date.now()).toBeGreaterThan(2_000); // not stale
+    expect((await oidc.introspect(served.credential)).active).toBe(true);
+  } finally {
+    await patient.close();
+  }
+});
+
+test('close() waits for a refresh already sent: its rotated refresh token is stored, and its event delivered', async () => {
+  // Exiting before the answer is stored would lose the grant: the provider has spent the old
+  // refresh token. The answer is held back 1 s, and close() is called while it is.
+  const store = STORE_KIND === 'sqlite' ? join(dir, 'closing.db') : postgresStore();
+  const masterKey = newKey();
+  const settings = { store, masterKey, httpTimeoutMs: 5_000, healthCheckIntervalMs: 0, providers: { oidc: oidc.providerConfig(redirectUri) } };
+  const closing = new Authpipe(settings);
+  const refreshed: ConnectionEvent[] = [];
+  closing.on('connection.refreshed', (event) => refreshed.push(event));
+  const tokens = await oidc.obtainTokens(redirectUri);
+  const ref = { provider: 'oidc', tenantId: 'org_acme', userId: 'closing' };
+  await closing.importConnection({ ...ref, accessToken: tokens.access_token, refreshToken: tokens.refresh_token, expiresAt: Date.now() + 3_600_000 });
+  const before = await oidc.stats();
+  await oidc.injectFaults([{ slowMs: 1_000 }]);
+  const forced = closing.refreshConnection(ref);
+  while ((await oidc.stats()).refreshGrants === before.refreshGrants) await new Promise((resolve) => setImmediate(resolve));
+  await closing.close();
+  expect(refreshed.map((e) => e.userId)).toEqual(['closing']);
+  expect((await forced).status).toBe('active');
+  // The next instance refreshes with the rotated token (the spent one would revoke the grant).
+  const next = new Authpipe(settings);
+  try {
+    expect((await next.refreshConnection(ref)).status).toBe('active');
+    expect((await oidc.stats()).invalidGrants).toBe(before.invalidGrants);
+  } finally {
+    await next.close();
+  }
 });
 
 test('events carry no secret', async () => {

@@ -2,7 +2,7 @@ import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { Authpipe } from '..';
-import { jwtLike, newKey, open, opaque, rejection, tempDir } from './helpers';
+import { jwtLike, newKey, open, opaque, rejection, tempDir, testStore } from './helpers';
 
 const ref = { provider: 'attio', tenantId: 'org_acme', userId: 'user_1' };
 
@@ -65,7 +65,7 @@ describe('master keys', () => {
     ] as const) {
       const err = (() => {
         try {
-          new Authpipe({ store: ':memory:', ...options });
+          new Authpipe({ store: testStore(), ...options });
         } catch (e) {
           return e as Error;
         }
@@ -183,7 +183,7 @@ describe('development master key', () => {
   test('AUTHPIPE_MASTER_KEY is used when no key is passed', async () => {
     process.env.NODE_ENV = 'production';
     process.env.AUTHPIPE_MASTER_KEY = newKey();
-    const authpipe = new Authpipe({ store: ':memory:' });
+    const authpipe = new Authpipe({ store: testStore() });
     await authpipe.ready();
     await authpipe.close();
     delete process.env.AUTHPIPE_MASTER_KEY;

@@ -12,7 +12,14 @@
 // { reset: true } destroys the connection before the provider sees the request;
 // { delayMs } waits, then answers 503 without reaching the provider (for client timeouts);
 // { lose: true } lets the provider rotate the token, then destroys the connection (a lost
-// response). GET /__stats returns { tokenRequests, refreshGrants }.
+// response); { slowMs } lets the provider answer, then holds the answer back that long (a slow
+// network: the token's life has begun before the client hears of it). GET /__stats returns { tokenRequests, refreshGrants, invalidGrants, probes }
+// (probes: introspection requests from Authpipe's health checks, told by their User-Agent), and
+// GET /__refusals each invalid_grant as evidence: when, why, and when a reused refresh token had
+// first been spent.
+// GET /__token?token=<access token> tells when a token issued here expires(d) and whether its
+// grant was revoked, also after it expired: whether it was valid at a given moment, which an
+// introspection that arrives later cannot say.
 // (oidc-provider is ESM-only, so CommonJS tests run it in this child process.)
 import http from 'node:http';
 import Provider from 'oidc-provider';
@@ -25,7 +32,64 @@ const server = http.createServer();
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
 const issuer = `http://127.0.0.1:${server.address().port}`;
 
+// oidc-provider's built-in adapter is an LRU of 1000 entries: with hundreds of connections and
+// 2-second tokens it evicts live refresh tokens ("refresh token not found"). This one keeps
+// every entry until it expires.
+const GRANTABLE = new Set(['AccessToken', 'AuthorizationCode', 'RefreshToken']);
+const entries = new Map(); // `${model}:${id}` -> { payload, expiresAt }
+const grants = new Map(); // grantId -> Set of keys
+const byUid = new Map(); // `${model}:${uid}` -> key in entries (sessions are found by uid)
+const accessTokens = new Map(); // id -> { exp (s), grantId }, kept after expiry for /__token
+const revokedGrants = new Set();
+setInterval(() => {
+  const now = Date.now();
+  for (const [key, entry] of entries) if (entry.expiresAt <= now) entries.delete(key);
+  for (const [uid, key] of byUid) if (!entries.has(key)) byUid.delete(uid);
+}, 5_000).unref();
+class UnboundedAdapter {
+  constructor(model) {
+    this.model = model;
+  }
+  key(id) {
+    return `${this.model}:${id}`;
+  }
+  async upsert(id, payload, expiresIn) {
+    entries.set(this.key(id), { payload, expiresAt: expiresIn ? Date.now() + expiresIn * 1000 : Infinity });
+    if (this.model === 'AccessToken') accessTokens.set(id, { exp: payload.exp, grantId: payload.grantId });
+    if (payload.uid) byUid.set(`${this.model}:${payload.uid}`, this.key(id));
+    if (GRANTABLE.has(this.model) && payload.grantId) {
+      if (!grants.has(payload.grantId)) grants.set(payload.grantId, new Set());
+      grants.get(payload.grantId).add(this.key(id));
+    }
+  }
+  async find(id) {
+    const entry = entries.get(this.key(id));
+    if (!entry || entry.expiresAt <= Date.now()) return undefined;
+    return entry.payload;
+  }
+  async findByUid(uid) {
+    const entry = entries.get(byUid.get(`${this.model}:${uid}`));
+    return entry && entry.expiresAt > Date.now() ? entry.payload : undefined;
+  }
+  async findByUserCode() {
+    return undefined;
+  }
+  async consume(id) {
+    const entry = entries.get(this.key(id));
+    if (entry) entry.payload.consumed = Math.floor(Date.now() / 1000);
+  }
+  async destroy(id) {
+    entries.delete(this.key(id));
+  }
+  async revokeByGrantId(grantId) {
+    revokedGrants.add(grantId);
+    for (const key of grants.get(grantId) ?? []) entries.delete(key);
+    grants.delete(grantId);
+  }
+}
+
 const provider = new Provider(issuer, {
+  adapter: UnboundedAdapter,
   clients: [
     {
       client_id: config.clientId,
@@ -65,9 +129,16 @@ const provider = new Provider(issuer, {
 });
 
 const faults = [];
-const stats = { tokenRequests: 0, refreshGrants: 0 };
+const stats = { tokenRequests: 0, refreshGrants: 0, invalidGrants: 0, probes: 0 };
 provider.on('grant.success', (ctx) => {
   if (ctx.oidc.params?.grant_type === 'refresh_token') stats.refreshGrants++;
+});
+const refusals = []; // { at, detail, spentAt? } per invalid_grant
+provider.on('grant.error', (ctx, error) => {
+  if (error.error !== 'invalid_grant') return;
+  stats.invalidGrants++;
+  const spent = ctx.oidc?.entities?.RefreshToken?.consumed;
+  refusals.push({ at: Date.now(), detail: error.error_detail ?? error.error_description, spentAt: spent ? spent * 1000 : undefined });
 });
 
 async function readBody(req) {
@@ -83,10 +154,21 @@ server.on('request', async (req, res) => {
     res.writeHead(204).end();
     return;
   }
+  if (req.url.startsWith('/__token?')) {
+    const token = accessTokens.get(new URL(req.url, issuer).searchParams.get('token'));
+    if (!token) return res.writeHead(404).end();
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ exp: token.exp, grantRevoked: revokedGrants.has(token.grantId) }));
+    return;
+  }
+  if (req.url === '/__refusals') {
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(refusals));
+    return;
+  }
   if (req.url === '/__stats') {
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(stats));
     return;
   }
+  if (req.url === '/token/introspection' && req.headers['user-agent']?.startsWith('authpipe-node/')) stats.probes++;
   if (req.url === '/token' && req.method === 'POST') {
     stats.tokenRequests++;
     const fault = faults.shift();
@@ -100,6 +182,13 @@ server.on('request', async (req, res) => {
       const headers = { 'content-type': 'application/json' };
       if (fault.retryAfter) headers['retry-after'] = fault.retryAfter;
       return res.writeHead(fault.status, headers).end(JSON.stringify(fault.body ?? { error: 'server_error' }));
+    }
+    if (fault?.slowMs) {
+      const end = res.end.bind(res);
+      res.end = (...args) => {
+        setTimeout(() => end(...args), fault.slowMs);
+        return res;
+      };
     }
     if (fault?.lose) {
       // The provider handles the request (and rotates); the client never hears the answer.

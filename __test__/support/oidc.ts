@@ -4,17 +4,39 @@ import { once } from 'node:events';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
+export interface OidcStats {
+  tokenRequests: number;
+  refreshGrants: number;
+  /** Token requests refused with invalid_grant (a reused or revoked refresh token). */
+  invalidGrants: number;
+  /** Introspection requests from Authpipe's health probes. */
+  probes: number;
+}
+
 export interface OidcProvider {
   issuer: string;
   clientId: string;
   clientSecret: string;
+  /** Settings for `new Authpipe({ providers: { oidc: ... } })` pointing at this server. */
+  providerConfig(redirectUri: string): { issuer: string; clientId: string; clientSecret: string; redirectUri: string; scopes: string[] };
   /** RFC 7662 introspection of a token, as the resource server would do it. */
   introspect(token: string): Promise<{ active: boolean; [claim: string]: unknown }>;
+  /**
+   * Whether an access token was valid at `returnedAt` (ms): the server's introspection says so
+   * ('active'), or, when the token expired between `returnedAt` and the introspection (its expiry
+   * is whole seconds, so one returned near its end can die a moment later), the server's own
+   * record of it does ('expired-since'). Otherwise 'invalid'.
+   */
+  validAt(token: string, returnedAt: number): Promise<'active' | 'expired-since' | 'invalid'>;
+  /** The server's own record of an access token it issued: when it expires (ms) and whether its grant was revoked. */
+  tokenRecord(token: string): Promise<{ expiresAt: number; grantRevoked: boolean } | undefined>;
   /** RFC 7009 revocation of a token (the user revoking the app). */
   revoke(token: string): Promise<void>;
   /** Shapes the next POST /token answers (see oidc-server.mjs). */
   injectFaults(faults: ReadonlyArray<Record<string, unknown>>): Promise<void>;
-  stats(): Promise<{ tokenRequests: number; refreshGrants: number }>;
+  stats(): Promise<OidcStats>;
+  /** Every invalid_grant so far, as evidence: when (ms), why, and when a reused refresh token was first spent (ms, to the second). */
+  refusals(): Promise<Array<{ at: number; detail?: string; spentAt?: number }>>;
   /** A whole code + PKCE flow done directly (not through Authpipe): the token response. */
   obtainTokens(redirectUri: string): Promise<{ access_token: string; refresh_token: string; expires_in: number }>;
   close(): Promise<void>;
@@ -30,18 +52,32 @@ export async function startOidcProvider(options: { redirectUris: string[]; acces
   const [line] = (await once(createInterface({ input: child.stdout! }), 'line')) as [string];
   const { issuer } = JSON.parse(line) as { issuer: string };
   const basic = `Basic ${Buffer.from(`${encodeURIComponent(clientId)}:${encodeURIComponent(clientSecret)}`).toString('base64')}`;
+  const introspect = async (token: string) => {
+    const res = await fetch(`${issuer}/token/introspection`, {
+      method: 'POST',
+      headers: { authorization: basic, 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ token }),
+    });
+    return (await res.json()) as { active: boolean };
+  };
+  const tokenRecord = async (token: string) => {
+    const res = await fetch(`${issuer}/__token?${new URLSearchParams({ token })}`);
+    if (!res.ok) return undefined;
+    const { exp, grantRevoked } = (await res.json()) as { exp: number; grantRevoked: boolean };
+    return { expiresAt: exp * 1000, grantRevoked };
+  };
   return {
     issuer,
     clientId,
     clientSecret,
-    async introspect(token) {
-      const res = await fetch(`${issuer}/token/introspection`, {
-        method: 'POST',
-        headers: { authorization: basic, 'content-type': 'application/x-www-form-urlencoded' },
-        body: new URLSearchParams({ token }),
-      });
-      return (await res.json()) as { active: boolean };
+    providerConfig: (redirectUri) => ({ issuer, clientId, clientSecret, redirectUri, scopes: ['api:read', 'offline_access'] }),
+    introspect,
+    async validAt(token, returnedAt) {
+      if ((await introspect(token)).active) return 'active';
+      const record = await tokenRecord(token);
+      return record && !record.grantRevoked && record.expiresAt > returnedAt ? 'expired-since' : 'invalid';
     },
+    tokenRecord,
     async revoke(token) {
       await fetch(`${issuer}/token/revocation`, {
         method: 'POST',
@@ -53,7 +89,10 @@ export async function startOidcProvider(options: { redirectUris: string[]; acces
       await fetch(`${issuer}/__faults`, { method: 'POST', body: JSON.stringify(faults) });
     },
     async stats() {
-      return (await (await fetch(`${issuer}/__stats`)).json()) as { tokenRequests: number; refreshGrants: number };
+      return (await (await fetch(`${issuer}/__stats`)).json()) as OidcStats;
+    },
+    async refusals() {
+      return (await (await fetch(`${issuer}/__refusals`)).json()) as Array<{ at: number; detail?: string; spentAt?: number }>;
     },
     async obtainTokens(redirectUri) {
       const verifier = randomBytes(32).toString('base64url');
