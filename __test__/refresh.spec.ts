@@ -90,6 +90,26 @@ test('concurrent callers on a stale token wait for one shared refresh', async ()
   expect((await oidc.stats()).refreshGrants).toBe(before + 1);
 });
 
+test('callers queued behind a refresh that fails share its outcome: no second request before the backoff', async () => {
+  const tokens = await oidc.obtainTokens(redirectUri);
+  const ref = { provider: 'oidc', tenantId: 'org_acme', userId: 'queued' };
+  const { tokenRequests: before } = await oidc.stats();
+  // The first refresh (the scheduler's, at import) is answered 503 after 300 ms: the callers
+  // below queue behind it while it is under way.
+  await oidc.injectFaults([{ delayMs: 300 }]);
+  const recovered = next('connection.recovered', 'queued');
+  await authpipe.importConnection({ ...ref, accessToken: tokens.access_token, refreshToken: tokens.refresh_token, expiresAt: Date.now() - 1000 });
+  const outcomes = await Promise.allSettled(Array.from({ length: 20 }, () => authpipe.getCredential(ref)));
+  // One request, and it failed; the token it was to replace is dead, so every caller hears that.
+  expect(outcomes.map((o) => (o.status === 'rejected' ? (o.reason as { code?: string }).code : 'served'))).toEqual(Array(20).fill('CONNECTION_EXPIRED'));
+  expect((await oidc.stats()).tokenRequests).toBe(before + 1);
+  // The retry comes after the backoff, with the refresh token still unspent.
+  await recovered;
+  expect((await oidc.stats()).tokenRequests).toBe(before + 2);
+  const { credential } = await authpipe.getCredential(ref);
+  expect((await oidc.introspect(credential)).active).toBe(true);
+});
+
 test('invalid_grant marks the connection revoked, with an event, and getCredential says so', async () => {
   const ref = await connect('revoked');
   const { credential } = await authpipe.getCredential(ref);

@@ -272,7 +272,14 @@ impl Engine {
         // What the cache holds may settle it (a refresh by this process just now, or by another
         // one, which the change feed brought): no store round trip, no lease.
         if let Some(entry) = self.cache.get_key(key) {
-            if !refresh_needed(&entry.record, reason, self.now_ms()) {
+            let now = self.now_ms();
+            if !refresh_needed(&entry.record, reason, now) {
+                return Ok(entry.record.clone());
+            }
+            // The refresh this caller queued behind may just have failed: its backoff (and any
+            // Retry-After) holds for the callers that waited on it too, or each would send the
+            // request again at once, and a refresh token that may have been spent with it.
+            if reason != RefreshReason::Forced && self.backing_off(&key.cache_key(), now) {
                 return Ok(entry.record.clone());
             }
         }
@@ -604,15 +611,21 @@ impl Engine {
     ) -> Result<ConnectionRecord> {
         let key = record.key.clone();
         let now = self.now_ms();
-        // Whatever went wrong: if another writer rotated the token meanwhile, theirs stands.
+        let mut record = record;
+        // Whatever went wrong: if another writer rotated the token meanwhile, theirs stands. A
+        // write that kept the tokens (a probe's time, say) does not settle our failure: it is
+        // recorded on that newer row.
         if matches!(
             failure,
             RefreshFailure::Terminal { .. } | RefreshFailure::Ambiguous { .. }
         ) {
             if let Some(current) = self.stored_connection(&key).await? {
-                if current.version != record.version {
+                if current.credential != record.credential
+                    || current.refresh_token != record.refresh_token
+                {
                     return Ok(self.cache_put(current).record.clone());
                 }
+                record = current;
             }
         }
         let error = LastError {
