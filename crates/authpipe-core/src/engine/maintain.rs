@@ -271,15 +271,15 @@ impl Engine {
         let _flight = lock.lock().await;
         // What the cache holds may settle it (a refresh by this process just now, or by another
         // one, which the change feed brought): no store round trip, no lease.
-        if let Some(entry) = self.cache.get_key(key) {
-            let now = self.now_ms();
-            if !refresh_needed(&entry.record, reason, now) {
-                return Ok(entry.record.clone());
-            }
-            // The refresh this caller queued behind may just have failed: its backoff (and any
-            // Retry-After) holds for the callers that waited on it too, or each would send the
-            // request again at once, and a refresh token that may have been spent with it.
-            if reason != RefreshReason::Forced && self.backing_off(&key.cache_key(), now) {
+        let now = self.now_ms();
+        if let Some(settled) = self.cached_settled(key, reason, now) {
+            return Ok(settled);
+        }
+        // The refresh this caller queued behind may just have failed: its backoff (and any
+        // Retry-After) holds for the callers that waited on it too, or each would send the
+        // request again at once, and a refresh token that may have been spent with it.
+        if reason != RefreshReason::Forced && self.backing_off(&key.cache_key(), now) {
+            if let Some(entry) = self.cache.get_key(key) {
                 return Ok(entry.record.clone());
             }
         }
@@ -316,6 +316,20 @@ impl Engine {
         refreshed
     }
 
+    /// The cached record of `key`, if it needs no refresh for `reason` at `now` (a refresh by
+    /// this process just now, or by another one that the change feed brought).
+    fn cached_settled(
+        &self,
+        key: &ConnectionKey,
+        reason: RefreshReason,
+        now: i64,
+    ) -> Option<ConnectionRecord> {
+        self.cache
+            .get_key(key)
+            .filter(|entry| !refresh_needed(&entry.record, reason, now))
+            .map(|entry| entry.record.clone())
+    }
+
     /// Gets the refresh lease of `key` (and a request slot for its provider), or finds that no
     /// refresh of ours is needed because another process holds it or has just refreshed.
     async fn lease_refresh(
@@ -325,8 +339,8 @@ impl Engine {
         connector: &Connector,
     ) -> Result<Leased> {
         // A read first: another process's refresh may be stored and not yet brought here by the
-        // change feed. A read costs far less than taking a lease and giving it back (two
-        // durable writes, each waiting on the database's disk).
+        // change feed. A read costs far less than taking a lease (a write that waits on the
+        // database's disk) and giving it back.
         if reason != RefreshReason::Forced {
             let stored = self.load(key).await?;
             if !refresh_needed(&stored, reason, self.now_ms()) {
@@ -340,10 +354,8 @@ impl Engine {
             // The wait for a slot can be long: the refresh we waited for may have come through
             // the change feed meanwhile.
             if reason != RefreshReason::Forced {
-                if let Some(entry) = self.cache.get_key(key) {
-                    if !refresh_needed(&entry.record, reason, now) {
-                        return Ok(Leased::Settled(entry.record.clone()));
-                    }
+                if let Some(settled) = self.cached_settled(key, reason, now) {
+                    return Ok(Leased::Settled(settled));
                 }
             }
             let lease = Lease {

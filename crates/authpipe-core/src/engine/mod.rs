@@ -297,8 +297,9 @@ impl Engine {
     }
 
     /// Caches a record and, if that changed the cache, schedules what its timing asks for: memos
-    /// lapse at the stale point (just before expiry for tokens that cannot be refreshed), a
-    /// refresh comes before it, and the next health probe.
+    /// lapse at the stale point, or [`MEMO_LEAD_MS`] before the last usable moment if sooner; a
+    /// refresh comes before the stale point (after it, on standby, for a token another process
+    /// refreshes); and the next health probe.
     fn cache_put(&self, record: ConnectionRecord) -> Arc<CachedConnection> {
         self.cache_put_from(record, Refresher::Us)
     }
