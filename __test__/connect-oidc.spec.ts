@@ -114,3 +114,35 @@ test('discovery of an issuer that serves no metadata fails at ready()', async ()
   await rejection(bad.ready(), 'PROVIDER_ERROR');
   await bad.close();
 });
+
+test('discovery stops reading a metadata document past 1 MiB', async () => {
+  // A document that never ends (64 MiB of whitespace before anything), chunked: no
+  // Content-Length to refuse it by. Counts what it managed to write before we hung up.
+  let written = 0;
+  let finished = false;
+  const endless = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    const chunk = Buffer.alloc(64 * 1024, 0x20);
+    const pump = () => {
+      while (written < 64 * 1024 * 1024) {
+        written += chunk.length;
+        if (!res.write(chunk)) return void res.once('drain', pump);
+      }
+      finished = true;
+      res.end('{}');
+    };
+    res.on('close', () => res.removeAllListeners('drain'));
+    pump();
+  });
+  await new Promise<void>((resolve) => endless.listen(0, '127.0.0.1', resolve));
+  const issuer = `http://127.0.0.1:${(endless.address() as AddressInfo).port}`;
+  const bad = new Authpipe({ store: testStore(), masterKey: newKey(), providers: { x: { issuer } } });
+  const err = await rejection(bad.ready(), 'PROVIDER_ERROR');
+  expect(err.message).toContain('is not authorization server metadata');
+  expect(finished).toBe(false);
+  // 1 MiB read, plus what the sockets' buffers took on both sides.
+  expect(written).toBeLessThan(16 * 1024 * 1024);
+  await bad.close();
+  endless.closeAllConnections();
+  await new Promise((resolve) => endless.close(resolve));
+});

@@ -1,15 +1,21 @@
 //! Calls to providers: form POSTs with the provider's client authentication, bounded reads,
 //! and one classification of what can go wrong. Nothing here logs or echoes a secret: error
-//! messages carry the endpoint's purpose, the HTTP status and the OAuth `error` code only.
+//! messages carry the endpoint's purpose, the HTTP status, the OAuth `error` code and a
+//! description only once everything the request sent is cut out of it ([`scrub`](super::scrub)).
+//! Request bodies and authorization headers that carry secrets live in buffers that are
+//! zeroized when the HTTP client lets go of them.
 
+use super::scrub::Sent;
 use crate::error::{Error, ErrorCode, Result};
 use crate::providers::ClientAuth;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 use url::form_urlencoded::byte_serialize;
 use url::Url;
+use zeroize::Zeroizing;
 
 /// Largest provider response we read: token responses and identity documents are small.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -45,11 +51,13 @@ pub struct ClientCredentials<'a> {
     pub secret: &'a SecretString,
 }
 
-/// A provider's answer: status, (bounded) body, and `Retry-After` if it sent one.
+/// A provider's answer: status, (bounded) body, `Retry-After` if it sent one, and what the
+/// request sent, so that no text of the answer is kept with any of it.
 pub struct Answer {
     pub status: u16,
     pub body: Vec<u8>,
     pub retry_after: Option<String>,
+    pub sent: Sent,
 }
 
 /// A request that got no answer, and whether it may have reached the provider.
@@ -99,42 +107,83 @@ pub async fn try_post_form(
     http: &reqwest::Client,
     purpose: &str,
     url: Url,
-    mut form: Vec<(&str, &str)>,
+    form: Vec<(&str, &str)>,
     credentials: &ClientCredentials<'_>,
 ) -> std::result::Result<Answer, Transport> {
+    let (request, sent) = form_request(http, url, form, credentials);
+    try_send(request, purpose, sent).await
+}
+
+/// The form POST with client authentication, and every value it carries.
+fn form_request<'a>(
+    http: &reqwest::Client,
+    url: Url,
+    mut form: Vec<(&'a str, &'a str)>,
+    credentials: &ClientCredentials<'a>,
+) -> (reqwest::RequestBuilder, Sent) {
+    let mut sent = Sent::default();
+    // A token in the query (Zoho's revocation) is sent as much as one in the body.
+    for (_, value) in url.query_pairs() {
+        sent.add(&value);
+    }
+    sent.add(credentials.id);
+    sent.add(credentials.secret.expose_secret());
     let mut request = http.post(url).header("accept", "application/json");
     match credentials.auth {
         ClientAuth::Basic => {
             // RFC 6749 §2.3.1: form-urlencode id and secret before base64.
-            let id: String = byte_serialize(credentials.id.as_bytes()).collect();
-            let secret: String =
-                byte_serialize(credentials.secret.expose_secret().as_bytes()).collect();
-            let basic = SecretString::from(format!(
-                "Basic {}",
-                STANDARD.encode(format!("{id}:{secret}"))
-            ));
-            request = request.header("authorization", basic.expose_secret());
+            let id = Zeroizing::new(byte_serialize(credentials.id.as_bytes()).collect::<String>());
+            let secret = Zeroizing::new(
+                byte_serialize(credentials.secret.expose_secret().as_bytes()).collect::<String>(),
+            );
+            sent.add_basic(&id, &secret);
+            let pair = Zeroizing::new(format!("{}:{}", *id, *secret));
+            let basic = Zeroizing::new(format!("Basic {}", STANDARD.encode(pair.as_bytes())));
+            request = request.header(AUTHORIZATION, secret_header(basic));
         }
         ClientAuth::Body => {
             form.push(("client_id", credentials.id));
             form.push(("client_secret", credentials.secret.expose_secret()));
         }
     }
-    let body: String = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(form)
-        .finish();
-    try_send(
-        request
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body),
-        purpose,
-    )
-    .await
+    for (_, value) in &form {
+        sent.add(value);
+    }
+    let body = Zeroizing::new(
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish(),
+    );
+    let request = request
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(wiped_bytes(body));
+    (request, sent)
 }
 
-/// Sends a prepared request and reads at most [`MAX_RESPONSE_BYTES`].
-pub async fn send(request: reqwest::RequestBuilder, purpose: &str) -> Result<Answer> {
-    try_send(request, purpose)
+/// Bytes for the HTTP client that are zeroized when its last reference is dropped.
+fn wiped_bytes(value: Zeroizing<String>) -> bytes::Bytes {
+    struct Wiped(Zeroizing<String>);
+    impl AsRef<[u8]> for Wiped {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_bytes()
+        }
+    }
+    bytes::Bytes::from_owner(Wiped(value))
+}
+
+/// A header value that carries a secret: zeroized when dropped, and marked sensitive (left out
+/// of `Debug` and of HTTP/2 header compression tables).
+pub fn secret_header(value: Zeroizing<String>) -> HeaderValue {
+    let mut header = HeaderValue::from_maybe_shared(wiped_bytes(value))
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    header.set_sensitive(true);
+    header
+}
+
+/// Sends a prepared request that carried the values in `sent`, and reads at most
+/// [`MAX_RESPONSE_BYTES`].
+pub async fn send(request: reqwest::RequestBuilder, purpose: &str, sent: Sent) -> Result<Answer> {
+    try_send(request, purpose, sent)
         .await
         .map_err(Transport::into_error)
 }
@@ -142,6 +191,7 @@ pub async fn send(request: reqwest::RequestBuilder, purpose: &str) -> Result<Ans
 async fn try_send(
     request: reqwest::RequestBuilder,
     purpose: &str,
+    sent: Sent,
 ) -> std::result::Result<Answer, Transport> {
     let mut response = request.send().await.map_err(|e| transport(purpose, &e))?;
     let status = response.status().as_u16();
@@ -163,6 +213,7 @@ async fn try_send(
         status,
         body,
         retry_after,
+        sent,
     })
 }
 
@@ -177,30 +228,70 @@ fn transport(purpose: &str, err: &reqwest::Error) -> Transport {
     }
 }
 
-/// An OAuth error response (`{"error": "...", "error_description": "..."}`) as a message part,
-/// with the description cut short and stripped of control characters.
+/// Longest provider description kept, after scrubbing.
+const DESCRIPTION_CHARS: usize = 200;
+
+/// An OAuth error response (`{"error": "...", "error_description": "..."}`) as a message part:
+/// the code, and the description with everything the request sent cut out, control characters
+/// removed and cut short. Provider text never reaches a browser page (the handler shows codes).
 pub fn oauth_error(answer: &Answer) -> Option<String> {
     let object = answer.json_object()?;
     let code = object.get("error")?.as_str()?;
+    let code = oauth_error_code(answer, code);
+    let description = object
+        .get("error_description")
+        .and_then(|d| d.as_str())
+        // Bounded before scrubbing (whose cost grows with the text), cut short after it.
+        .map(|d| d.chars().take(4 * DESCRIPTION_CHARS).collect::<String>())
+        .and_then(|d| answer.sent.scrub(&d))
+        .map(|d| {
+            d.chars()
+                .filter(|c| !c.is_control())
+                .take(DESCRIPTION_CHARS)
+                .collect::<String>()
+        })
+        .filter(|d| !d.trim().is_empty());
+    Some(match description {
+        Some(d) => format!("{code} ({d})"),
+        None => code,
+    })
+}
+
+/// Error codes of RFC 6749, 6750, 7009 and 8628: kept as they are.
+const STANDARD_ERROR_CODES: &[&str] = &[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "access_denied",
+    "unsupported_response_type",
+    "server_error",
+    "temporarily_unavailable",
+    "invalid_token",
+    "insufficient_scope",
+    "unsupported_token_type",
+    "authorization_pending",
+    "slow_down",
+    "expired_token",
+];
+
+/// The `error` code as kept: RFC 6749's printable ASCII, at most 64 characters, and never a
+/// value the request sent (an endpoint that echoes into `error` gets "redacted").
+pub fn oauth_error_code(answer: &Answer, code: &str) -> String {
+    if STANDARD_ERROR_CODES.contains(&code) {
+        return code.to_owned();
+    }
     let code: String = code
         .chars()
         .filter(|c| c.is_ascii_graphic())
         .take(64)
         .collect();
-    let description = object
-        .get("error_description")
-        .and_then(|d| d.as_str())
-        .map(|d| {
-            d.chars()
-                .filter(|c| !c.is_control())
-                .take(200)
-                .collect::<String>()
-        })
-        .filter(|d| !d.is_empty());
-    Some(match description {
-        Some(d) => format!("{code} ({d})"),
-        None => code,
-    })
+    match answer.sent.scrub(&code) {
+        Some(scrubbed) if scrubbed == code => code,
+        _ => "redacted".to_owned(),
+    }
 }
 
 /// An unexpected answer: the status and, if it is an OAuth error, its code.

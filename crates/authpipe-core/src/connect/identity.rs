@@ -3,12 +3,15 @@
 //! so the body decides, not only the status.
 
 use super::http::{self, Answer, ClientCredentials};
+use super::scrub::Sent;
 use crate::error::{Error, ErrorCode, Result};
 use crate::providers::{ProbeStyle, Provider};
 use crate::records::ProviderAccount;
+use reqwest::header::AUTHORIZATION;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use url::Url;
+use zeroize::Zeroizing;
 
 /// What the probe found.
 #[derive(Debug, Default)]
@@ -49,7 +52,9 @@ pub async fn probe(
             } else {
                 reqwest::Method::GET
             };
-            let authorization = SecretString::from(format!(
+            let mut sent = Sent::default();
+            sent.add(access_token.expose_secret());
+            let authorization = Zeroizing::new(format!(
                 "{} {}",
                 probe.auth_scheme,
                 access_token.expose_secret()
@@ -57,8 +62,8 @@ pub async fn probe(
             let request = http_client
                 .request(method, url)
                 .header("accept", "application/json")
-                .header("authorization", authorization.expose_secret());
-            http::send(request, &purpose).await?
+                .header(AUTHORIZATION, http::secret_header(authorization));
+            http::send(request, &purpose, sent).await?
         }
         ProbeStyle::Introspection => {
             let (id, secret) = provider.require_client()?;

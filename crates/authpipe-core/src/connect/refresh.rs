@@ -125,8 +125,8 @@ fn classify(
         .as_ref()
         .and_then(|b| b.get("error"))
         .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+        .map(|code| http::oauth_error_code(answer, code))
+        .unwrap_or_default();
     let detail = http::oauth_error(answer).unwrap_or_else(|| format!("HTTP {}", answer.status));
     let message = format!("the {purpose} refused the refresh: {detail}");
     let retry_after_ms = answer
@@ -196,6 +196,7 @@ mod tests {
             status,
             body: body.as_bytes().to_vec(),
             retry_after: retry_after.map(str::to_owned),
+            sent: Default::default(),
         }
     }
 

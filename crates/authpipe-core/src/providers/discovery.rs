@@ -62,6 +62,22 @@ impl Metadata {
     }
 }
 
+/// Largest metadata document read: real ones are a few KiB, and an issuer is outside input.
+const MAX_METADATA_BYTES: usize = 1024 * 1024;
+
+/// The body, unless it breaks off or grows past [`MAX_METADATA_BYTES`] (whatever
+/// `Content-Length` claims: chunked bodies have none).
+async fn read_capped(mut response: reqwest::Response) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.ok()? {
+        if body.len() + chunk.len() > MAX_METADATA_BYTES {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
+}
+
 /// Fetches and checks the metadata of `issuer`.
 pub async fn discover(http: &reqwest::Client, field: &str, issuer: &str) -> Result<Metadata> {
     check_endpoint(field, issuer)?;
@@ -80,7 +96,7 @@ pub async fn discover(http: &reqwest::Client, field: &str, issuer: &str) -> Resu
                         format!("{field}: {url} is not authorization server metadata"),
                     )
                 };
-                let body = response.bytes().await.map_err(|_| not_metadata())?;
+                let body = read_capped(response).await.ok_or_else(not_metadata)?;
                 let metadata: Metadata =
                     serde_json::from_slice(&body).map_err(|_| not_metadata())?;
                 if metadata.issuer != issuer {

@@ -50,7 +50,8 @@ fn needs_discovery(id: &str, settings: &serde_json::Value) -> bool {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProviderSettings {
     pub client_id: Option<String>,
-    pub client_secret: Option<String>,
+    /// A `SecretString` from the moment it is parsed, so `Debug` (derived) prints no secret.
+    pub client_secret: Option<SecretString>,
     /// The redirect URI(s) registered with the provider; the first is the default.
     pub redirect_uri: Option<String>,
     #[serde(default)]
@@ -229,7 +230,7 @@ impl Provider {
             id,
             definition,
             client_id: settings.client_id,
-            client_secret: settings.client_secret.map(SecretString::from),
+            client_secret: settings.client_secret,
             redirect_uris,
             scopes,
             required_scopes: settings.required_scopes,
@@ -397,6 +398,19 @@ mod tests {
 
     fn catalog(settings: serde_json::Value) -> Result<Catalog> {
         Catalog::from_settings(settings.as_object().unwrap())
+    }
+
+    #[test]
+    fn settings_and_providers_debug_without_the_client_secret() {
+        let secret = "cs-planted-0123456789";
+        let settings: ProviderSettings =
+            serde_json::from_value(json!({ "clientId": "id-1", "clientSecret": secret })).unwrap();
+        let shown = format!("{settings:?} {settings:#?}");
+        assert!(shown.contains("id-1"), "{shown}");
+        assert!(!shown.contains(secret), "{shown}");
+        let c =
+            catalog(json!({ "attio": { "clientId": "id-1", "clientSecret": secret } })).unwrap();
+        assert!(!format!("{c:?}").contains(secret));
     }
 
     #[test]

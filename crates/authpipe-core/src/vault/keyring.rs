@@ -224,6 +224,14 @@ mod tests {
 
     const B64: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // "0123456789abcdef" x2
 
+    /// Compiles only while the AES key schedule behind every master and tenant key is wiped on
+    /// drop (`aes`'s `zeroize` feature; `aes-gcm`'s own feature covers only its GHASH state).
+    #[test]
+    fn aes_key_schedules_are_zeroized_on_drop() {
+        fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        zeroized_on_drop::<aes::Aes256>();
+    }
+
     #[test]
     fn parses_every_encoding_of_the_same_key_to_the_same_id() {
         let hex = "3031323334353637383961626364656630313233343536373839616263646566";
