@@ -285,6 +285,91 @@ describe('the HTTP handler', () => {
     expect(posted(await res.text())).toMatchObject({ ok: true, connection: { userId: 'user_post' } });
   });
 
+  test('a connect session starts one flow, from the query, a POST form or a header', async () => {
+    const session = () => authpipe.createConnectSession({ tenantId: 'org_acme', userId: 'user_once' }).then((s) => s.token);
+    const token = await session();
+    expect((await browse(`${appOrigin}/authpipe/connect/attio?session=${token}`)).status).toBe(302);
+    const replay = await browse(`${appOrigin}/authpipe/connect/attio?session=${token}`);
+    expect(replay.status).toBe(400);
+    expect(posted(replay.text)).toMatchObject({ ok: false, error: { code: 'SESSION_INVALID' } });
+
+    const form = await fetch(`${appOrigin}/authpipe/connect/attio`, {
+      method: 'POST',
+      redirect: 'manual',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ session: await session() }).toString(),
+    });
+    expect(form.status).toBe(302);
+    expect(form.headers.get('location')!.startsWith(sandbox.authorizeUrl)).toBe(true);
+    const header = await fetch(`${appOrigin}/authpipe/connect/attio`, { redirect: 'manual', headers: { 'authpipe-session': await session() } });
+    expect(header.status).toBe(302);
+    const twice = await fetch(`${appOrigin}/authpipe/connect/attio?session=${await session()}`, { redirect: 'manual', headers: { 'authpipe-session': await session() } });
+    expect(twice.status).toBe(400);
+    expect(posted(await twice.text())).toMatchObject({ ok: false, error: { code: 'INVALID_ARGUMENT' } });
+    await rejection(authpipe.createConnectSession({ tenantId: 't', userId: 'u', ttlSeconds: 2 * 3600 }), 'INVALID_ARGUMENT');
+  });
+
+  test('over https the flow cookie is __Host- prefixed and Secure, and it is what the callback reads', async () => {
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const instance = new Authpipe({ store: testStore(), masterKey: newKey(), providers: { attio: sandbox.providerConfig({ redirectUri: `${origin}/authpipe/callback/attio` }) } });
+    // The app is https; TLS ends in front of it (and X-Forwarded-Proto is not passed on).
+    server.on('request', instance.handler({ appOrigin: 'https://app.example.com' }));
+    try {
+      const { token } = await instance.createConnectSession({ tenantId: 'org_tls', userId: 'u' });
+      const start = await browse(`${origin}/authpipe/connect/attio?session=${token}`);
+      expect(start.setCookie[0]).toMatch(/^__Host-authpipe_flow=[A-Za-z0-9_-]{43}; Path=\/; Max-Age=600; HttpOnly; Secure; SameSite=Lax$/);
+      const cookie = start.setCookie[0]!.split(';')[0]!;
+      const callback = await sandbox.consent(start.location!);
+      const unprefixed = cookie.replace('__Host-', '');
+      expect(posted((await browse(callback, unprefixed)).text)).toMatchObject({ ok: false, error: { code: 'BROWSER_MISMATCH' } });
+      const done = await browse(callback, cookie);
+      expect(posted(done.text)).toMatchObject({ ok: true, connection: { tenantId: 'org_tls' } });
+      expect(done.setCookie[0]).toMatch(/^__Host-authpipe_flow=; Path=\/; Max-Age=0; HttpOnly; Secure/);
+    } finally {
+      await instance.close();
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  test('only the browser that started a flow can cancel it with error=', async () => {
+    const { cookie, callback } = await startInBrowser('org_acme', 'user_cancel');
+    const state = new URL(callback).searchParams.get('state')!;
+    const forged = await browse(`${appOrigin}/authpipe/callback/attio?error=access_denied&state=${state}`);
+    expect(posted(forged.text)).toMatchObject({ ok: false, error: { code: 'BROWSER_MISMATCH' } });
+    expect(posted((await browse(callback, cookie)).text)).toMatchObject({ ok: true, connection: { userId: 'user_cancel' } });
+  });
+
+  test('a parameter given twice is refused, and a body over 64 KiB is a 400', async () => {
+    const { cookie, callback } = await startInBrowser('org_acme', 'user_dup');
+    const doubled = new URL(callback);
+    doubled.searchParams.append('state', 'another-state');
+    const res = await browse(doubled.href, cookie);
+    expect(res.status).toBe(400);
+    expect(posted(res.text)).toMatchObject({ ok: false, error: { code: 'INVALID_ARGUMENT' } });
+    await rejection(authpipe.handleCallback({ url: doubled.href }), 'INVALID_ARGUMENT');
+    await rejection(authpipe.handleCallback({ query: `${doubled.search}&code=x` }), 'INVALID_ARGUMENT');
+    // The flow was not spent by any of that.
+    expect(posted((await browse(callback, cookie)).text)).toMatchObject({ ok: true });
+
+    const big = await fetch(`${appOrigin}/authpipe/callback/attio`, {
+      method: 'POST',
+      headers: { cookie, 'content-type': 'application/x-www-form-urlencoded' },
+      body: `state=x&pad=${'a'.repeat(100 * 1024)}`,
+    });
+    expect(big.status).toBe(400);
+    expect(posted(await big.text())).toMatchObject({ ok: false, error: { code: 'INVALID_ARGUMENT' } });
+  });
+
+  test('the page shows our words for a code, never the provider\'s text', async () => {
+    const said = 'Your admin disabled this app <b>call 555</b>';
+    const res = await browse(`${appOrigin}/authpipe/callback?error=server_error&error_description=${encodeURIComponent(said)}&state=x`);
+    expect(posted(res.text)).toEqual({ type: 'authpipe:connect', ok: false, error: { code: 'AUTHORIZATION_FAILED', message: 'The provider could not authorize the connection.' } });
+    expect(res.text).not.toContain('admin disabled');
+  });
+
   test('unknown routes are 404, malformed paths 400, and the page script cannot be broken out of', async () => {
     expect((await browse(`${appOrigin}/authpipe/nope`)).status).toBe(404);
     const malformed = await browse(`${appOrigin}/authpipe/connect/%E0%A4%A`);

@@ -64,3 +64,16 @@ export function keyMaterial(value: unknown, field: string): string {
   if (typeof value === 'string') return value;
   throw invalidArgument(`${field} must be a base64 or hex string, or a Uint8Array of 32 bytes`);
 }
+
+/**
+ * URL or form parameters as a record, refusing a name given twice: which copy counts would
+ * otherwise depend on the parser (one reads the first `state`, another the last).
+ */
+export function uniqueParams(params: URLSearchParams, what: string): Record<string, string> {
+  const record: Record<string, string> = {};
+  for (const [name, value] of params) {
+    if (Object.hasOwn(record, name)) throw invalidArgument(`${what}: the parameter '${name}' is given more than once`);
+    record[name] = value;
+  }
+  return record;
+}

@@ -4,16 +4,22 @@
  * (`fastify.all('/authpipe/*', (req, reply) => { reply.hijack(); handle(req.raw, reply.raw); })`).
  *
  *   GET  {basePath}/connect/:provider?session=<token>   -> 302 to the provider (sets the flow cookie)
+ *   POST {basePath}/connect/:provider  (form field `session`, or header `Authpipe-Session`)
  *   GET|POST {basePath}/callback[/:provider]             -> HTML page that postMessages the result
  *
- * The flow is bound to the browser by an HttpOnly cookie checked at the callback. Pages carry
- * `Referrer-Policy: no-referrer` and a CSP that allows only their own inline script. Where the
- * browser goes afterwards is fixed by configuration, never by a request parameter.
+ * The flow is bound to the browser by an HttpOnly cookie checked at the callback (`__Host-`
+ * prefixed and `Secure` when the app is served over https). Pages carry
+ * `Referrer-Policy: no-referrer` and a CSP that allows only their own inline script, and show
+ * error codes with our own words, never a provider's text. Where the browser goes afterwards is
+ * fixed by configuration, never by a request parameter. A parameter given twice is refused: which
+ * copy counts would otherwise depend on the parser.
  * @internal (the public entry point is `Authpipe.handler`)
  */
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { uniqueParams } from './args';
 import { AuthpipeError, fromNative, invalidArgument } from './errors';
+import type { AuthpipeErrorCode } from './errors';
 import type { Connection } from './types';
 
 /** Options of {@link Authpipe.handler}. */
@@ -47,7 +53,25 @@ export interface HandlerBackend {
 }
 
 const COOKIE = 'authpipe_flow';
+/** The cookie's name where it can be `__Host-` (https): no Domain, Path=/, Secure, set by this host only. */
+const HOST_COOKIE = `__Host-${COOKIE}`;
 const MAX_BODY_BYTES = 64 * 1024;
+const SESSION_HEADER = 'authpipe-session';
+
+/** What the callback page says for each code: our words only, never a provider's text. */
+const PAGE_MESSAGES: Partial<Record<AuthpipeErrorCode, string>> = {
+  AUTHORIZATION_DENIED: 'The authorization was declined. You can connect again.',
+  AUTHORIZATION_FAILED: 'The provider could not authorize the connection.',
+  BROWSER_MISMATCH: 'This connection was started in another browser. Start it again here.',
+  STATE_EXPIRED: 'The connection took too long. Start it again.',
+  STATE_ALREADY_USED: 'This connection attempt was already completed.',
+  INVALID_STATE: 'This connection attempt is not known. Start it again.',
+  SESSION_INVALID: 'The connect session is missing, expired or already used. Start again from the app.',
+  INSUFFICIENT_SCOPE: 'The connection lacks permissions the app needs. Grant them and connect again.',
+  CODE_EXCHANGE_FAILED: 'The provider did not accept the authorization. Start again.',
+  INVALID_ARGUMENT: 'The request was not valid.',
+};
+const PAGE_FALLBACK_MESSAGE = 'The connection could not be completed.';
 
 export function createHandler(backend: HandlerBackend, options: HandlerOptions): (req: IncomingMessage, res: ServerResponse) => void {
   const appOrigin = checkOrigin(options.appOrigin);
@@ -79,19 +103,30 @@ export function createHandler(backend: HandlerBackend, options: HandlerOptions):
     const url = new URL(raw, 'http://handler.invalid');
     const path = url.pathname;
     const connect = path.startsWith(`${basePath}/connect/`) ? path.slice(`${basePath}/connect/`.length) : undefined;
-    if (connect !== undefined && req.method === 'GET' && !connect.includes('/')) {
-      return startFlow(req, res, decodeURIComponent(connect), url.searchParams.get('session'));
+    if (connect !== undefined && (req.method === 'GET' || req.method === 'POST') && !connect.includes('/')) {
+      return startFlow(req, res, decodeURIComponent(connect), url.searchParams);
     }
     if (path === callbackPath || path.startsWith(`${callbackPath}/`)) {
       const named = path === callbackPath ? undefined : decodeURIComponent(path.slice(callbackPath.length + 1));
-      if (req.method === 'GET') return finishFlow(req, res, Object.fromEntries(url.searchParams), named);
-      if (req.method === 'POST') return finishFlow(req, res, await readForm(req), named);
+      if (req.method === 'GET' || req.method === 'POST') return finishFlow(req, res, url.searchParams, named);
     }
     res.writeHead(404, securityHeaders({ 'content-type': 'text/plain; charset=utf-8' })).end('not found');
   }
 
-  async function startFlow(req: IncomingMessage, res: ServerResponse, provider: string, session: string | null): Promise<void> {
+  /** The session token: from the query, a POST form (kept out of logs and history), or a header. */
+  async function sessionToken(req: IncomingMessage, query: URLSearchParams): Promise<string | undefined> {
+    const header = req.headers[SESSION_HEADER];
+    if (Array.isArray(header)) throw invalidArgument(`the ${SESSION_HEADER} header is given more than once`);
+    const fromQuery = uniqueParams(query, 'query').session;
+    const fromBody = req.method === 'POST' ? uniqueParams(await readForm(req), 'body').session : undefined;
+    const given = [fromQuery, fromBody, header].filter((t): t is string => typeof t === 'string' && t !== '');
+    if (given.length > 1) throw invalidArgument('the connect session is given more than once (query, body, header): give it once');
+    return given[0];
+  }
+
+  async function startFlow(req: IncomingMessage, res: ServerResponse, provider: string, query: URLSearchParams): Promise<void> {
     try {
+      const session = await sessionToken(req, query);
       const who = session ? await backend.sessionKey(session, provider) : await options.resolveUser?.(req);
       if (!who) throw new AuthpipeError('SESSION_INVALID', 'no connect session token and no signed-in user: pass ?session=<token from createConnectSession>');
       const browserBinding = randomBytes(32).toString('base64url');
@@ -103,10 +138,12 @@ export function createHandler(backend: HandlerBackend, options: HandlerOptions):
     }
   }
 
-  async function finishFlow(req: IncomingMessage, res: ServerResponse, params: Record<string, string>, provider: string | undefined): Promise<void> {
-    const binding = readCookie(req.headers.cookie, COOKIE);
-    const clear = `${COOKIE}=; Path=${callbackPath}; Max-Age=0; HttpOnly; SameSite=Lax${isSecure(req) ? '; Secure' : ''}`;
+  async function finishFlow(req: IncomingMessage, res: ServerResponse, query: URLSearchParams, provider: string | undefined): Promise<void> {
+    const secure = isSecure(req);
+    const binding = readCookie(req.headers.cookie, secure ? HOST_COOKIE : COOKIE);
+    const clear = secure ? `${HOST_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax` : `${COOKIE}=; Path=${callbackPath}; Max-Age=0; HttpOnly; SameSite=Lax`;
     try {
+      const params = uniqueParams(req.method === 'POST' ? await readForm(req) : query, 'callback');
       const connection = await backend.handleCallback(params, provider, binding);
       const { provider: p, tenantId, userId, status, scopes, account } = connection;
       page(res, 200, { type: 'authpipe:connect', ok: true, connection: { provider: p, tenantId, userId, status, scopes, account } }, appOrigin, returnTo, clear);
@@ -117,8 +154,16 @@ export function createHandler(backend: HandlerBackend, options: HandlerOptions):
 
   function flowCookie(req: IncomingMessage, value: string, crossSitePost: boolean): string {
     // A provider that calls back with a cross-site POST (Copper) only gets SameSite=None cookies.
-    const sameSite = crossSitePost ? 'None; Secure' : `Lax${isSecure(req) ? '; Secure' : ''}`;
-    return `${COOKIE}=${value}; Path=${callbackPath}; Max-Age=600; HttpOnly; SameSite=${sameSite}`;
+    const sameSite = crossSitePost ? 'None' : 'Lax';
+    // `__Host-`: the browser refuses it unless Secure, host-only and Path=/, so no sibling
+    // subdomain or plain-http page can plant or overwrite the binding.
+    if (isSecure(req)) return `${HOST_COOKIE}=${value}; Path=/; Max-Age=600; HttpOnly; Secure; SameSite=${sameSite}`;
+    return `${COOKIE}=${value}; Path=${callbackPath}; Max-Age=600; HttpOnly; SameSite=${sameSite}${crossSitePost ? '; Secure' : ''}`;
+  }
+
+  /** Whether the browser reached us over https: the app's own origin says so, or the request. */
+  function isSecure(req: IncomingMessage): boolean {
+    return appOrigin.startsWith('https:') || Boolean((req.socket as { encrypted?: boolean }).encrypted) || req.headers['x-forwarded-proto'] === 'https';
   }
 }
 
@@ -137,10 +182,6 @@ function checkOrigin(value: unknown): string {
   return url.origin;
 }
 
-function isSecure(req: IncomingMessage): boolean {
-  return Boolean((req.socket as { encrypted?: boolean }).encrypted) || req.headers['x-forwarded-proto'] === 'https';
-}
-
 function readCookie(header: string | undefined, name: string): string | undefined {
   for (const part of header?.split(';') ?? []) {
     const [k, ...v] = part.trim().split('=');
@@ -149,19 +190,29 @@ function readCookie(header: string | undefined, name: string): string | undefine
   return undefined;
 }
 
-async function readForm(req: IncomingMessage): Promise<Record<string, string>> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > MAX_BODY_BYTES) throw new AuthpipeError('INVALID_ARGUMENT', 'the callback body is larger than 64 KiB');
-    chunks.push(chunk as Buffer);
-  }
-  return Object.fromEntries(new URLSearchParams(Buffer.concat(chunks).toString('utf8')));
+/**
+ * A form body, at most {@link MAX_BODY_BYTES}. Past that it rejects at once and drains the rest
+ * unread: the stream is not destroyed, since that would close the socket before the 400 page.
+ */
+function readForm(req: IncomingMessage): Promise<URLSearchParams> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= MAX_BODY_BYTES) return void chunks.push(chunk);
+      req.off('data', onData).off('end', onEnd).resume();
+      chunks.length = 0;
+      reject(invalidArgument('the request body is larger than 64 KiB'));
+    };
+    const onEnd = () => resolve(new URLSearchParams(Buffer.concat(chunks).toString('utf8')));
+    req.on('data', onData).on('end', onEnd).once('error', reject);
+  });
 }
 
+/** The page's result: the code, and our message for it (the app gets the full error elsewhere). */
 function resultFor(err: AuthpipeError): ConnectResultMessage {
-  return { type: 'authpipe:connect', ok: false, error: { code: err.code, message: err.message } };
+  return { type: 'authpipe:connect', ok: false, error: { code: err.code, message: PAGE_MESSAGES[err.code] ?? PAGE_FALLBACK_MESSAGE } };
 }
 
 function securityHeaders(extra: Record<string, string>, nonce?: string): Record<string, string> {

@@ -524,15 +524,15 @@ function importInput(input: unknown, prefix: string) {
 function callbackParams(input: CallbackInput): Record<string, string> {
   const i = args.object(input, 'callback');
   const fromSearch = (value: unknown, field: string): Record<string, string> => {
-    if (typeof value === 'string') return Object.fromEntries(new URLSearchParams(value.startsWith('?') ? value.slice(1) : value));
-    if (value instanceof URLSearchParams) return Object.fromEntries(value);
+    if (typeof value === 'string') return args.uniqueParams(new URLSearchParams(value.startsWith('?') ? value.slice(1) : value), field);
+    if (value instanceof URLSearchParams) return args.uniqueParams(value, field);
     const o = args.object(value, field);
     return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, args.string(v, `${field}.${k}`)]));
   };
   let params: Record<string, string>;
   if ('url' in i) {
     const url = args.string(i.url, 'url');
-    params = Object.fromEntries(new URL(url, 'http://callback.invalid').searchParams);
+    params = args.uniqueParams(new URL(url, 'http://callback.invalid').searchParams, 'url');
   } else if ('query' in i) {
     params = fromSearch(i.query, 'query');
   } else if ('body' in i) {

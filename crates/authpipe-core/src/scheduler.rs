@@ -1,5 +1,5 @@
 //! One timer queue per engine, for everything that must happen at a time: invalidating JS
-//! memos before a token goes stale, proactive refreshes, health probes. A single task sleeps
+//! memos before a token goes stale, proactive refreshes, health probes, store housekeeping. A single task sleeps
 //! until the earliest job is due (no polling, no task per connection), runs invalidations
 //! inline and hands refreshes and probes to a [`Runner`].
 
@@ -18,6 +18,8 @@ pub enum Job {
     Refresh(String),
     /// Probe the connection's health.
     Check(String),
+    /// Drop ended connect flows and sessions from the store (and schedule the next time).
+    PruneEnded,
 }
 
 /// Runs the jobs the timer task does not run itself.

@@ -12,6 +12,7 @@ use authpipe_core::store::postgres::PostgresStore;
 use authpipe_core::store::sqlite::SqliteStore;
 use authpipe_core::store::{
     Change, ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
+    ENDED_RETENTION_MS, MAX_PENDING_FLOWS_PER_USER,
 };
 use authpipe_core::ErrorCode;
 use std::sync::Arc;
@@ -261,10 +262,17 @@ async fn conformance(store: Arc<dyn Store>) {
         })
         .await
         .unwrap();
+    // Only the browser that started a flow can take it; anyone else leaves it as it was.
+    for stranger in [None, Some("another browser")] {
+        assert_eq!(
+            store.take_flow("h1", stranger, 5_000).await.unwrap(),
+            FlowTake::WrongBrowser
+        );
+    }
     let takers: Vec<_> = (0..8)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.take_flow("h1", 5_000).await.unwrap() })
+            tokio::spawn(async move { store.take_flow("h1", Some("b"), 5_000).await.unwrap() })
         })
         .collect();
     let mut fresh = 0;
@@ -286,10 +294,52 @@ async fn conformance(store: Arc<dyn Store>) {
     }
     assert_eq!(fresh, 1, "exactly one callback wins a state");
     assert!(matches!(
-        store.take_flow("h2", 10_000).await.unwrap(),
+        store.take_flow("h2", Some("b"), 10_000).await.unwrap(),
         FlowTake::Expired(_)
     ));
-    assert_eq!(store.take_flow("nope", 1).await.unwrap(), FlowTake::Unknown);
+    assert_eq!(
+        store.take_flow("nope", None, 1).await.unwrap(),
+        FlowTake::Unknown
+    );
+
+    // One (tenant, user) keeps at most MAX_PENDING_FLOWS_PER_USER pending flows: the oldest go.
+    let started = MAX_PENDING_FLOWS_PER_USER + 2;
+    for i in 0..started {
+        store
+            .put_flow(FlowRecord {
+                state_hash: format!("pending{i}"),
+                key: ConnectionKey::parse("attio", "t1", "u9").unwrap(),
+                browser_hash: None,
+                created_at: 1_000 + i,
+                ..flow.clone()
+            })
+            .await
+            .unwrap();
+    }
+    for i in 0..started {
+        let take = store
+            .take_flow(&format!("pending{i}"), None, 5_000)
+            .await
+            .unwrap();
+        if i < 2 {
+            assert_eq!(
+                take,
+                FlowTake::Unknown,
+                "pending{i}: among the oldest, pruned"
+            );
+        } else {
+            assert!(matches!(take, FlowTake::Fresh(_)), "pending{i}: {take:?}");
+        }
+    }
+    assert!(
+        matches!(
+            store.take_flow("h2", Some("b"), 10_000).await.unwrap(),
+            FlowTake::Used(_)
+        ),
+        "another user's flows are not pruned"
+    );
+
+    // A session starts one flow: taking it consumes it.
     let session = SessionRecord {
         token_hash: "s1".into(),
         tenant: TenantId::parse("t1").unwrap(),
@@ -299,7 +349,55 @@ async fn conformance(store: Arc<dyn Store>) {
         expires_at: 2,
     };
     store.put_session(session.clone()).await.unwrap();
-    assert_eq!(store.session("s1").await.unwrap(), Some(session));
+    assert_eq!(
+        store.take_session("s1").await.unwrap(),
+        Some(session.clone())
+    );
+    assert_eq!(store.take_session("s1").await.unwrap(), None, "used once");
+
+    // Pruning drops ended flows (after the retention) and expired sessions, and nothing else.
+    store
+        .put_session(SessionRecord {
+            token_hash: "s2".into(),
+            ..session.clone()
+        })
+        .await
+        .unwrap();
+    store
+        .put_session(SessionRecord {
+            token_hash: "s3".into(),
+            expires_at: 100 * ENDED_RETENTION_MS,
+            ..session.clone()
+        })
+        .await
+        .unwrap();
+    store
+        .put_flow(FlowRecord {
+            state_hash: "live".into(),
+            created_at: 900_000,
+            expires_at: 20 * 3600 * 1000,
+            ..flow.clone()
+        })
+        .await
+        .unwrap();
+    let pruned = store
+        .prune_ended(10_000 + ENDED_RETENTION_MS)
+        .await
+        .unwrap();
+    assert!(
+        pruned >= 3,
+        "h1, the pending flows taken above, and s2: {pruned}"
+    );
+    assert_eq!(
+        store.take_flow("h1", Some("b"), 1).await.unwrap(),
+        FlowTake::Unknown
+    );
+    assert_eq!(store.take_session("s2").await.unwrap(), None);
+    assert!(store.take_session("s3").await.unwrap().is_some());
+    assert!(matches!(
+        store.take_flow("live", Some("b"), 10_000).await.unwrap(),
+        FlowTake::Fresh(_)
+    ));
 
     // Deleting a tenant takes its key, connections and secrets, and nothing else.
     let deletion = store

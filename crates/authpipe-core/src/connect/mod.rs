@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! start_connect ──► authorize URL (state, code_challenge) ──► the provider ──► callback
-//! handle_callback: error? ─ state (hash, consume once, 10 min) ─ provider ─ browser ─ iss
-//!                  ─ code exchange (once) ─ identity probe ─ required scopes ─ store
+//! handle_callback: state + browser (consumed once, only by the browser that started it, 10 min)
+//!                  ─ error? ─ provider ─ iss ─ code exchange (once) ─ identity probe
+//!                  ─ required scopes ─ store
 //! ```
 //!
 //! Only the SHA-256 of `state` is stored, bound to the provider, tenant, user, redirect URI,
@@ -13,6 +14,7 @@
 pub mod http;
 pub mod identity;
 pub mod refresh;
+pub mod scrub;
 pub mod token;
 
 use crate::client::Client;
@@ -28,13 +30,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use subtle::ConstantTimeEq;
 
 /// How long a started flow waits for its callback.
 pub const FLOW_TTL_MS: i64 = 10 * 60 * 1000;
 /// Connect sessions: default and longest lifetime, in seconds.
 pub const DEFAULT_SESSION_TTL_S: u32 = 600;
-pub const MAX_SESSION_TTL_S: u32 = 24 * 3600;
+pub const MAX_SESSION_TTL_S: u32 = 3600;
 
 /// `startConnect` input.
 pub struct StartRequest {
@@ -104,6 +105,13 @@ fn sha256_hex(value: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+fn browser_mismatch() -> Error {
+    Error::new(
+        ErrorCode::BrowserMismatch,
+        "the callback did not come from the browser that started the flow (its cookie is missing or different)",
+    )
 }
 
 fn secure(value: &str) -> SecretString {
@@ -214,11 +222,23 @@ impl Client {
     pub async fn handle_callback(&self, callback: Callback) -> Result<ConnectionRecord> {
         let params = &callback.params;
         let engine = self.engine();
+        let browser_hash = callback
+            .browser_binding
+            .as_ref()
+            .map(|b| sha256_hex(b.expose_secret()));
+        let state = params.get("state").filter(|s| !s.is_empty());
 
         if let Some(error) = params.get("error") {
-            // Burn the state all the same: a denied flow cannot be resumed.
-            if let Some(state) = params.get("state") {
-                let _ = engine.take_flow(&sha256_hex(state)).await;
+            // Burn the state all the same (a denied flow cannot be resumed), but only from the
+            // browser that started it: anyone else who learnt the state must not cancel it.
+            if let Some(state) = state {
+                if engine
+                    .take_flow(&sha256_hex(state), browser_hash.as_deref())
+                    .await?
+                    == FlowTake::WrongBrowser
+                {
+                    return Err(browser_mismatch());
+                }
             }
             let code: String = error
                 .chars()
@@ -238,11 +258,18 @@ impl Client {
             });
         }
 
-        let state = params.get("state").filter(|s| !s.is_empty()).ok_or_else(|| {
-            Error::new(ErrorCode::InvalidState, "the callback has no state: start connecting with startConnect() or the handler")
+        let state = state.ok_or_else(|| {
+            Error::new(
+                ErrorCode::InvalidState,
+                "the callback has no state: start connecting with startConnect() or the handler",
+            )
         })?;
-        let flow = match engine.take_flow(&sha256_hex(state)).await? {
+        let flow = match engine
+            .take_flow(&sha256_hex(state), browser_hash.as_deref())
+            .await?
+        {
             FlowTake::Fresh(flow) => flow,
+            FlowTake::WrongBrowser => return Err(browser_mismatch()),
             FlowTake::Used(_) => {
                 return Err(Error::new(
                     ErrorCode::StateAlreadyUsed,
@@ -267,20 +294,6 @@ impl Client {
                 return Err(Error::new(
                     ErrorCode::StateProviderMismatch,
                     format!("the callback arrived for provider '{named}', but the flow was started for '{}'", flow.key.provider),
-                ));
-            }
-        }
-        if let Some(expected) = &flow.browser_hash {
-            let presented = callback
-                .browser_binding
-                .as_ref()
-                .map(|b| sha256_hex(b.expose_secret()));
-            let same =
-                presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(expected.as_bytes())));
-            if !same {
-                return Err(Error::new(
-                    ErrorCode::BrowserMismatch,
-                    "the callback did not come from the browser that started the flow (its cookie is missing or different)",
                 ));
             }
         }
@@ -465,17 +478,19 @@ impl Client {
         })
     }
 
-    /// The (tenant, user) a session token stands for, if it may connect `provider`.
+    /// The (tenant, user) a session token stands for, if it may connect `provider`. A session
+    /// starts one flow: this consumes it, so a token that leaked (a log, a history entry) after
+    /// its use is worth nothing.
     pub async fn session_key(&self, token: &str, provider: &ProviderId) -> Result<ConnectionKey> {
         let invalid = || {
             Error::new(
                 ErrorCode::SessionInvalid,
-                "the connect session is unknown or expired; create a new one",
+                "the connect session is unknown, expired or already used (a session starts one flow); create a new one",
             )
         };
         let session = self
             .engine()
-            .session(&sha256_hex(token))
+            .take_session(&sha256_hex(token))
             .await?
             .ok_or_else(invalid)?;
         if session.expires_at <= self.engine().now_ms() {

@@ -149,6 +149,7 @@ impl Runner for Engine {
                         }
                     }
                 }
+                Job::PruneEnded => engine.prune_ended().await,
                 Job::Invalidate { .. } => {}
             }
         });
@@ -263,12 +264,7 @@ impl Engine {
         // just before close(), and send its request while the process exits: a rotated refresh
         // token then never reaches the store, and the grant is lost.
         let _in_flight = InFlight::new(self);
-        let lock = self
-            .refresh_locks
-            .entry(key.cache_key())
-            .or_default()
-            .clone();
-        let _flight = lock.lock().await;
+        let _flight = self.single_flight(key.cache_key()).await;
         // What the cache holds may settle it (a refresh by this process just now, or by another
         // one, which the change feed brought): no store round trip, no lease.
         let now = self.now_ms();
@@ -956,4 +952,99 @@ fn spread(key: &str) -> u64 {
     key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// A connection's turn in the single-flight map. Its entry goes with the last caller that
+/// waited on it, so the map holds the connections being refreshed now, not every id anyone
+/// ever asked about (a stream of calls on unknown ids would otherwise grow it without bound).
+struct Flight<'a> {
+    engine: &'a Engine,
+    cache_key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // The map's own reference is the last one: nobody holds or waits for this lock.
+        self.engine
+            .refresh_locks
+            .remove_if(&self.cache_key, |_, lock| Arc::strong_count(lock) == 1);
+    }
+}
+
+impl Engine {
+    /// Waits for this connection's turn: one refresh at a time, the others queue behind it.
+    async fn single_flight(&self, cache_key: String) -> Flight<'_> {
+        let lock = self
+            .refresh_locks
+            .entry(cache_key.clone())
+            .or_default()
+            .clone();
+        let guard = lock.lock_owned().await;
+        Flight {
+            engine: self,
+            cache_key,
+            guard: Some(guard),
+        }
+    }
+
+    /// Connections with a single-flight entry (tests: it must not grow with unknown ids).
+    #[cfg(test)]
+    pub(crate) fn single_flight_entries(&self) -> usize {
+        self.refresh_locks.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{open_shared, EngineOptions, MasterKeySource, StoreLocation};
+    use crate::ids::{ProviderId, TenantId, UserId};
+    use crate::vault::MasterKeyConfig;
+    use secrecy::SecretString;
+
+    async fn engine() -> Arc<Engine> {
+        let keys = MasterKeySource::Configured(vec![MasterKeyConfig {
+            id: None,
+            key: SecretString::from("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+        }]);
+        let options = EngineOptions {
+            store: StoreLocation::Memory,
+            keys,
+            clock: None,
+        };
+        open_shared(options).await.unwrap().engine
+    }
+
+    fn unknown(i: usize) -> ConnectionKey {
+        ConnectionKey::new(
+            ProviderId::parse("attio").unwrap(),
+            TenantId::parse(format!("tenant_{i}")).unwrap(),
+            UserId::parse("nobody").unwrap(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_single_flight_map_keeps_no_entry_for_connections_not_being_refreshed() {
+        let engine = engine().await;
+        for i in 0..500 {
+            let err = engine
+                .refresh(&unknown(i), RefreshReason::Forced)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, ErrorCode::ConnectionNotFound);
+        }
+        // Many callers queued on one connection at once: the entry goes with the last of them.
+        let calls: Vec<_> = (0..50)
+            .map(|_| {
+                let engine = engine.clone();
+                tokio::spawn(async move { engine.refresh(&unknown(0), RefreshReason::Stale).await })
+            })
+            .collect();
+        for call in calls {
+            assert!(call.await.unwrap().is_err());
+        }
+        assert_eq!(engine.single_flight_entries(), 0);
+    }
 }

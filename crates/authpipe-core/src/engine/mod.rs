@@ -32,7 +32,7 @@ use crate::records::{
     SessionRecord,
 };
 use crate::scheduler::{Job, Runner, Scheduler};
-use crate::store::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion};
+use crate::store::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion, PRUNE_INTERVAL_MS};
 use crate::vault::{RecordPlace, TenantKey, Vault};
 use dashmap::DashMap;
 use follow::FollowTask;
@@ -293,6 +293,9 @@ impl Engine {
                 .follow
                 .set(FollowTask::start(Arc::downgrade(&engine), feed));
         }
+        engine
+            .scheduler
+            .at(now + PRUNE_INTERVAL_MS, Job::PruneEnded);
         Ok(engine)
     }
 
@@ -690,16 +693,32 @@ impl Engine {
         self.store.put_flow(flow).await
     }
 
-    pub async fn take_flow(&self, state_hash: &str) -> Result<FlowTake> {
-        self.store.take_flow(state_hash, self.now_ms()).await
+    /// Consumes a flow, if `browser_hash` is the binding it was started with.
+    pub async fn take_flow(
+        &self,
+        state_hash: &str,
+        browser_hash: Option<&str>,
+    ) -> Result<FlowTake> {
+        self.store
+            .take_flow(state_hash, browser_hash, self.now_ms())
+            .await
     }
 
     pub async fn put_session(&self, session: SessionRecord) -> Result<()> {
         self.store.put_session(session).await
     }
 
-    pub async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
-        self.store.session(token_hash).await
+    /// Consumes a connect session (one flow per session).
+    pub async fn take_session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+        self.store.take_session(token_hash).await
+    }
+
+    /// Drops ended flows and expired sessions now, and again every [`PRUNE_INTERVAL_MS`].
+    pub(crate) async fn prune_ended(&self) {
+        // A failure (the store is down) is retried at the next interval; nothing depends on it.
+        let _ = self.store.prune_ended(self.now_ms()).await;
+        self.scheduler
+            .at(self.now_ms() + PRUNE_INTERVAL_MS, Job::PruneEnded);
     }
 
     /// The stored connection, if any, without touching the cache.

@@ -25,9 +25,16 @@ use crate::records::{
 };
 use async_trait::async_trait;
 
-/// How long ended connect flows and sessions are kept (to tell a replay from a forged state)
-/// before a store drops them.
+/// How long ended connect flows are kept (to tell a replay from a forged state) before a
+/// store drops them.
 pub const ENDED_RETENTION_MS: i64 = 24 * 3600 * 1000;
+
+/// Most connect flows one (tenant, user) may have pending: starting another drops the oldest,
+/// so nobody can grow the store by starting flows they never finish.
+pub const MAX_PENDING_FLOWS_PER_USER: i64 = 10;
+
+/// How often an engine drops ended flows and expired sessions ([`Store::prune_ended`]).
+pub const PRUNE_INTERVAL_MS: i64 = 10 * 60 * 1000;
 
 /// A page request for [`Store::list_connections`]. Results are ordered by
 /// (tenant, provider, user) and start strictly after `after`.
@@ -65,7 +72,39 @@ pub enum FlowTake {
     Used(FlowRecord),
     /// The flow's lifetime had passed (it is consumed now all the same).
     Expired(FlowRecord),
+    /// Presented without the browser binding the flow was started with: left as it was, so
+    /// that someone who learnt a state cannot spend or cancel another browser's flow.
+    WrongBrowser,
     Unknown,
+}
+
+impl FlowTake {
+    /// What presenting `flow` (as read inside the store's transaction) comes to, and whether
+    /// the store must mark it consumed. Written once for every store: only the browser that
+    /// started a flow can consume it or learn anything about it.
+    pub fn decide(flow: FlowRecord, browser_hash: Option<&str>, now: i64) -> (Self, bool) {
+        use subtle::ConstantTimeEq;
+        if let Some(expected) = &flow.browser_hash {
+            let same = browser_hash.is_some_and(|presented| {
+                bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+            });
+            if !same {
+                return (Self::WrongBrowser, false);
+            }
+        }
+        if flow.consumed_at.is_some() {
+            return (Self::Used(flow), false);
+        }
+        let consumed = FlowRecord {
+            consumed_at: Some(now),
+            ..flow
+        };
+        if consumed.expires_at <= now {
+            (Self::Expired(consumed), true)
+        } else {
+            (Self::Fresh(consumed), true)
+        }
+    }
 }
 
 /// What a lease is for: at most one holder per connection and purpose.
@@ -185,13 +224,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     // Connect flows and sessions ----------------------------------------------------------------
 
-    /// Stores a new flow (and drops flows that ended more than a day ago).
+    /// Stores a new flow, dropping the oldest pending ones of its (tenant, user) past
+    /// [`MAX_PENDING_FLOWS_PER_USER`].
     async fn put_flow(&self, flow: FlowRecord) -> Result<()>;
-    /// Consumes the flow with this state hash, atomically: of concurrent callers with the same
-    /// state, exactly one gets `Fresh`.
-    async fn take_flow(&self, state_hash: &str, now: i64) -> Result<FlowTake>;
+    /// Consumes the flow with this state hash if `browser_hash` is the one it was started with
+    /// (see [`FlowTake::decide`]), atomically: of concurrent callers with the same state,
+    /// exactly one gets `Fresh`.
+    async fn take_flow(
+        &self,
+        state_hash: &str,
+        browser_hash: Option<&str>,
+        now: i64,
+    ) -> Result<FlowTake>;
     async fn put_session(&self, session: SessionRecord) -> Result<()>;
-    async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>>;
+    /// Consumes a session, atomically: of concurrent callers with the same token, one gets it.
+    /// A session starts one flow.
+    async fn take_session(&self, token_hash: &str) -> Result<Option<SessionRecord>>;
+    /// Drops flows that ended more than [`ENDED_RETENTION_MS`] before `now`, and expired
+    /// sessions. Returns how many rows went.
+    async fn prune_ended(&self, now: i64) -> Result<u64>;
 
     // Coordination between processes ----------------------------------------------------------
 

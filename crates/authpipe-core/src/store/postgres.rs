@@ -11,7 +11,7 @@
 use super::sql::{self, CONNECTION_COLUMNS};
 use super::{
     Change, ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
-    TenantDeletion, ENDED_RETENTION_MS,
+    TenantDeletion, ENDED_RETENTION_MS, MAX_PENDING_FLOWS_PER_USER,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
@@ -125,6 +125,7 @@ $$;
 CREATE TRIGGER connections_notify AFTER INSERT OR UPDATE OR DELETE ON connections
     FOR EACH ROW EXECUTE FUNCTION connections_notify();
 "#,
+    sql::FLOW_AND_SESSION_INDEXES,
 ];
 
 /// Takes a lease ($1..$3 connection, $4 purpose, $5 owner, $6 until) if it is free, ours, or
@@ -924,15 +925,24 @@ impl Store for PostgresStore {
             .map_err(pg("store connect flow"))?;
         client
             .execute(
-                "DELETE FROM connect_flows WHERE expires_at < $1",
-                &[&(flow.created_at - ENDED_RETENTION_MS)],
+                sql::PRUNE_PENDING_FLOWS,
+                &[
+                    &flow.key.tenant.as_str(),
+                    &flow.key.user.as_str(),
+                    &MAX_PENDING_FLOWS_PER_USER,
+                ],
             )
             .await
-            .map_err(pg("prune connect flows"))?;
+            .map_err(pg("prune pending connect flows"))?;
         Ok(())
     }
 
-    async fn take_flow(&self, state_hash: &str, now: i64) -> Result<FlowTake> {
+    async fn take_flow(
+        &self,
+        state_hash: &str,
+        browser_hash: Option<&str>,
+        now: i64,
+    ) -> Result<FlowTake> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
         let row = tx
@@ -963,26 +973,17 @@ impl Store for PostgresStore {
             expires_at: row.get(8),
             consumed_at: row.get(9),
         };
-        if flow.consumed_at.is_some() {
-            return Ok(FlowTake::Used(flow));
+        let (take, consume) = FlowTake::decide(flow, browser_hash, now);
+        if consume {
+            tx.execute(
+                "UPDATE connect_flows SET consumed_at = $2 WHERE state_hash = $1",
+                &[&state_hash, &now],
+            )
+            .await
+            .map_err(pg("consume connect flow"))?;
+            tx.commit().await.map_err(pg("commit"))?;
         }
-        tx.execute(
-            "UPDATE connect_flows SET consumed_at = $2 WHERE state_hash = $1",
-            &[&state_hash, &now],
-        )
-        .await
-        .map_err(pg("consume connect flow"))?;
-        tx.commit().await.map_err(pg("commit"))?;
-        let expired = flow.expires_at <= now;
-        let consumed = FlowRecord {
-            consumed_at: Some(now),
-            ..flow
-        };
-        Ok(if expired {
-            FlowTake::Expired(consumed)
-        } else {
-            FlowTake::Fresh(consumed)
-        })
+        Ok(take)
     }
 
     async fn put_session(&self, session: SessionRecord) -> Result<()> {
@@ -996,26 +997,16 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg("store connect session"))?;
-        client
-            .execute(
-                "DELETE FROM connect_sessions WHERE expires_at < $1",
-                &[&(session.created_at - ENDED_RETENTION_MS)],
-            )
-            .await
-            .map_err(pg("prune connect sessions"))?;
         Ok(())
     }
 
-    async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+    async fn take_session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
         let row = self
             .client()
             .await?
-            .query_opt(
-                "SELECT tenant_id, user_id, providers, created_at, expires_at FROM connect_sessions WHERE token_hash = $1",
-                &[&token_hash],
-            )
+            .query_opt(sql::TAKE_SESSION, &[&token_hash])
             .await
-            .map_err(pg("read connect session"))?;
+            .map_err(pg("take connect session"))?;
         row.map(|r| {
             Ok(SessionRecord {
                 token_hash: token_hash.to_owned(),
@@ -1030,6 +1021,19 @@ impl Store for PostgresStore {
             })
         })
         .transpose()
+    }
+
+    async fn prune_ended(&self, now: i64) -> Result<u64> {
+        let client = self.client().await?;
+        let flows = client
+            .execute(sql::PRUNE_ENDED_FLOWS, &[&(now - ENDED_RETENTION_MS)])
+            .await
+            .map_err(pg("prune connect flows"))?;
+        let sessions = client
+            .execute(sql::PRUNE_SESSIONS, &[&now])
+            .await
+            .map_err(pg("prune connect sessions"))?;
+        Ok(flows + sessions)
     }
 
     async fn try_lease(&self, lease: Lease<'_>, now: i64) -> Result<LeaseTake> {

@@ -41,6 +41,30 @@ pub const UPDATE_CONNECTION: &str = "UPDATE connections SET kind = $4, status = 
 pub const RELEASE_LEASE: &str = "DELETE FROM leases \
      WHERE tenant_id = $1 AND provider = $2 AND user_id = $3 AND purpose = $4 AND owner = $5";
 
+/// Drop the oldest pending flows of ($1 tenant, $2 user) beyond the newest $3.
+pub const PRUNE_PENDING_FLOWS: &str = "DELETE FROM connect_flows \
+     WHERE tenant_id = $1 AND user_id = $2 AND consumed_at IS NULL AND state_hash NOT IN ( \
+       SELECT state_hash FROM connect_flows \
+       WHERE tenant_id = $1 AND user_id = $2 AND consumed_at IS NULL \
+       ORDER BY created_at DESC, state_hash LIMIT $3)";
+
+/// Drop flows that ended (expired, or were consumed) before $1.
+pub const PRUNE_ENDED_FLOWS: &str =
+    "DELETE FROM connect_flows WHERE expires_at < $1 OR consumed_at < $1";
+
+/// Drop sessions that expired before $1.
+pub const PRUNE_SESSIONS: &str = "DELETE FROM connect_sessions WHERE expires_at < $1";
+
+/// Consume the session with token hash $1.
+pub const TAKE_SESSION: &str = "DELETE FROM connect_sessions WHERE token_hash = $1 \
+     RETURNING tenant_id, user_id, providers, created_at, expires_at";
+
+/// Indexes for bounding connect flows and sessions (a migration of each store).
+pub const FLOW_AND_SESSION_INDEXES: &str = "\
+     CREATE INDEX connect_flows_by_user ON connect_flows (tenant_id, user_id, created_at); \
+     CREATE INDEX connect_flows_by_expiry ON connect_flows (expires_at); \
+     CREATE INDEX connect_sessions_by_expiry ON connect_sessions (expires_at);";
+
 /// Index of `created_at` among the upsert's values, which the update leaves out.
 pub const CREATED_AT_INDEX: usize = 9;
 

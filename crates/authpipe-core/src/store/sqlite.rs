@@ -17,7 +17,7 @@
 use super::sql::{self, CONNECTION_COLUMNS};
 use super::{
     Change, ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
-    TenantDeletion, ENDED_RETENTION_MS,
+    TenantDeletion, ENDED_RETENTION_MS, MAX_PENDING_FLOWS_PER_USER,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
@@ -155,6 +155,7 @@ CREATE TRIGGER connection_changes_pruned AFTER INSERT ON connection_changes BEGI
     DELETE FROM connection_changes WHERE seq <= NEW.seq - 10000;
 END;
 "#,
+    sql::FLOW_AND_SESSION_INDEXES,
 ];
 
 /// Rows `connection_changes` keeps (the pruning trigger's literal); a process that falls
@@ -191,8 +192,15 @@ impl SqliteStore {
             create_private_dir(dir)
                 .map_err(|e| Error::store(&format!("cannot create {}", dir.display()), e))?;
         }
-        create_private_file(path)
-            .map_err(|e| Error::store(&format!("cannot create {}", path.display()), e))?;
+        ensure_private_files(path).map_err(|e| {
+            Error::store(
+                &format!(
+                    "cannot make {} private to its owner (mode 0600)",
+                    path.display()
+                ),
+                e,
+            )
+        })?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -344,17 +352,34 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
-/// Creates the file 0600 if it does not exist, so SQLite never creates it world-readable.
-fn create_private_file(path: &Path) -> std::io::Result<()> {
+/// Creates the store file 0600 if it does not exist, and takes group and other permissions
+/// off an existing one and its `-wal` / `-shm` files. SQLite creates those two with the
+/// database file's permissions, so once it is 0600 they are too.
+fn ensure_private_files(path: &Path) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
     }
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = PathBuf::from(file);
+        let Ok(metadata) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = metadata.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+    }
+    Ok(())
 }
 
 /// Resolves the store path the way `SqliteStore::open` will see it, for sharing one engine
@@ -875,14 +900,23 @@ impl Store for SqliteStore {
                     flow.expires_at
                 ],
             )?;
-            conn.execute("DELETE FROM connect_flows WHERE expires_at < ?1", [flow.created_at - ENDED_RETENTION_MS])?;
+            conn.execute(
+                &sql::sqlite_placeholders(sql::PRUNE_PENDING_FLOWS),
+                params![flow.key.tenant.as_str(), flow.key.user.as_str(), MAX_PENDING_FLOWS_PER_USER],
+            )?;
             Ok(())
         })
         .await
     }
 
-    async fn take_flow(&self, state_hash: &str, now: i64) -> Result<FlowTake> {
+    async fn take_flow(
+        &self,
+        state_hash: &str,
+        browser_hash: Option<&str>,
+        now: i64,
+    ) -> Result<FlowTake> {
         let state_hash = state_hash.to_owned();
+        let presented = browser_hash.map(str::to_owned);
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let row = tx
@@ -920,13 +954,12 @@ impl Store for SqliteStore {
                 expires_at,
                 consumed_at,
             };
-            if consumed_at.is_some() {
-                return Ok(FlowTake::Used(flow));
+            let (take, consume) = FlowTake::decide(flow, presented.as_deref(), now);
+            if consume {
+                tx.execute("UPDATE connect_flows SET consumed_at = ?2 WHERE state_hash = ?1", params![state_hash, now])?;
+                tx.commit()?;
             }
-            tx.execute("UPDATE connect_flows SET consumed_at = ?2 WHERE state_hash = ?1", params![state_hash, now])?;
-            tx.commit()?;
-            let consumed = FlowRecord { consumed_at: Some(now), ..flow };
-            Ok(if expires_at <= now { FlowTake::Expired(consumed) } else { FlowTake::Fresh(consumed) })
+            Ok(take)
         })
         .await
     }
@@ -938,20 +971,27 @@ impl Store for SqliteStore {
                 "INSERT INTO connect_sessions (token_hash, tenant_id, user_id, providers, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![session.token_hash, session.tenant.as_str(), session.user.as_str(), providers, session.created_at, session.expires_at],
             )?;
-            conn.execute("DELETE FROM connect_sessions WHERE expires_at < ?1", [session.created_at - ENDED_RETENTION_MS])?;
             Ok(())
         })
         .await
     }
 
-    async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+    async fn take_session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
         let token_hash = token_hash.to_owned();
         self.run(move |conn| {
             let row = conn
                 .query_row(
-                    "SELECT tenant_id, user_id, providers, created_at, expires_at FROM connect_sessions WHERE token_hash = ?1",
+                    &sql::sqlite_placeholders(sql::TAKE_SESSION),
                     [&token_hash],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?)),
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, i64>(3)?,
+                            r.get::<_, i64>(4)?,
+                        ))
+                    },
                 )
                 .optional()?;
             row.map(|(tenant, user, providers, created_at, expires_at)| {
@@ -959,12 +999,25 @@ impl Store for SqliteStore {
                     token_hash: token_hash.clone(),
                     tenant: TenantId::parse(tenant).map_err(|_| invalid_row("connect session"))?,
                     user: UserId::parse(user).map_err(|_| invalid_row("connect session"))?,
-                    providers: serde_json::from_str(&providers).map_err(|_| invalid_row("connect session"))?,
+                    providers: serde_json::from_str(&providers)
+                        .map_err(|_| invalid_row("connect session"))?,
                     created_at,
                     expires_at,
                 })
             })
             .transpose()
+        })
+        .await
+    }
+
+    async fn prune_ended(&self, now: i64) -> Result<u64> {
+        self.run(move |conn| {
+            let flows = conn.execute(
+                &sql::sqlite_placeholders(sql::PRUNE_ENDED_FLOWS),
+                [now - ENDED_RETENTION_MS],
+            )?;
+            let sessions = conn.execute(&sql::sqlite_placeholders(sql::PRUNE_SESSIONS), [now])?;
+            Ok((flows + sessions) as u64)
         })
         .await
     }
@@ -1104,15 +1157,15 @@ mod tests {
         );
 
         assert!(matches!(
-            store.take_flow("old", 10_000).await.unwrap(),
+            store.take_flow("old", None, 10_000).await.unwrap(),
             FlowTake::Expired(_)
         ));
         assert!(matches!(
-            store.take_flow("old", 10_000).await.unwrap(),
+            store.take_flow("old", None, 10_000).await.unwrap(),
             FlowTake::Used(_)
         ));
         assert_eq!(
-            store.take_flow("never-issued", 5_000).await.unwrap(),
+            store.take_flow("never-issued", None, 5_000).await.unwrap(),
             FlowTake::Unknown
         );
     }
@@ -1127,7 +1180,7 @@ mod tests {
             .map(|_| {
                 let store = store.clone();
                 let hash = hash.to_owned();
-                tokio::spawn(async move { store.take_flow(&hash, now).await.unwrap() })
+                tokio::spawn(async move { store.take_flow(&hash, None, now).await.unwrap() })
             })
             .collect();
         let mut out = Vec::new();
@@ -1135,6 +1188,36 @@ mod tests {
             out.push(task.await.unwrap());
         }
         out
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_existing_store_file_and_its_wal_are_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loose.db");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let loosen =
+            |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // A store written once (leaving -wal and -shm), then loosened, as a copy or an umask
+        // would leave it.
+        let first = SqliteStore::open(&path).unwrap();
+        let wal = dir.path().join("loose.db-wal");
+        let shm = dir.path().join("loose.db-shm");
+        assert!(wal.exists() && shm.exists());
+        for p in [&path, &wal, &shm] {
+            assert_eq!(mode(p), 0o600, "{} as created", p.display());
+        }
+        drop(first);
+        for p in [&path, &wal, &shm] {
+            if p.exists() {
+                loosen(p);
+            }
+        }
+        let _again = SqliteStore::open(&path).unwrap();
+        for p in [&path, &wal, &shm] {
+            assert_eq!(mode(p), 0o600, "{} after reopening", p.display());
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]
