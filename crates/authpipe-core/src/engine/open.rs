@@ -6,6 +6,7 @@ use super::Engine;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::postgres::PostgresStore;
+use crate::store::postgres_tls::PostgresTls;
 use crate::store::sqlite::{canonical_path, SqliteStore};
 use crate::store::Store;
 use crate::vault::{Keyring, MasterKey, MasterKeyConfig, Vault};
@@ -25,9 +26,11 @@ pub enum StoreLocation {
     Memory,
     /// A PostgreSQL database, its tables in `schema` (created if missing).
     Postgres {
-        /// The connection URL without the `schema` parameter; it may hold a password.
+        /// The connection URL without the `schema` and TLS parameters; it may hold a password.
         url: SecretString,
         schema: String,
+        /// `sslmode` and `sslrootcert`, taken off the URL.
+        tls: PostgresTls,
     },
 }
 
@@ -38,7 +41,8 @@ impl StoreLocation {
     pub const DEFAULT_SCHEMA: &'static str = "authpipe";
 
     /// Parses the `store` option: `":memory:"`, a file path, `sqlite:<path>`, or
-    /// `postgres://user:password@host:port/database?schema=name`.
+    /// `postgres://user:password@host:port/database?schema=name` (with libpq's `sslmode` and
+    /// `sslrootcert`, see [`PostgresTls::split_url`]).
     pub fn parse(value: &str) -> Result<Self> {
         let value = value.trim();
         if value == ":memory:" || value == "sqlite::memory:" {
@@ -78,14 +82,8 @@ impl StoreLocation {
             url.query_pairs_mut().clear().extend_pairs(others);
         }
         crate::store::postgres::check_schema(&schema)?;
-        let url = SecretString::from(url.to_string());
-        {
-            use secrecy::ExposeSecret;
-            url.expose_secret()
-                .parse::<tokio_postgres::Config>()
-                .map_err(|_| invalid())?;
-        }
-        Ok(Self::Postgres { url, schema })
+        let (url, tls) = PostgresTls::split_url(url.as_str())?;
+        Ok(Self::Postgres { url, schema, tls })
     }
 
     /// The key under which a process shares one engine for this store.
@@ -94,7 +92,10 @@ impl StoreLocation {
         match self {
             Self::Memory => None,
             Self::File(path) => Some(format!("sqlite:{}", canonical_path(path).display())),
-            Self::Postgres { url, schema } => Some(format!("{}#{schema}", url.expose_secret())),
+            // The TLS setting too: a store opened without TLS is not shared with one that asks for it.
+            Self::Postgres { url, schema, tls } => {
+                Some(format!("{}#{schema}#{tls:?}", url.expose_secret()))
+            }
         }
     }
 }
@@ -167,9 +168,9 @@ pub async fn open_shared(options: EngineOptions) -> Result<Opened> {
     }
     engines.retain(|_, engine| engine.strong_count() > 0);
     let store: Arc<dyn Store> = match &options.store {
-        StoreLocation::Postgres { url, schema } => {
+        StoreLocation::Postgres { url, schema, tls } => {
             use secrecy::ExposeSecret;
-            Arc::new(PostgresStore::connect(url.expose_secret(), schema).await?)
+            Arc::new(PostgresStore::connect_with_tls(url.expose_secret(), schema, tls).await?)
         }
         StoreLocation::File(path) => {
             let path = canonical_path(path);
@@ -278,5 +279,42 @@ fn load_or_create_dev_key(path: &Path) -> Result<(SecretString, bool)> {
         Ok(()) => Ok((encoded, true)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok((read()?, false)),
         Err(e) => Err(io("create", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::postgres_tls::SslMode;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn postgres_urls_keep_schema_and_tls_beside_the_url() {
+        let location = StoreLocation::parse(
+            "postgres://u:pw@db.internal/app?schema=tenant_a&sslmode=verify-full&connect_timeout=5",
+        )
+        .unwrap();
+        let StoreLocation::Postgres { url, schema, tls } = &location else {
+            panic!("not PostgreSQL");
+        };
+        assert_eq!(
+            url.expose_secret(),
+            "postgres://u:pw@db.internal/app?connect_timeout=5"
+        );
+        assert_eq!(schema, "tenant_a");
+        assert_eq!(tls.mode(), SslMode::VerifyFull);
+        assert!(!format!("{location:?}").contains("pw"));
+    }
+
+    #[test]
+    fn stores_that_differ_in_tls_are_not_shared() {
+        let key = |url: &str| StoreLocation::parse(url).unwrap().shared_key().unwrap();
+        let base = "postgres://u@localhost/app";
+        assert_ne!(key(base), key(&format!("{base}?sslmode=disable")));
+        assert_ne!(
+            key(&format!("{base}?sslmode=verify-full")),
+            key(&format!("{base}?sslmode=verify-full&sslrootcert=/ca.pem"))
+        );
+        assert_eq!(key(base), key(&format!("{base}?sslmode=prefer")));
     }
 }

@@ -11,9 +11,10 @@
 //! - [`sqlite::SqliteStore`]: the embedded default, one file, shareable by processes on one
 //!   machine (WAL, busy timeout; the change feed polls a trigger-written log).
 //! - [`postgres::PostgresStore`]: many app instances on one database (pooled, async; the change
-//!   feed is LISTEN/NOTIFY).
+//!   feed is LISTEN/NOTIFY), over TLS as [`postgres_tls`] sets it up.
 
 pub mod postgres;
+pub mod postgres_tls;
 mod sql;
 pub mod sqlite;
 

@@ -8,6 +8,7 @@
 //! that loses its database connection reconnects with backoff and reports [`Change::Resync`],
 //! since notifications sent meanwhile are lost.
 
+use super::postgres_tls::{PostgresTls, TlsConnector};
 use super::sql::{self, CONNECTION_COLUMNS};
 use super::{
     Change, ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
@@ -25,7 +26,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row};
 
 /// The advisory lock key that serialises migrations ("authpipe" in ASCII, truncated).
 const MIGRATION_LOCK: i64 = 0x6175_7468_7069_7065;
@@ -180,8 +181,11 @@ fn pg(context: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     }
 }
 
-fn pool_error(e: deadpool_postgres::PoolError) -> Error {
-    Error::store("PostgreSQL: no connection from the pool", e)
+fn pool_error(tls: &PostgresTls, e: deadpool_postgres::PoolError) -> Error {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => tls.connect_error(&e),
+        e => Error::store("PostgreSQL: no connection from the pool", e),
+    }
 }
 
 /// The PostgreSQL store.
@@ -191,17 +195,31 @@ pub struct PostgresStore {
     label: String,
     /// For the change feed's own (unpooled) connection.
     config: tokio_postgres::Config,
+    tls: PostgresTls,
+    /// The pool's connector, shared by the change feed.
+    connector: TlsConnector,
     /// The schema, which is also the notification channel.
     schema: String,
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://...`) and applies migrations in `schema` (created if missing).
+    /// Connects to `url` (`postgres://...`, libpq's `sslmode` and `sslrootcert` included) and
+    /// applies migrations in `schema` (created if missing).
     pub async fn connect(url: &str, schema: &str) -> Result<Self> {
+        use secrecy::ExposeSecret;
+        let (url, tls) = PostgresTls::split_url(url)?;
+        Self::connect_with_tls(url.expose_secret(), schema, &tls).await
+    }
+
+    /// [`PostgresStore::connect`] with the TLS parameters already taken off `url`
+    /// ([`PostgresTls::split_url`]).
+    pub async fn connect_with_tls(url: &str, schema: &str, tls: &PostgresTls) -> Result<Self> {
         check_schema(schema)?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|_| Error::invalid_argument("store is not a valid postgres:// URL"))?;
+        tls.apply(&mut config);
+        let connector = tls.connector()?;
         config.options(format!("-c search_path={schema}"));
         let label = format!(
             "postgres://{}/{}?schema={schema}",
@@ -215,7 +233,7 @@ impl PostgresStore {
         config.keepalives_idle(Duration::from_secs(10));
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -228,6 +246,8 @@ impl PostgresStore {
             pool,
             label,
             config,
+            tls: tls.clone(),
+            connector,
             schema: schema.to_owned(),
         };
         store.migrate(schema).await?;
@@ -235,7 +255,7 @@ impl PostgresStore {
     }
 
     async fn migrate(&self, schema: &str) -> Result<()> {
-        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
@@ -279,7 +299,7 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client> {
-        self.pool.get().await.map_err(pool_error)
+        self.pool.get().await.map_err(|e| pool_error(&self.tls, e))
     }
 }
 
@@ -321,9 +341,10 @@ struct Listener {
 impl Listener {
     async fn connect(
         config: &tokio_postgres::Config,
+        connector: &TlsConnector,
         channel: &str,
     ) -> std::result::Result<Self, tokio_postgres::Error> {
-        let (client, mut connection) = config.connect(NoTls).await?;
+        let (client, mut connection) = config.connect(connector.clone()).await?;
         let (notes_tx, notes) = tokio::sync::mpsc::unbounded_channel();
         // The connection only makes progress while polled, LISTEN included.
         let driver = tokio::spawn(async move {
@@ -1085,9 +1106,10 @@ impl Store for PostgresStore {
 
     async fn watch(&self) -> Result<Option<ChangeFeed>> {
         let (config, channel) = (self.config.clone(), self.schema.clone());
+        let connector = self.connector.clone();
         // Subscribed before we return: the engine loads connections after this, so no change
         // can fall between its load and the feed.
-        let first = Listener::connect(&config, &channel)
+        let first = Listener::connect(&config, &connector, &channel)
             .await
             .map_err(pg("listen for connection changes"))?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -1103,7 +1125,7 @@ impl Store for PostgresStore {
                         _ = tx.closed() => return,
                         _ = tokio::time::sleep(retry) => {}
                     }
-                    match Listener::connect(&config, &channel).await {
+                    match Listener::connect(&config, &connector, &channel).await {
                         Ok(listener) => break listener,
                         Err(_) => retry = (retry * 2).min(LISTEN_RETRY_MAX),
                     }
