@@ -113,7 +113,7 @@ describe('what is on disk', () => {
     await authpipe.setSecret({ tenantId: 'doomed', name: 'webhook', value: 'whsec_doomed' });
     await authpipe.importConnection({ ...ref, tenantId: 'kept', accessToken: 'kept-token' });
     expect((await authpipe.getCredential({ ...ref, tenantId: 'doomed' })).credential).toBe('doomed-token');
-    expect(await authpipe.deleteTenant('doomed')).toEqual({ connections: 1, secrets: 1 });
+    expect(await authpipe.deleteTenant('doomed')).toEqual({ connections: 1, secrets: 1, sessions: 0, flows: 0 });
     await rejection(authpipe.getCredential({ ...ref, tenantId: 'doomed' }), 'CONNECTION_NOT_FOUND');
     await rejection(authpipe.getSecret({ tenantId: 'doomed', name: 'webhook' }), 'SECRET_NOT_FOUND');
     expect((await authpipe.getCredential({ ...ref, tenantId: 'kept' })).credential).toBe('kept-token');

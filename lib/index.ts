@@ -360,8 +360,19 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
   }
 
   /**
-   * Crypto-shreds a tenant: destroys its data key and deletes its connections and secrets.
-   * Copies of its rows (backups included) can no longer be decrypted, even with the master key.
+   * Deletes a tenant: destroys its data key and deletes its connections, secrets, connect
+   * sessions and pending connect flows, in one transaction. Other instances sharing the store
+   * forget the key too, and a tenant created again later gets a new key.
+   *
+   * What is shredded: the key's row in the live store (SQLite also overwrites the freed pages,
+   * `secure_delete`, and truncates its WAL), so rows copied out of the live store no longer
+   * decrypt. What is not: a backup taken before the delete holds the wrapped tenant key, and
+   * opens with the master key; so do replicas, and PostgreSQL's WAL and its archives and base
+   * backups, until they expire. On PostgreSQL the deleted rows also stay in the table files until
+   * their space is reused: `VACUUM` marks them reusable without overwriting them, and
+   * `VACUUM FULL` writes a new file but does not wipe the old one's blocks on disk.
+   * Crypto-shredding holds once every copy of the wrapped key is gone, or once the master key is
+   * rotated, retired and destroyed: backups' wrapped tenant keys then no longer unwrap.
    */
   async deleteTenant(tenantId: string): Promise<TenantDeletion> {
     const id = args.string(tenantId, 'tenantId');

@@ -205,6 +205,10 @@ export interface MasterKeyRotation {
 export interface TenantDeletion {
   readonly connections: number;
   readonly secrets: number;
+  /** Connect sessions deleted (expired ones included). */
+  readonly sessions: number;
+  /** Connect flows deleted (ended ones included). */
+  readonly flows: number;
 }
 
 /** Diagnostics of the native engine behind an instance. */

@@ -200,6 +200,8 @@ impl From<Rotation> for RotationOutput {
 pub struct TenantDeletionOutput {
     pub connections: u32,
     pub secrets: u32,
+    pub sessions: u32,
+    pub flows: u32,
 }
 
 impl From<TenantDeletion> for TenantDeletionOutput {
@@ -207,6 +209,8 @@ impl From<TenantDeletion> for TenantDeletionOutput {
         Self {
             connections: d.connections as u32,
             secrets: d.secrets as u32,
+            sessions: d.sessions as u32,
+            flows: d.flows as u32,
         }
     }
 }

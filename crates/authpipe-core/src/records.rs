@@ -126,6 +126,15 @@ pub struct ConnectionRecord {
     pub version: i64,
 }
 
+impl ConnectionRecord {
+    /// The sealed fields: the credential, then the refresh token and extras if present.
+    pub fn sealed_fields(&self) -> impl Iterator<Item = &Sealed> {
+        std::iter::once(&self.credential)
+            .chain(self.refresh_token.as_ref())
+            .chain(self.extras.as_ref())
+    }
+}
+
 /// One stored secret (`setSecret`). `provider` is `None` for tenant-wide secrets.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SecretRecord {

@@ -18,6 +18,15 @@ use authpipe_core::ErrorCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A stand-in for a sealed value: the record header (format 1, `generation`), then filler.
+/// Stores read the header's generation, never the rest.
+fn sealed(generation: u32, fill: u8) -> Sealed {
+    let mut bytes = vec![1];
+    bytes.extend_from_slice(&generation.to_be_bytes());
+    bytes.resize(40, fill);
+    Sealed(bytes)
+}
+
 fn tenant_key(tenant: &str, master: &str) -> TenantKeyRecord {
     TenantKeyRecord {
         tenant: TenantId::parse(tenant).unwrap(),
@@ -46,8 +55,8 @@ fn connection(tenant: &str, provider: &str, user: &str, token: u8) -> Connection
         last_check_at: None,
         last_error: None,
         token_issued_at: Some(100),
-        credential: Sealed(vec![token; 40]),
-        refresh_token: Some(Sealed(vec![token + 1; 40])),
+        credential: sealed(1, token),
+        refresh_token: Some(sealed(1, token + 1)),
         extras: None,
         version: 0,
     }
@@ -112,7 +121,6 @@ async fn conformance(store: Arc<dyn Store>) {
     );
     store.retire_master_key("k1", 9).await.unwrap();
     assert_eq!(store.master_keys().await.unwrap()[0].retired_at, Some(9));
-
     // Connections: upsert keeps created_at and bumps the version; no tenant key, no write.
     let stored = store
         .put_connections(vec![connection("t1", "attio", "u1", 10)])
@@ -226,7 +234,7 @@ async fn conformance(store: Arc<dyn Store>) {
         tenant: secret_key.tenant.clone(),
         provider: None,
         name: secret_key.name.clone(),
-        value: Sealed(vec![3; 30]),
+        value: sealed(1, 3),
         created_at: 1,
         updated_at: 1,
     };
@@ -246,7 +254,7 @@ async fn conformance(store: Arc<dyn Store>) {
     let flow = FlowRecord {
         state_hash: "h1".into(),
         key: ConnectionKey::parse("attio", "t1", "u1").unwrap(),
-        verifier: Some(Sealed(vec![4; 50])),
+        verifier: Some(sealed(1, 4)),
         redirect_uri: "https://app.example/cb".into(),
         scopes: vec!["x".into()],
         browser_hash: Some("b".into()),
@@ -399,15 +407,48 @@ async fn conformance(store: Arc<dyn Store>) {
         FlowTake::Fresh(_)
     ));
 
-    // Deleting a tenant takes its key, connections and secrets, and nothing else.
-    let deletion = store
-        .delete_tenant(&TenantId::parse("t2").unwrap())
+    // Deleting a tenant takes its key, connections, secrets, sessions and flows, and nothing else.
+    let t2 = TenantId::parse("t2").unwrap();
+    store
+        .put_session(SessionRecord {
+            token_hash: "t1-session".into(),
+            ..session.clone()
+        })
         .await
         .unwrap();
+    store
+        .put_session(SessionRecord {
+            token_hash: "t2-session".into(),
+            tenant: t2.clone(),
+            ..session.clone()
+        })
+        .await
+        .unwrap();
+    store
+        .put_flow(FlowRecord {
+            state_hash: "h3".into(),
+            key: ConnectionKey::parse("attio", "t2", "u1").unwrap(),
+            ..flow.clone()
+        })
+        .await
+        .unwrap();
+    let deletion = store.delete_tenant(&t2).await.unwrap();
     assert_eq!(
-        (deletion.connections, deletion.secrets, deletion.had_key),
-        (3, 1, true)
+        (
+            deletion.connections,
+            deletion.secrets,
+            deletion.sessions,
+            deletion.flows,
+            deletion.had_key
+        ),
+        (3, 1, 1, 1, true)
     );
+    assert_eq!(store.take_session("t2-session").await.unwrap(), None);
+    assert_eq!(
+        store.take_flow("h3", Some("b"), 5_000).await.unwrap(),
+        FlowTake::Unknown
+    );
+    assert!(store.take_session("t1-session").await.unwrap().is_some());
     assert!(store
         .tenant_key(&TenantId::parse("t2").unwrap())
         .await
@@ -419,6 +460,92 @@ async fn conformance(store: Arc<dyn Store>) {
         .unwrap()
         .is_some());
     assert_eq!(store.all_connections().await.unwrap().len(), 1);
+
+    // The deleted key's generation is kept: the tenant's next key must be a later one.
+    assert_eq!(store.deleted_generation(&t2).await.unwrap(), Some(1));
+    assert_eq!(
+        store
+            .deleted_generation(&TenantId::parse("t1").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .insert_tenant_key(tenant_key("t2", "k2"))
+            .await
+            .unwrap_err()
+            .code,
+        ErrorCode::VaultKeyMissing,
+        "a key made before the deletion"
+    );
+    let next = TenantKeyRecord {
+        generation: 2,
+        ..tenant_key("t2", "k2")
+    };
+    assert_eq!(store.insert_tenant_key(next.clone()).await.unwrap(), next);
+
+    // Writes sealed with the deleted key (generation 1) are refused, whatever they write.
+    let stale = connection("t2", "attio", "a", 1);
+    let fresh = ConnectionRecord {
+        credential: sealed(2, 1),
+        refresh_token: Some(sealed(2, 2)),
+        ..stale.clone()
+    };
+    for refused in [
+        stale.clone(),
+        ConnectionRecord {
+            refresh_token: Some(sealed(1, 2)),
+            ..fresh.clone()
+        },
+    ] {
+        let err = store.put_connections(vec![refused]).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::VaultKeyMissing, "{}", err.message);
+    }
+    let stored = store.put_connections(vec![fresh]).await.unwrap().remove(0);
+    let err = store
+        .update_connection(stale.clone(), stored.version)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::VaultKeyMissing);
+    assert_eq!(
+        store.connection(&stored.key).await.unwrap().unwrap(),
+        stored,
+        "nothing written"
+    );
+    assert!(
+        store
+            .update_connection(stored.clone(), stored.version + 5)
+            .await
+            .unwrap()
+            .is_none(),
+        "a current key and a stale version: lost to another writer"
+    );
+    let stale_secret = SecretRecord {
+        tenant: t2.clone(),
+        provider: None,
+        name: SecretName::parse("webhook").unwrap(),
+        value: sealed(1, 3),
+        created_at: 1,
+        updated_at: 1,
+    };
+    assert_eq!(
+        store.put_secret(stale_secret).await.unwrap_err().code,
+        ErrorCode::VaultKeyMissing
+    );
+    let stale_flow = FlowRecord {
+        state_hash: "h4".into(),
+        key: stored.key.clone(),
+        ..flow.clone()
+    };
+    assert_eq!(
+        store.put_flow(stale_flow).await.unwrap_err().code,
+        ErrorCode::VaultKeyMissing
+    );
+    assert_eq!(
+        store.take_flow("h4", None, 5_000).await.unwrap(),
+        FlowTake::Unknown
+    );
 }
 
 /// What two processes sharing a store rely on: `a` and `b` are two handles on one database.
@@ -561,10 +688,14 @@ async fn coordination(a: Arc<dyn Store>, b: Arc<dyn Store>) {
             version: None
         }
     );
-    // Deleting the tenant deletes its leases too.
+    // Deleting the tenant deletes its leases too, and b hears of it.
     a.delete_tenant(&TenantId::parse("tc").unwrap())
         .await
         .unwrap();
+    assert_eq!(
+        next_change(&mut feed).await,
+        Change::TenantDeleted(TenantId::parse("tc").unwrap())
+    );
     assert_eq!(
         b.try_lease(lease("b", 10_000), 2_200).await.unwrap(),
         LeaseTake::Acquired

@@ -185,30 +185,23 @@ impl Client {
             }
         };
         let engine = self.engine();
-        let sealed_verifier = match &verifier {
-            Some(v) => Some(
-                engine
-                    .seal_flow_secret(&request.key, &state_hash, v.secret())
-                    .await?,
-            ),
-            None => None,
-        };
         let now = engine.now_ms();
+        let flow = FlowRecord {
+            state_hash,
+            key: request.key,
+            verifier: None,
+            redirect_uri,
+            scopes,
+            browser_hash: request
+                .browser_binding
+                .as_ref()
+                .map(|b| sha256_hex(b.expose_secret())),
+            created_at: now,
+            expires_at: now + FLOW_TTL_MS,
+            consumed_at: None,
+        };
         engine
-            .put_flow(FlowRecord {
-                state_hash,
-                key: request.key,
-                verifier: sealed_verifier,
-                redirect_uri,
-                scopes,
-                browser_hash: request
-                    .browser_binding
-                    .as_ref()
-                    .map(|b| sha256_hex(b.expose_secret())),
-                created_at: now,
-                expires_at: now + FLOW_TTL_MS,
-                consumed_at: None,
-            })
+            .put_flow(flow, verifier.as_ref().map(|v| v.secret().as_str()))
             .await?;
         Ok(Started {
             url: url.into(),

@@ -1,6 +1,7 @@
-//! Following other processes: the store's change feed says which connections they changed;
-//! the cache reloads those (or everything, after the feed may have missed some). What another
-//! process refreshed is then served here as soon as the reload lands.
+//! Following other processes: the store's change feed says which connections they changed and
+//! which tenants they deleted; the cache reloads those connections (or everything, after the
+//! feed may have missed some) and forgets the deleted tenants' keys. What another process
+//! refreshed is then served here as soon as the reload lands.
 
 use super::Engine;
 use crate::error::Result;
@@ -96,8 +97,16 @@ impl FollowTask {
 }
 
 impl Engine {
-    /// Reloads the connections the changes name, unless the cache already has their version.
+    /// Forgets the tenants the changes say were deleted, then reloads the connections they
+    /// name, unless the cache already has their version.
     async fn apply_changes(&self, changes: Vec<Change>) -> Result<()> {
+        // Deletions first: whatever the batch says of a deleted tenant's connections after its
+        // deletion is then reloaded, not mistaken for a version the cache already has.
+        for change in &changes {
+            if let Change::TenantDeleted(tenant) = change {
+                self.forget_tenant(tenant);
+            }
+        }
         let mut wanted: HashMap<String, ConnectionKey> = HashMap::new();
         for change in changes {
             let Change::Connection { key, version } = change else {
@@ -130,9 +139,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Reloads every connection, after changes may have been missed.
+    /// Reloads every connection, after changes may have been missed, and forgets the tenant
+    /// keys that are not stored any more.
     async fn resync(&self) -> Result<()> {
         self.count_read();
+        self.vault.forget_all_but(&self.store.tenant_keys().await?);
         let records = self.store.all_connections().await?;
         let present: HashSet<String> = records.iter().map(|r| r.key.cache_key()).collect();
         for record in records {
@@ -149,7 +160,7 @@ impl Engine {
     }
 
     /// Makes the cache hold what the store holds for `key`.
-    fn follow_stored(&self, key: &ConnectionKey, stored: Option<ConnectionRecord>) {
+    pub(super) fn follow_stored(&self, key: &ConnectionKey, stored: Option<ConnectionRecord>) {
         let changed = match stored {
             Some(record) => {
                 // Versions start again when a row is deleted and created again: then the

@@ -498,7 +498,8 @@ impl Engine {
     ) -> Result<ConnectionRecord> {
         let key = record.key.clone();
         let now = self.now_ms();
-        let tenant_key = self.tenant_key(&key.tenant, false).await?;
+        // The key that opened the row this replaces: the store refuses anything else.
+        let tenant_key = self.tenant_key_for(&key.tenant, &record.credential).await?;
         let seal = |field: &str, value: &str| {
             self.vault.seal(
                 &tenant_key,

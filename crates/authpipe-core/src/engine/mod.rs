@@ -4,7 +4,9 @@
 //!
 //! - a secret is sealed before it reaches the store and opened only on its way out to a caller;
 //! - the cache mirrors the store, and every change bumps the connection's generation;
-//! - a tenant's data key is created once, by whichever writer comes first;
+//! - a tenant's data key is created once, by whichever writer comes first, and a tenant created
+//!   again after `deleteTenant` gets a new generation of key (see `vault` on generations): a
+//!   write the store refuses as sealed with a destroyed key is sealed again with the stored one;
 //! - other processes sharing the store are followed through its change feed (engine/follow.rs),
 //!   and refreshes and probes are coordinated with them through store leases (maintain.rs).
 
@@ -16,7 +18,8 @@ mod open;
 pub use maintain::{Health, RefreshReason};
 
 pub use open::{
-    check_options, open_shared, DevKeyNotice, EngineOptions, MasterKeySource, Opened, StoreLocation,
+    check_options, open_shared, open_unshared, DevKeyNotice, EngineOptions, MasterKeySource,
+    Opened, StoreLocation,
 };
 
 use crate::cache::{Cache, CachedConnection};
@@ -29,11 +32,11 @@ use crate::ids::{ConnectionKey, TenantId};
 use crate::maintenance::{self, timing, RetryState};
 use crate::records::{
     ConnectionRecord, ConnectionStatus, CredentialKind, FlowRecord, Sealed, SecretRecord,
-    SessionRecord,
+    SessionRecord, TenantKeyRecord,
 };
 use crate::scheduler::{Job, Runner, Scheduler};
 use crate::store::{FlowTake, ListQuery, SecretKey, Store, TenantDeletion, PRUNE_INTERVAL_MS};
-use crate::vault::{RecordPlace, TenantKey, Vault};
+use crate::vault::{sealed_generation, RecordPlace, TenantKey, Vault};
 use dashmap::DashMap;
 use follow::FollowTask;
 use input::{ImportRequest, ImportedCredential};
@@ -422,7 +425,22 @@ impl Engine {
             match self.reveal(&entry, allow_stale)? {
                 Reveal::Credential(credential) => return Ok(credential),
                 Reveal::NeedsKey => {
-                    self.tenant_key(&key.tenant, false).await?;
+                    let record = &entry.record;
+                    let tenant_key = self.tenant_key_for(&key.tenant, &record.credential).await?;
+                    let place = connection_place(key, FIELD_CREDENTIAL);
+                    if let Err(stale) =
+                        self.vault
+                            .check_generation(&tenant_key, &place, &record.credential)
+                    {
+                        // Sealed with a key the tenant no longer has: our copy predates a
+                        // deleteTenant() by another process that the change feed has not
+                        // brought yet. The stored row replaces it, unless it is that row.
+                        let stored = self.stored_connection(key).await?;
+                        if stored.as_ref() == Some(record) {
+                            return Err(stale);
+                        }
+                        self.follow_stored(key, stored);
+                    }
                 }
                 Reveal::NeedsRefresh => {
                     refreshes += 1;
@@ -493,7 +511,12 @@ impl Engine {
                 ));
             }
         }
-        let Some(tenant_key) = self.vault.cached(&key.tenant) else {
+        let generation = sealed_generation(&record.credential)?;
+        let Some(tenant_key) = self
+            .vault
+            .cached(&key.tenant)
+            .filter(|k| k.generation() == generation)
+        else {
             return Ok(Reveal::NeedsKey);
         };
         let secret = self.vault.open(
@@ -527,7 +550,7 @@ impl Engine {
         self.count_read();
         let record = match self.store.tenant_key(tenant).await? {
             Some(record) => record,
-            None if create => self.store.insert_tenant_key(self.vault.new_tenant_key(tenant, self.now_ms())?).await?,
+            None if create => self.create_tenant_key(tenant).await?,
             None => {
                 return Err(Error::new(
                     ErrorCode::VaultKeyMissing,
@@ -536,6 +559,35 @@ impl Engine {
             }
         };
         self.vault.unwrap(&record)
+    }
+
+    /// The key to open `sealed` of `tenant` with: ours if it is of the generation `sealed` was
+    /// sealed with, else the store's (another process may have deleted the tenant and created
+    /// it again, under a newer key than ours).
+    async fn tenant_key_for(&self, tenant: &TenantId, sealed: &Sealed) -> Result<Arc<TenantKey>> {
+        let generation = sealed_generation(sealed)?;
+        match self.vault.cached(tenant) {
+            Some(key) if key.generation() == generation => Ok(key),
+            _ => {
+                self.vault.forget(tenant);
+                self.tenant_key(tenant, false).await
+            }
+        }
+    }
+
+    /// Stores a new data key for `tenant`, of a later generation than any it had (or the one
+    /// another creator stored first).
+    async fn create_tenant_key(&self, tenant: &TenantId) -> Result<TenantKeyRecord> {
+        let mut attempt = 0;
+        loop {
+            let deleted = self.store.deleted_generation(tenant).await?;
+            let record = self.vault.new_tenant_key(tenant, deleted, self.now_ms())?;
+            match self.store.insert_tenant_key(record).await {
+                // The tenant was deleted between our two reads: its deleted generation moved on.
+                Err(e) if e.code == ErrorCode::VaultKeyMissing && attempt == 0 => attempt += 1,
+                stored => return stored,
+            }
+        }
     }
 
     // Connections ---------------------------------------------------------------------------
@@ -640,7 +692,7 @@ impl Engine {
     /// (revocation, refresh).
     pub async fn secrets_of(&self, record: &ConnectionRecord) -> Result<ConnectionSecrets> {
         let key = &record.key;
-        let tenant_key = self.tenant_key(&key.tenant, false).await?;
+        let tenant_key = self.tenant_key_for(&key.tenant, &record.credential).await?;
         let open = |field: &str, sealed: &Sealed| -> Result<SecretString> {
             utf8(
                 &self
@@ -663,16 +715,25 @@ impl Engine {
         })
     }
 
-    /// Seals a connect flow's PKCE verifier with the tenant's key, bound to that flow.
-    pub async fn seal_flow_secret(
-        &self,
-        key: &ConnectionKey,
-        state_hash: &str,
-        secret: &str,
-    ) -> Result<Sealed> {
-        let tenant_key = self.tenant_key(&key.tenant, true).await?;
-        self.vault
-            .seal(&tenant_key, &flow_place(key, state_hash), secret.as_bytes())
+    /// Stores a connect flow, with its PKCE verifier (if any) sealed with the tenant's key,
+    /// bound to that flow.
+    pub async fn put_flow(&self, mut flow: FlowRecord, verifier: Option<&str>) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            if let Some(secret) = verifier {
+                let tenant_key = self.tenant_key(&flow.key.tenant, true).await?;
+                let place = flow_place(&flow.key, &flow.state_hash);
+                flow.verifier = Some(self.vault.seal(&tenant_key, &place, secret.as_bytes())?);
+            }
+            match self.store.put_flow(flow.clone()).await {
+                // Sealed with a key deleteTenant() destroyed meanwhile: seal again.
+                Err(e) if e.code == ErrorCode::VaultKeyMissing && attempt == 0 => {
+                    self.vault.forget(&flow.key.tenant);
+                    attempt += 1;
+                }
+                stored => return stored,
+            }
+        }
     }
 
     pub async fn open_flow_secret(
@@ -681,16 +742,12 @@ impl Engine {
         state_hash: &str,
         sealed: &Sealed,
     ) -> Result<SecretString> {
-        let tenant_key = self.tenant_key(&key.tenant, false).await?;
+        let tenant_key = self.tenant_key_for(&key.tenant, sealed).await?;
         utf8(
             &self
                 .vault
                 .open(&tenant_key, &flow_place(key, state_hash), sealed)?,
         )
-    }
-
-    pub async fn put_flow(&self, flow: FlowRecord) -> Result<()> {
-        self.store.put_flow(flow).await
     }
 
     /// Consumes a flow, if `browser_hash` is the binding it was started with.
@@ -815,7 +872,7 @@ impl Engine {
                 ),
             )
         })?;
-        let tenant_key = self.tenant_key(&key.tenant, false).await?;
+        let tenant_key = self.tenant_key_for(&key.tenant, &record.value).await?;
         utf8(
             &self
                 .vault
@@ -870,14 +927,25 @@ impl Engine {
         self.vault.retire(id)
     }
 
-    /// Crypto-shreds a tenant: its data key is destroyed and its rows deleted.
+    /// Deletes a tenant: its data key is destroyed and its rows deleted, with its connect
+    /// sessions and flows; other processes hear of it through the change feed. (Copies of the
+    /// wrapped key elsewhere, backups above all, are not: see the README.)
     pub async fn delete_tenant(&self, tenant: &TenantId) -> Result<TenantDeletion> {
-        self.vault.forget(tenant);
-        self.cache.remove_tenant(tenant);
+        self.forget_tenant(tenant);
         let deletion = self.store.delete_tenant(tenant).await?;
         // A read that raced the deletion may have reloaded either; drop them again.
-        self.vault.forget(tenant);
-        self.cache.remove_tenant(tenant);
+        self.forget_tenant(tenant);
         Ok(deletion)
+    }
+
+    /// Drops a deleted tenant's key and connections from memory.
+    fn forget_tenant(&self, tenant: &TenantId) {
+        self.vault.forget(tenant);
+        for entry in self.cache.entries() {
+            if &entry.record.key.tenant == tenant {
+                self.retries.remove(&entry.record.key.cache_key());
+            }
+        }
+        self.cache.remove_tenant(tenant);
     }
 }

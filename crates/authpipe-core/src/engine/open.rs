@@ -187,6 +187,25 @@ pub async fn open_shared(options: EngineOptions) -> Result<Opened> {
     Ok(Opened { engine, dev_key })
 }
 
+/// An engine of its own on `store`, outside this process's registry: what another process
+/// sharing the store would have. For tests that run several "processes" in one.
+#[doc(hidden)]
+pub async fn open_unshared(
+    store: Arc<dyn Store>,
+    keys: &[MasterKeyConfig],
+    clock: Option<Arc<dyn Clock>>,
+) -> Result<Arc<Engine>> {
+    let vault = Vault::new(Keyring::from_config(keys)?);
+    let clock = clock.unwrap_or_else(|| Arc::new(SystemClock));
+    Engine::new(
+        NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
+        store,
+        vault,
+        clock,
+    )
+    .await
+}
+
 fn resolve_keys(
     source: &MasterKeySource,
     store: &StoreLocation,

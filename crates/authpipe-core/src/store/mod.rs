@@ -18,11 +18,11 @@ pub mod postgres_tls;
 mod sql;
 pub mod sqlite;
 
-use crate::error::Result;
+use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, SecretName, TenantId};
 use crate::records::{
-    ConnectionRecord, ConnectionStatus, FlowRecord, MasterKeyRecord, SecretRecord, SessionRecord,
-    TenantKeyRecord,
+    ConnectionRecord, ConnectionStatus, FlowRecord, MasterKeyRecord, Sealed, SecretRecord,
+    SessionRecord, TenantKeyRecord,
 };
 use async_trait::async_trait;
 
@@ -53,6 +53,10 @@ pub struct ListQuery {
 pub struct TenantDeletion {
     pub connections: u64,
     pub secrets: u64,
+    /// Connect sessions, expired or not: none can start a flow for the tenant any more.
+    pub sessions: u64,
+    /// Connect flows, ended or not: no callback can complete one any more.
+    pub flows: u64,
     pub had_key: bool,
 }
 
@@ -144,7 +148,7 @@ pub enum LeaseTake {
     HeldUntil(i64),
 }
 
-/// A change to a stored connection, as the change feed reports it. Carries no secret.
+/// A change to the store, as the change feed reports it. Carries no secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// The connection was written (and now has `version`), or deleted (`None`).
@@ -152,6 +156,9 @@ pub enum Change {
         key: ConnectionKey,
         version: Option<i64>,
     },
+    /// The tenant's data key was deleted (`deleteTenant`): forget it, and the tenant's
+    /// connections (their deletions are reported too).
+    TenantDeleted(TenantId),
     /// Changes may have been missed (the feed lost its database connection, or fell behind):
     /// reload everything.
     Resync,
@@ -176,8 +183,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn tenant_keys(&self) -> Result<Vec<TenantKeyRecord>>;
     async fn tenant_key(&self, tenant: &TenantId) -> Result<Option<TenantKeyRecord>>;
-    /// Stores a tenant's first data key unless one exists; returns the stored key either way,
-    /// so concurrent creators (other processes too) agree on one key.
+    /// The generation of the tenant's last deleted data key, if it ever had one: a new key must
+    /// be of a later generation (see `vault` on generations).
+    async fn deleted_generation(&self, tenant: &TenantId) -> Result<Option<u32>>;
+    /// Stores a tenant's data key unless one exists; returns the stored key either way, so
+    /// concurrent creators (other processes too) agree on one key. Checked in the same
+    /// transaction: a key whose generation is not past the tenant's deleted key's is refused
+    /// with `VAULT_KEY_MISSING` (the tenant was deleted meanwhile).
     async fn insert_tenant_key(&self, record: TenantKeyRecord) -> Result<TenantKeyRecord>;
     /// Replaces a tenant key's wrapping if it is still wrapped by `expected_master_key_id`.
     /// Returns whether it was replaced.
@@ -186,22 +198,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         record: TenantKeyRecord,
         expected_master_key_id: &str,
     ) -> Result<bool>;
-    /// Deletes the tenant's data key, connections and secrets in one transaction, and makes
-    /// sure the deleted key bytes do not linger in the store's files.
+    /// Deletes the tenant's data key, connections, secrets, connect sessions and flows (and
+    /// leases) in one transaction, and makes sure the deleted key bytes do not linger in the
+    /// store's live files. The key row's deletion also records its generation (see
+    /// [`Store::deleted_generation`]) and reports [`Change::TenantDeleted`] on the change feed.
     async fn delete_tenant(&self, tenant: &TenantId) -> Result<TenantDeletion>;
 
     // Connections ------------------------------------------------------------------------------
 
     /// Inserts or replaces connections in one transaction (all or nothing). `created_at` of an
-    /// existing row is kept and its version bumped. Fails with `VAULT_KEY_MISSING` if a
-    /// record's tenant has no data key (it was deleted meanwhile). Returns the rows as stored.
+    /// existing row is kept and its version bumped. Fails with `VAULT_KEY_MISSING` unless every
+    /// sealed field was sealed with the tenant's data key as stored ([`check_sealed_with`]).
+    /// Returns the rows as stored.
     async fn put_connections(
         &self,
         records: Vec<ConnectionRecord>,
     ) -> Result<Vec<ConnectionRecord>>;
     /// Replaces a connection if its stored version is still `expected_version` (compare and
     /// swap); returns the stored record with its new version, or `None` if another writer got
-    /// there first. `created_at` is kept.
+    /// there first. `created_at` is kept. Same tenant-key check as `put_connections`, in the
+    /// same statement.
     async fn update_connection(
         &self,
         record: ConnectionRecord,
@@ -226,7 +242,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // Connect flows and sessions ----------------------------------------------------------------
 
     /// Stores a new flow, dropping the oldest pending ones of its (tenant, user) past
-    /// [`MAX_PENDING_FLOWS_PER_USER`].
+    /// [`MAX_PENDING_FLOWS_PER_USER`]. A sealed verifier gets the tenant-key check of
+    /// `put_connections`.
     async fn put_flow(&self, flow: FlowRecord) -> Result<()>;
     /// Consumes the flow with this state hash if `browser_hash` is the one it was started with
     /// (see [`FlowTake::decide`]), atomically: of concurrent callers with the same state,
@@ -260,4 +277,58 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Starts reporting connection changes, from this moment on (changes this process made
     /// may be reported too). `None` if no other process can write to this store.
     async fn watch(&self) -> Result<Option<ChangeFeed>>;
+}
+
+/// The check every write of sealed data makes inside its transaction, given the generation of
+/// the tenant's data key as stored (`None`: it has none): the tenant still has a key, and every
+/// value was sealed with it. A process that missed a `deleteTenant` seals with the destroyed
+/// key; its write is refused here rather than stored unreadable (see `vault` on generations).
+pub(crate) fn check_sealed_with<'a>(
+    tenant: &TenantId,
+    stored_generation: Option<u32>,
+    sealed: impl IntoIterator<Item = &'a Sealed>,
+) -> Result<()> {
+    let Some(stored) = stored_generation else {
+        return Err(Error::new(
+            ErrorCode::VaultKeyMissing,
+            format!(
+                "tenant '{tenant}' has no data key (it was deleted while this write was prepared)"
+            ),
+        ));
+    };
+    for value in sealed {
+        let generation = crate::vault::sealed_generation(value)?;
+        if generation != stored {
+            return Err(Error::new(
+                ErrorCode::VaultKeyMissing,
+                format!(
+                    "tenant '{tenant}' was deleted and created again while this write was prepared: it was sealed with \
+                     data key generation {generation}, and the tenant's key is generation {stored}"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a new tenant key that is not of a later generation than the tenant's deleted one
+/// (`deleted`): the tenant was deleted after the key was made, so make it again.
+pub(crate) fn check_after_deleted(record: &TenantKeyRecord, deleted: Option<u32>) -> Result<()> {
+    match deleted {
+        Some(deleted) if record.generation <= deleted => Err(Error::new(
+            ErrorCode::VaultKeyMissing,
+            format!(
+                "tenant '{}' was deleted while its new data key was made (generation {}, deleted generation {deleted}); try again",
+                record.tenant, record.generation
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The one generation all of a record's sealed fields were sealed with.
+pub(crate) fn record_generation(record: &ConnectionRecord) -> Result<u32> {
+    let generation = crate::vault::sealed_generation(&record.credential)?;
+    check_sealed_with(&record.key.tenant, Some(generation), record.sealed_fields())?;
+    Ok(generation)
 }

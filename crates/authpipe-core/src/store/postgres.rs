@@ -3,16 +3,18 @@
 //! (deadpool + tokio-postgres); migrations applied under an advisory lock, so instances starting
 //! at once apply each migration exactly once.
 //!
-//! The change feed is LISTEN/NOTIFY: a trigger notifies every connection write on a channel
-//! named after the schema (payload: the connection's key and version, no secret). A listener
+//! The change feed is LISTEN/NOTIFY: triggers notify every connection write and every deleted
+//! tenant key on a channel named after the schema (payload: the connection's key and version,
+//! or the tenant; no secret). A listener
 //! that loses its database connection reconnects with backoff and reports [`Change::Resync`],
 //! since notifications sent meanwhile are lost.
 
 use super::postgres_tls::{PostgresTls, TlsConnector};
 use super::sql::{self, CONNECTION_COLUMNS};
 use super::{
-    Change, ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
-    TenantDeletion, ENDED_RETENTION_MS, MAX_PENDING_FLOWS_PER_USER,
+    check_after_deleted, check_sealed_with, record_generation, Change, ChangeFeed, FlowTake, Lease,
+    LeasePurpose, LeaseTake, ListQuery, SecretKey, Store, TenantDeletion, ENDED_RETENTION_MS,
+    MAX_PENDING_FLOWS_PER_USER,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
@@ -30,6 +32,11 @@ use tokio_postgres::{AsyncMessage, Row};
 
 /// The advisory lock key that serialises migrations ("authpipe" in ASCII, truncated).
 const MIGRATION_LOCK: i64 = 0x6175_7468_7069_7065;
+
+/// Serialises, per tenant, creating and deleting its data key (the class of a two-key advisory
+/// lock; the other key is the hash of the tenant id): a key made from a stale
+/// [`Store::deleted_generation`] is then always caught by `insert_tenant_key`'s check.
+const TENANT_KEY_LOCK: &str = "SELECT pg_advisory_xact_lock(1635087464, hashtext($1))";
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -127,6 +134,24 @@ CREATE TRIGGER connections_notify AFTER INSERT OR UPDATE OR DELETE ON connection
     FOR EACH ROW EXECUTE FUNCTION connections_notify();
 "#,
     sql::FLOW_AND_SESSION_INDEXES,
+    r#"
+-- A deleted tenant key: its generation is kept, so that the tenant's next key is a later one (no
+-- key material), and listeners are told to forget it.
+CREATE TABLE deleted_tenant_keys (
+    tenant_id  text PRIMARY KEY,
+    generation integer NOT NULL
+);
+CREATE FUNCTION tenant_keys_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO deleted_tenant_keys (tenant_id, generation) VALUES (OLD.tenant_id, OLD.generation)
+        ON CONFLICT (tenant_id) DO UPDATE SET generation = excluded.generation;
+    PERFORM pg_notify(TG_TABLE_SCHEMA, json_build_object('tenant_deleted', OLD.tenant_id)::text);
+    RETURN OLD;
+END
+$$;
+CREATE TRIGGER tenant_keys_deleted AFTER DELETE ON tenant_keys
+    FOR EACH ROW EXECUTE FUNCTION tenant_keys_deleted();
+"#,
 ];
 
 /// Takes a lease ($1..$3 connection, $4 purpose, $5 owner, $6 until) if it is free, ours, or
@@ -388,12 +413,40 @@ impl Listener {
     }
 }
 
-/// `[tenant, provider, user, version]`, as the trigger builds it.
+/// What the triggers send: `[tenant, provider, user, version]` for a connection,
+/// `{"tenant_deleted": tenant}` for a deleted tenant key.
 fn parse_notification(payload: &str) -> Option<Change> {
-    let (tenant, provider, user, version): (String, String, String, Option<i64>) =
-        serde_json::from_str(payload).ok()?;
-    let key = ConnectionKey::parse(&provider, &tenant, &user).ok()?;
-    Some(Change::Connection { key, version })
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Note {
+        Connection(String, String, String, Option<i64>),
+        TenantDeleted { tenant_deleted: String },
+    }
+    Some(match serde_json::from_str(payload).ok()? {
+        Note::Connection(tenant, provider, user, version) => Change::Connection {
+            key: ConnectionKey::parse(&provider, &tenant, &user).ok()?,
+            version,
+        },
+        Note::TenantDeleted { tenant_deleted } => {
+            Change::TenantDeleted(TenantId::parse(tenant_deleted).ok()?)
+        }
+    })
+}
+
+/// The generation of the tenant's data key as stored, for [`check_sealed_with`], locked until
+/// the transaction ends: the key cannot be deleted under the write it checks.
+async fn stored_generation(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: &TenantId,
+) -> Result<Option<u32>> {
+    let row = tx
+        .query_opt(
+            &format!("{} FOR SHARE", sql::TENANT_KEY_GENERATION),
+            &[&tenant.as_str()],
+        )
+        .await
+        .map_err(pg("check tenant key"))?;
+    Ok(row.map(|r| r.get::<_, i32>(0) as u32))
 }
 
 fn invalid_row(what: &str) -> Error {
@@ -607,24 +660,46 @@ impl Store for PostgresStore {
         row.as_ref().map(tenant_key_from_row).transpose()
     }
 
+    async fn deleted_generation(&self, tenant: &TenantId) -> Result<Option<u32>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(sql::DELETED_GENERATION, &[&tenant.as_str()])
+            .await
+            .map_err(pg("read deleted tenant key"))?;
+        Ok(row.map(|r| r.get::<_, i32>(0) as u32))
+    }
+
     async fn insert_tenant_key(&self, record: TenantKeyRecord) -> Result<TenantKeyRecord> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO tenant_keys (tenant_id, generation, master_key_id, wrapped, created_at) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (tenant_id) DO NOTHING",
-                &[&record.tenant.as_str(), &(record.generation as i32), &record.master_key_id, &record.wrapped.0, &record.created_at],
-            )
+        let select = "SELECT tenant_id, generation, master_key_id, wrapped, created_at FROM tenant_keys WHERE tenant_id = $1";
+        let t = record.tenant.as_str();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        // Each statement after the lock sees every creation and deletion committed before it.
+        tx.execute(TENANT_KEY_LOCK, &[&t])
             .await
-            .map_err(pg("insert tenant key"))?;
-        let row = client
-            .query_one(
-                "SELECT tenant_id, generation, master_key_id, wrapped, created_at FROM tenant_keys WHERE tenant_id = $1",
-                &[&record.tenant.as_str()],
-            )
+            .map_err(pg("lock tenant key"))?;
+        if let Some(row) = tx
+            .query_opt(select, &[&t])
             .await
-            .map_err(pg("read tenant key"))?;
-        tenant_key_from_row(&row)
+            .map_err(pg("read tenant key"))?
+        {
+            return tenant_key_from_row(&row);
+        }
+        let deleted = tx
+            .query_opt(sql::DELETED_GENERATION, &[&t])
+            .await
+            .map_err(pg("read deleted tenant key"))?
+            .map(|r| r.get::<_, i32>(0) as u32);
+        check_after_deleted(&record, deleted)?;
+        tx.execute(
+            "INSERT INTO tenant_keys (tenant_id, generation, master_key_id, wrapped, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&t, &(record.generation as i32), &record.master_key_id, &record.wrapped.0, &record.created_at],
+        )
+        .await
+        .map_err(pg("insert tenant key"))?;
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(record)
     }
 
     async fn rewrap_tenant_key(
@@ -648,26 +723,29 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
         let t = tenant.as_str();
+        tx.execute(TENANT_KEY_LOCK, &[&t])
+            .await
+            .map_err(pg("lock tenant key"))?;
+        // First the key (its trigger keeps its generation and tells the listeners).
         let had_key = tx
             .execute("DELETE FROM tenant_keys WHERE tenant_id = $1", &[&t])
             .await
             .map_err(pg("delete tenant"))?
             > 0;
-        let connections = tx
-            .execute("DELETE FROM connections WHERE tenant_id = $1", &[&t])
-            .await
-            .map_err(pg("delete tenant"))?;
-        let secrets = tx
-            .execute("DELETE FROM secrets WHERE tenant_id = $1", &[&t])
-            .await
-            .map_err(pg("delete tenant"))?;
-        tx.execute("DELETE FROM leases WHERE tenant_id = $1", &[&t])
-            .await
-            .map_err(pg("delete tenant"))?;
+        let mut counts = [0u64; sql::TENANT_TABLES.len()];
+        for (count, table) in counts.iter_mut().zip(sql::TENANT_TABLES) {
+            *count = tx
+                .execute(&format!("DELETE FROM {table} WHERE tenant_id = $1"), &[&t])
+                .await
+                .map_err(pg("delete tenant"))?;
+        }
         tx.commit().await.map_err(pg("commit"))?;
+        let [connections, secrets, sessions, flows, _leases] = counts;
         Ok(TenantDeletion {
             connections,
             secrets,
+            sessions,
+            flows,
             had_key,
         })
     }
@@ -681,20 +759,8 @@ impl Store for PostgresStore {
         let upsert = sql::UPSERT_CONNECTION.as_str();
         let mut stored = Vec::with_capacity(records.len());
         for mut r in records {
-            let has_key = tx
-                .query_opt(
-                    "SELECT 1 FROM tenant_keys WHERE tenant_id = $1 FOR SHARE",
-                    &[&r.key.tenant.as_str()],
-                )
-                .await
-                .map_err(pg("check tenant key"))?
-                .is_some();
-            if !has_key {
-                return Err(Error::new(
-                    ErrorCode::VaultKeyMissing,
-                    format!("tenant '{}' has no data key (it was deleted while this write was prepared)", r.key.tenant),
-                ));
-            }
+            let generation = stored_generation(&tx, &r.key.tenant).await?;
+            check_sealed_with(&r.key.tenant, generation, r.sealed_fields())?;
             let values = RowValues::new(&r)?;
             let row = tx
                 .query_one(upsert, &values.params())
@@ -713,19 +779,32 @@ impl Store for PostgresStore {
         record: ConnectionRecord,
         expected_version: i64,
     ) -> Result<Option<ConnectionRecord>> {
+        let generation = record_generation(&record)? as i32;
         let values = RowValues::new(&record)?;
         let mut params = values.params();
         params.remove(sql::CREATED_AT_INDEX); // never updated
         params.push(&expected_version);
+        params.push(&generation);
         let client = self.client().await?;
         let row = client
             .query_opt(&prepared(&client, sql::UPDATE_CONNECTION).await?, &params)
             .await
             .map_err(pg("update connection"))?;
-        Ok(row.map(|row| ConnectionRecord {
-            version: row.get(0),
-            ..record
-        }))
+        if let Some(row) = row {
+            return Ok(Some(ConnectionRecord {
+                version: row.get(0),
+                ..record
+            }));
+        }
+        // Lost to another writer, or refused by the key check: which one, reported.
+        let tenant = &record.key.tenant;
+        let stored = client
+            .query_opt(sql::TENANT_KEY_GENERATION, &[&tenant.as_str()])
+            .await
+            .map_err(pg("check tenant key"))?
+            .map(|r| r.get::<_, i32>(0) as u32);
+        check_sealed_with(tenant, stored, record.sealed_fields())?;
+        Ok(None)
     }
 
     async fn connections(&self, keys: &[ConnectionKey]) -> Result<Vec<ConnectionRecord>> {
@@ -857,23 +936,8 @@ impl Store for PostgresStore {
     async fn put_secret(&self, record: SecretRecord) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
-        let has_key = tx
-            .query_opt(
-                "SELECT 1 FROM tenant_keys WHERE tenant_id = $1 FOR SHARE",
-                &[&record.tenant.as_str()],
-            )
-            .await
-            .map_err(pg("check tenant key"))?
-            .is_some();
-        if !has_key {
-            return Err(Error::new(
-                ErrorCode::VaultKeyMissing,
-                format!(
-                    "tenant '{}' has no data key (it was deleted while this write was prepared)",
-                    record.tenant
-                ),
-            ));
-        }
+        let generation = stored_generation(&tx, &record.tenant).await?;
+        check_sealed_with(&record.tenant, generation, [&record.value])?;
         tx.execute(
             "INSERT INTO secrets (tenant_id, provider, name, value, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (tenant_id, provider, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -924,9 +988,13 @@ impl Store for PostgresStore {
     async fn put_flow(&self, flow: FlowRecord) -> Result<()> {
         let scopes =
             serde_json::to_string(&flow.scopes).map_err(|e| Error::internal(e.to_string()))?;
-        let client = self.client().await?;
-        client
-            .execute(
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        if let Some(verifier) = &flow.verifier {
+            let generation = stored_generation(&tx, &flow.key.tenant).await?;
+            check_sealed_with(&flow.key.tenant, generation, [verifier])?;
+        }
+        tx.execute(
                 "INSERT INTO connect_flows (state_hash, tenant_id, provider, user_id, verifier, redirect_uri, scopes, browser_hash, created_at, expires_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 &[
@@ -942,8 +1010,9 @@ impl Store for PostgresStore {
                     &flow.expires_at,
                 ],
             )
-            .await
-            .map_err(pg("store connect flow"))?;
+        .await
+        .map_err(pg("store connect flow"))?;
+        tx.commit().await.map_err(pg("commit"))?;
         client
             .execute(
                 sql::PRUNE_PENDING_FLOWS,

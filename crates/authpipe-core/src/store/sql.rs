@@ -1,5 +1,5 @@
-//! The connection statements both SQL stores run, so that what an upsert keeps and what a
-//! compare-and-swap update replaces is written once. Placeholders are `$n` (PostgreSQL); SQLite
+//! The statements both SQL stores run, so that what an upsert keeps, what a compare-and-swap
+//! update replaces and what the tenant-key checks read is written once. Placeholders are `$n` (PostgreSQL); SQLite
 //! runs the same text as `?n` (see [`sqlite_placeholders`]), which binds by number too.
 
 use std::sync::LazyLock;
@@ -28,14 +28,34 @@ pub static UPSERT_CONNECTION: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Replace a connection if its version is still $20 (compare and swap). The values are the
-/// upsert's without `created_at` (never updated): $1..$9, then `updated_at` $10 .. `token_issued_at` $19.
+/// Replace a connection if its version is still $20 (compare and swap) and the tenant's data key
+/// is still of generation $21, the one its values were sealed with (checked in the same
+/// statement: see `store::check_sealed_with`). The values are the upsert's without `created_at`
+/// (never updated): $1..$9, then `updated_at` $10 .. `token_issued_at` $19.
 pub const UPDATE_CONNECTION: &str = "UPDATE connections SET kind = $4, status = $5, scopes = $6, account_id = $7, \
        account_name = $8, expires_at = $9, updated_at = $10, last_refresh_at = $11, next_refresh_at = $12, \
        last_check_at = $13, last_error_code = $14, last_error_message = $15, credential = $16, \
        refresh_token = $17, extras = $18, token_issued_at = $19, version = version + 1 \
      WHERE tenant_id = $1 AND provider = $2 AND user_id = $3 AND version = $20 \
+       AND EXISTS (SELECT 1 FROM tenant_keys WHERE tenant_id = $1 AND generation = $21) \
      RETURNING version";
+
+/// The generation of tenant $1's data key (no row: it has none).
+pub const TENANT_KEY_GENERATION: &str = "SELECT generation FROM tenant_keys WHERE tenant_id = $1";
+
+/// The generation of tenant $1's last deleted data key (no row: never deleted).
+pub const DELETED_GENERATION: &str =
+    "SELECT generation FROM deleted_tenant_keys WHERE tenant_id = $1";
+
+/// What `delete_tenant` empties of the tenant's rows besides its key, in this order (the order
+/// of the counts in `TenantDeletion`; leases are not counted).
+pub const TENANT_TABLES: [&str; 5] = [
+    "connections",
+    "secrets",
+    "connect_sessions",
+    "connect_flows",
+    "leases",
+];
 
 /// Give back a lease ($1..$3, $4 purpose) if $5 still holds it.
 pub const RELEASE_LEASE: &str = "DELETE FROM leases \

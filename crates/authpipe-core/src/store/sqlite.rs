@@ -10,14 +10,15 @@
 //! - Leases go through a second connection with `synchronous = OFF`: they are coordination
 //!   between live processes, not data, so they are not worth an fsync each (after a power loss
 //!   no process that held one is alive).
-//! - Other processes' changes are found by polling: triggers append every connection write to
-//!   `connection_changes`, and [`Store::watch`] reads what is new whenever `PRAGMA
-//!   data_version` says another connection committed.
+//! - Other processes' changes are found by polling: triggers append every connection write and
+//!   every deleted tenant key to `connection_changes`, and [`Store::watch`] reads what is new
+//!   whenever `PRAGMA data_version` says another connection committed.
 
 use super::sql::{self, CONNECTION_COLUMNS};
 use super::{
-    Change, ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
-    TenantDeletion, ENDED_RETENTION_MS, MAX_PENDING_FLOWS_PER_USER,
+    check_after_deleted, check_sealed_with, record_generation, Change, ChangeFeed, FlowTake, Lease,
+    LeasePurpose, LeaseTake, ListQuery, SecretKey, Store, TenantDeletion, ENDED_RETENTION_MS,
+    MAX_PENDING_FLOWS_PER_USER,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
@@ -156,7 +157,25 @@ CREATE TRIGGER connection_changes_pruned AFTER INSERT ON connection_changes BEGI
 END;
 "#,
     sql::FLOW_AND_SESSION_INDEXES,
+    r#"
+-- A deleted tenant key: other processes forget it (kind 'tenant_deleted', no provider or user),
+-- and its generation is kept so that the tenant's next key is a later one. No key material.
+ALTER TABLE connection_changes ADD COLUMN kind TEXT NOT NULL DEFAULT 'connection';
+CREATE TABLE deleted_tenant_keys (
+    tenant_id  TEXT PRIMARY KEY NOT NULL,
+    generation INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE TRIGGER tenant_keys_deleted AFTER DELETE ON tenant_keys BEGIN
+    INSERT OR REPLACE INTO deleted_tenant_keys (tenant_id, generation)
+    VALUES (OLD.tenant_id, OLD.generation);
+    INSERT INTO connection_changes (tenant_id, provider, user_id, version, kind)
+    VALUES (OLD.tenant_id, '', '', NULL, 'tenant_deleted');
+END;
+"#,
 ];
+
+/// `connection_changes.kind` of a deleted tenant key.
+const TENANT_DELETED: &str = "tenant_deleted";
 
 /// Rows `connection_changes` keeps (the pruning trigger's literal); a process that falls
 /// further behind reloads everything.
@@ -290,7 +309,7 @@ fn poll_changes(conn: &Connection, position: &mut FeedPosition) -> Result<Vec<Ch
     }
     position.data_version = Some(data_version);
     let mut statement = conn.prepare_cached(
-        "SELECT seq, tenant_id, provider, user_id, version FROM connection_changes WHERE seq > ?1 ORDER BY seq",
+        "SELECT seq, tenant_id, provider, user_id, version, kind FROM connection_changes WHERE seq > ?1 ORDER BY seq",
     )?;
     let rows = statement.query_map([position.seq], |r| {
         Ok((
@@ -299,18 +318,23 @@ fn poll_changes(conn: &Connection, position: &mut FeedPosition) -> Result<Vec<Ch
             r.get::<_, String>(2)?,
             r.get::<_, String>(3)?,
             r.get::<_, Option<i64>>(4)?,
+            r.get::<_, String>(5)?,
         ))
     })?;
     let mut changes = Vec::new();
     for row in rows {
-        let (seq, tenant, provider, user, version) = row?;
+        let (seq, tenant, provider, user, version, kind) = row?;
         // Sequence numbers have no gaps (AUTOINCREMENT, one writer at a time): a gap means the
         // rows in between were pruned before we read them.
         if changes.is_empty() && seq != position.seq + 1 {
             changes.push(Change::Resync);
         }
         position.seq = seq;
-        if let Ok(key) = ConnectionKey::parse(&provider, &tenant, &user) {
+        if kind == TENANT_DELETED {
+            if let Ok(tenant) = TenantId::parse(tenant) {
+                changes.push(Change::TenantDeleted(tenant));
+            }
+        } else if let Ok(key) = ConnectionKey::parse(&provider, &tenant, &user) {
             changes.push(Change::Connection { key, version });
         }
     }
@@ -534,6 +558,14 @@ fn lease_columns(key: &ConnectionKey, purpose: LeasePurpose, owner: &str) -> [St
     ]
 }
 
+/// The generation of the tenant's data key as stored, for [`check_sealed_with`].
+fn stored_generation(conn: &Connection, tenant: &TenantId) -> Result<Option<u32>> {
+    Ok(conn
+        .prepare_cached(&sql::sqlite_placeholders(sql::TENANT_KEY_GENERATION))?
+        .query_row([tenant.as_str()], |r| r.get(0))
+        .optional()?)
+}
+
 fn provider_column(provider: &Option<ProviderId>) -> String {
     provider
         .as_ref()
@@ -618,21 +650,38 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn deleted_generation(&self, tenant: &TenantId) -> Result<Option<u32>> {
+        let tenant = tenant.clone();
+        self.run(move |conn| {
+            Ok(conn
+                .prepare_cached(&sql::sqlite_placeholders(sql::DELETED_GENERATION))?
+                .query_row([tenant.as_str()], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
     async fn insert_tenant_key(&self, record: TenantKeyRecord) -> Result<TenantKeyRecord> {
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let select = "SELECT tenant_id, generation, master_key_id, wrapped, created_at FROM tenant_keys WHERE tenant_id = ?1";
+            let existing = tx
+                .query_row(select, [record.tenant.as_str()], |row| Ok(tenant_key_from_row(row)))
+                .optional()?
+                .transpose()?;
+            if let Some(existing) = existing {
+                return Ok(existing);
+            }
+            let deleted: Option<u32> = tx
+                .query_row(&sql::sqlite_placeholders(sql::DELETED_GENERATION), [record.tenant.as_str()], |r| r.get(0))
+                .optional()?;
+            check_after_deleted(&record, deleted)?;
             tx.execute(
-                "INSERT INTO tenant_keys (tenant_id, generation, master_key_id, wrapped, created_at) VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT (tenant_id) DO NOTHING",
+                "INSERT INTO tenant_keys (tenant_id, generation, master_key_id, wrapped, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![record.tenant.as_str(), record.generation, record.master_key_id, record.wrapped.0, record.created_at],
             )?;
-            let stored = tx.query_row(
-                "SELECT tenant_id, generation, master_key_id, wrapped, created_at FROM tenant_keys WHERE tenant_id = ?1",
-                [record.tenant.as_str()],
-                |row| Ok(tenant_key_from_row(row)),
-            )??;
             tx.commit()?;
-            Ok(stored)
+            Ok(record)
         })
         .await
     }
@@ -657,25 +706,27 @@ impl Store for SqliteStore {
         let tenant = tenant.clone();
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // First the key (its triggers keep its generation and tell other processes).
             let had_key = tx.execute(
                 "DELETE FROM tenant_keys WHERE tenant_id = ?1",
                 [tenant.as_str()],
             )? > 0;
-            let connections = tx.execute(
-                "DELETE FROM connections WHERE tenant_id = ?1",
-                [tenant.as_str()],
-            )? as u64;
-            let secrets = tx.execute(
-                "DELETE FROM secrets WHERE tenant_id = ?1",
-                [tenant.as_str()],
-            )? as u64;
-            tx.execute("DELETE FROM leases WHERE tenant_id = ?1", [tenant.as_str()])?;
+            let mut counts = [0u64; sql::TENANT_TABLES.len()];
+            for (count, table) in counts.iter_mut().zip(sql::TENANT_TABLES) {
+                *count = tx.execute(
+                    &format!("DELETE FROM {table} WHERE tenant_id = ?1"),
+                    [tenant.as_str()],
+                )? as u64;
+            }
             tx.commit()?;
             // secure_delete zeroed the pages in the database; the WAL may still hold copies.
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            let [connections, secrets, sessions, flows, _leases] = counts;
             Ok(TenantDeletion {
                 connections,
                 secrets,
+                sessions,
+                flows,
                 had_key,
             })
         })
@@ -690,19 +741,18 @@ impl Store for SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut stored = Vec::with_capacity(records.len());
             {
-                let mut has_key = tx.prepare_cached("SELECT 1 FROM tenant_keys WHERE tenant_id = ?1")?;
-                let mut upsert = tx.prepare_cached(&sql::sqlite_placeholders(&sql::UPSERT_CONNECTION))?;
+                let mut upsert =
+                    tx.prepare_cached(&sql::sqlite_placeholders(&sql::UPSERT_CONNECTION))?;
                 for mut r in records {
-                    if !has_key.exists([r.key.tenant.as_str()])? {
-                        return Err(Error::new(
-                            ErrorCode::VaultKeyMissing,
-                            format!("tenant '{}' has no data key (it was deleted while this write was prepared)", r.key.tenant),
-                        ));
-                    }
-                    let (created_at, version) = upsert.query_row(
-                        params_from_iter(row_values(&r)?),
-                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    check_sealed_with(
+                        &r.key.tenant,
+                        stored_generation(&tx, &r.key.tenant)?,
+                        r.sealed_fields(),
                     )?;
+                    let (created_at, version) = upsert
+                        .query_row(params_from_iter(row_values(&r)?), |row| {
+                            Ok((row.get(0)?, row.get(1)?))
+                        })?;
                     r.created_at = created_at;
                     r.version = version;
                     stored.push(r);
@@ -719,18 +769,29 @@ impl Store for SqliteStore {
         record: ConnectionRecord,
         expected_version: i64,
     ) -> Result<Option<ConnectionRecord>> {
+        let generation = record_generation(&record)?;
         self.run(move |conn| {
             let mut values = row_values(&record)?;
             values.remove(sql::CREATED_AT_INDEX); // never updated
             values.push(Value::Integer(expected_version));
+            values.push(Value::Integer(generation.into()));
             let version: Option<i64> = conn
-                .query_row(
-                    &sql::sqlite_placeholders(sql::UPDATE_CONNECTION),
-                    params_from_iter(values),
-                    |row| row.get(0),
-                )
+                .prepare_cached(&sql::sqlite_placeholders(sql::UPDATE_CONNECTION))?
+                .query_row(params_from_iter(values), |row| row.get(0))
                 .optional()?;
-            Ok(version.map(|version| ConnectionRecord { version, ..record }))
+            match version {
+                Some(version) => Ok(Some(ConnectionRecord { version, ..record })),
+                // Lost to another writer, or refused by the key check: which one, reported.
+                None => {
+                    let tenant = &record.key.tenant;
+                    check_sealed_with(
+                        tenant,
+                        stored_generation(conn, tenant)?,
+                        record.sealed_fields(),
+                    )?;
+                    Ok(None)
+                }
+            }
         })
         .await
     }
@@ -818,13 +879,7 @@ impl Store for SqliteStore {
     async fn put_secret(&self, record: SecretRecord) -> Result<()> {
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let has_key = tx.prepare_cached("SELECT 1 FROM tenant_keys WHERE tenant_id = ?1")?.exists([record.tenant.as_str()])?;
-            if !has_key {
-                return Err(Error::new(
-                    ErrorCode::VaultKeyMissing,
-                    format!("tenant '{}' has no data key (it was deleted while this write was prepared)", record.tenant),
-                ));
-            }
+            check_sealed_with(&record.tenant, stored_generation(&tx, &record.tenant)?, [&record.value])?;
             tx.execute(
                 "INSERT INTO secrets (tenant_id, provider, name, value, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (tenant_id, provider, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -884,7 +939,11 @@ impl Store for SqliteStore {
     async fn put_flow(&self, flow: FlowRecord) -> Result<()> {
         self.run(move |conn| {
             let scopes = serde_json::to_string(&flow.scopes).map_err(|e| Error::internal(e.to_string()))?;
-            conn.execute(
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(verifier) = &flow.verifier {
+                check_sealed_with(&flow.key.tenant, stored_generation(&tx, &flow.key.tenant)?, [verifier])?;
+            }
+            tx.execute(
                 "INSERT INTO connect_flows (state_hash, tenant_id, provider, user_id, verifier, redirect_uri, scopes, browser_hash, created_at, expires_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
@@ -900,10 +959,11 @@ impl Store for SqliteStore {
                     flow.expires_at
                 ],
             )?;
-            conn.execute(
+            tx.execute(
                 &sql::sqlite_placeholders(sql::PRUNE_PENDING_FLOWS),
                 params![flow.key.tenant.as_str(), flow.key.user.as_str(), MAX_PENDING_FLOWS_PER_USER],
             )?;
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -1251,7 +1311,10 @@ mod tests {
             .unwrap();
         let records: Vec<_> = (0..=CHANGE_LOG_ROWS)
             .map(|i| {
-                let mut r = crate::cache::tests::record(&format!("u{i}"), 0, b"x");
+                // Sealed with the tenant key's generation (1), as far as the store looks.
+                let mut sealed = vec![1, 0, 0, 0, 1];
+                sealed.resize(40, 0);
+                let mut r = crate::cache::tests::record(&format!("u{i}"), 0, &sealed);
                 r.key = ConnectionKey::parse("attio", "t", &format!("u{i}")).unwrap();
                 r
             })

@@ -8,12 +8,35 @@
 //! The vault is pure computation over keys it holds in memory; the engine brings it records
 //! from the store. Unwrapped tenant keys are kept in memory (zeroized on drop) so a cache hit
 //! costs one AES-GCM decryption and no key unwrap.
+//!
+//! # Generations: a deleted tenant's key is never mistaken for its successor's
+//!
+//! `deleteTenant` destroys a tenant's data key, but other processes may still hold it in memory
+//! (until the change feed tells them) and may seal with it after the tenant was created again
+//! under a new key. Two rules make the resulting unreadable row impossible:
+//!
+//! - a tenant's data keys are numbered, and a number is never used twice: the store keeps the
+//!   generation of a deleted tenant's last key, and the next key gets the one after it
+//!   ([`Vault::new_tenant_key`]). The generation is in the wrapped key's AAD and in every record
+//!   header, so it is fixed before the key is wrapped;
+//! - every write of sealed data is checked in its transaction against the tenant key as stored:
+//!   a record whose header names another generation (or a tenant without a key) is refused with
+//!   `VAULT_KEY_MISSING`, and the engine forgets its key, reloads it and seals again.
+//!
+//! Reading, a record of another generation than the cached key's makes the engine reload the
+//! key (and, for its cache, the row) from the store instead of failing.
 
 mod envelope;
 mod keyring;
 
 pub use envelope::RecordPlace;
 pub use keyring::{Keyring, MasterKey, MasterKeyConfig, KEY_BYTES};
+
+/// The tenant-key generation a sealed record names in its header (`VAULT_INTEGRITY` if it is
+/// not in the record format). Needs no key: stores check it against the tenant key they hold.
+pub fn sealed_generation(sealed: &Sealed) -> Result<u32> {
+    envelope::record_generation(sealed)
+}
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::TenantId;
@@ -26,14 +49,21 @@ use std::fmt;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
-/// The generation of a tenant's first data key. Later generations would come with per-tenant
-/// key rotation; the record header already carries the generation for that.
+/// The generation of a tenant's first data key; a tenant created again after `deleteTenant`
+/// starts one past its deleted key's (see the module docs).
 const FIRST_GENERATION: u32 = 1;
 
 /// An unwrapped tenant data key. The AES key schedule is zeroized when this is dropped.
 pub struct TenantKey {
     generation: u32,
     cipher: Aes256Gcm,
+}
+
+impl TenantKey {
+    /// Which of the tenant's data keys this is.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
 }
 
 impl fmt::Debug for TenantKey {
@@ -148,9 +178,21 @@ impl Vault {
             .collect()
     }
 
-    /// A new random data key for `tenant`, wrapped by the primary master key. The caller
+    /// A new random data key for `tenant`, wrapped by the primary master key, one generation
+    /// past `deleted_generation` (the tenant's last deleted key, if it had one). The caller
     /// stores the record (first writer wins) and then calls [`Vault::unwrap`] on the winner.
-    pub fn new_tenant_key(&self, tenant: &TenantId, now: i64) -> Result<TenantKeyRecord> {
+    pub fn new_tenant_key(
+        &self,
+        tenant: &TenantId,
+        deleted_generation: Option<u32>,
+        now: i64,
+    ) -> Result<TenantKeyRecord> {
+        let generation = match deleted_generation {
+            None => FIRST_GENERATION,
+            Some(deleted) => deleted
+                .checked_add(1)
+                .ok_or_else(|| Error::internal("tenant key generations exhausted"))?,
+        };
         let key: Zeroizing<[u8; KEY_BYTES]> = Zeroizing::new(rand::random());
         let keyring = self.keyring.read();
         let primary = keyring.primary();
@@ -158,12 +200,12 @@ impl Vault {
             &primary.cipher,
             primary.id(),
             tenant.as_str(),
-            FIRST_GENERATION,
+            generation,
             &key[..],
         )?;
         Ok(TenantKeyRecord {
             tenant: tenant.clone(),
-            generation: FIRST_GENERATION,
+            generation,
             master_key_id: primary.id().to_owned(),
             wrapped,
             created_at: now,
@@ -195,6 +237,16 @@ impl Vault {
     /// Drops a tenant's key from memory (after `deleteTenant`).
     pub fn forget(&self, tenant: &TenantId) {
         self.tenant_keys.remove(tenant);
+    }
+
+    /// Drops the keys in memory that are not in `stored` (as generation), after the change feed
+    /// may have missed a `deleteTenant`.
+    pub fn forget_all_but(&self, stored: &[TenantKeyRecord]) {
+        self.tenant_keys.retain(|tenant, key| {
+            stored
+                .iter()
+                .any(|r| &r.tenant == tenant && r.generation == key.generation)
+        });
     }
 
     /// The same data key wrapped by the primary master key, or `None` if it already is.
@@ -239,17 +291,44 @@ impl Vault {
         place: &RecordPlace<'_>,
         sealed: &Sealed,
     ) -> Result<Zeroizing<Vec<u8>>> {
+        self.check_generation(key, place, sealed)?;
+        envelope::open_record(&key.cipher, place, sealed)
+    }
+
+    /// Whether `sealed` was sealed with `key`'s generation. An older one was destroyed by
+    /// `deleteTenant` (`VAULT_KEY_MISSING`); a newer one is not this tenant's (`VAULT_INTEGRITY`).
+    pub fn check_generation(
+        &self,
+        key: &TenantKey,
+        place: &RecordPlace<'_>,
+        sealed: &Sealed,
+    ) -> Result<()> {
         let generation = envelope::record_generation(sealed)?;
-        if generation != key.generation {
-            return Err(Error::new(
+        let what = || {
+            format!(
+                "the stored {} of {} {}/{}/{} was sealed with data key generation {generation}",
+                place.field, place.scope, place.provider, place.tenant, place.subject
+            )
+        };
+        match generation.cmp(&key.generation) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Less => Err(Error::new(
+                ErrorCode::VaultKeyMissing,
+                format!(
+                    "{}, which deleteTenant() destroyed (the tenant's key is now generation {})",
+                    what(),
+                    key.generation
+                ),
+            )),
+            std::cmp::Ordering::Greater => Err(Error::new(
                 ErrorCode::VaultIntegrity,
                 format!(
-                    "the stored {} of {} {}/{}/{} was sealed with data key generation {generation}, but the tenant's key is generation {}",
-                    place.field, place.scope, place.provider, place.tenant, place.subject, key.generation
+                    "{}, but the tenant's key is generation {}",
+                    what(),
+                    key.generation
                 ),
-            ));
+            )),
         }
-        envelope::open_record(&key.cipher, place, sealed)
     }
 }
 
@@ -313,8 +392,8 @@ mod tests {
         let (v, _) = vault(&["k1"]);
         let t1 = TenantId::parse("t1").unwrap();
         let t2 = TenantId::parse("t2").unwrap();
-        let k1 = v.unwrap(&v.new_tenant_key(&t1, 0).unwrap()).unwrap();
-        let k2 = v.unwrap(&v.new_tenant_key(&t2, 0).unwrap()).unwrap();
+        let k1 = v.unwrap(&v.new_tenant_key(&t1, None, 0).unwrap()).unwrap();
+        let k2 = v.unwrap(&v.new_tenant_key(&t2, None, 0).unwrap()).unwrap();
         let sealed = v.seal(&k1, &place("t1"), b"tok").unwrap();
         assert_eq!(
             v.open(&k1, &place("t1"), &sealed).unwrap().as_slice(),
@@ -331,7 +410,7 @@ mod tests {
     fn rewrap_moves_tenant_keys_to_the_primary_and_keeps_them_usable() {
         let (old_vault, secrets) = vault(&["old"]);
         let t = TenantId::parse("t").unwrap();
-        let record = old_vault.new_tenant_key(&t, 0).unwrap();
+        let record = old_vault.new_tenant_key(&t, None, 0).unwrap();
         let sealed = old_vault
             .seal(&old_vault.unwrap(&record).unwrap(), &place("t"), b"tok")
             .unwrap();
@@ -401,5 +480,25 @@ mod tests {
             .unwrap_err()
             .message
             .contains("was retired"));
+    }
+
+    #[test]
+    fn a_tenant_created_again_gets_the_next_generation() {
+        let (v, _) = vault(&["k1"]);
+        let t = TenantId::parse("t").unwrap();
+        let first = v.new_tenant_key(&t, None, 0).unwrap();
+        assert_eq!(first.generation, FIRST_GENERATION);
+        let again = v.new_tenant_key(&t, Some(first.generation), 0).unwrap();
+        assert_eq!(again.generation, FIRST_GENERATION + 1);
+        let old_key = v.unwrap(&first).unwrap();
+        let sealed = v.seal(&old_key, &place("t"), b"tok").unwrap();
+        assert_eq!(sealed_generation(&sealed).unwrap(), FIRST_GENERATION);
+        let new_key = v.unwrap(&again).unwrap();
+        assert_eq!(
+            v.open(&new_key, &place("t"), &sealed).unwrap_err().code,
+            ErrorCode::VaultKeyMissing,
+            "sealed with the destroyed key"
+        );
+        assert!(v.new_tenant_key(&t, Some(u32::MAX), 0).is_err());
     }
 }
