@@ -31,6 +31,12 @@ export function optionalStrings(value: unknown, field: string): string[] | undef
   return value.map((item, i) => string(item, `${field}[${i}]`));
 }
 
+export function optionalBoolean(value: unknown, field: string): boolean | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'boolean') throw invalidArgument(`${field} must be a boolean`);
+  return value;
+}
+
 export function optionalInteger(value: unknown, field: string): number | undefined {
   if (value === undefined || value === null) return undefined;
   if (typeof value !== 'number' || !Number.isInteger(value)) throw invalidArgument(`${field} must be an integer`);

@@ -350,7 +350,10 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
 
   /**
    * Retires a master key once no tenant key uses it (after {@link Authpipe.rotateMasterKey}).
-   * It can then be removed from `masterKeys`; configuring it again is refused.
+   * It can then be removed from `masterKeys`; configuring it again is refused (except with
+   * `retired: true`, to repair a store, see the README). An instance still running with it as
+   * its primary key can no longer create tenant keys (`VAULT_KEY_MISMATCH`): restart it with the
+   * new configuration. Retiring a key the store has retired already succeeds.
    * @throws {AuthpipeError} `KEY_IN_USE` while tenant keys are still wrapped with it.
    */
   async retireMasterKey(id: string): Promise<void> {
@@ -469,7 +472,9 @@ async function call<T>(fn: () => T | Promise<T>): Promise<T> {
   }
 }
 
-function resolveMasterKeys(opts: Record<string, unknown>): Array<{ id?: string; key: string }> | undefined {
+function resolveMasterKeys(
+  opts: Record<string, unknown>,
+): Array<{ id?: string; key: string; retired?: boolean }> | undefined {
   if (opts.masterKey !== undefined && opts.masterKeys !== undefined) {
     throw invalidArgument('pass masterKey or masterKeys, not both');
   }
@@ -477,7 +482,11 @@ function resolveMasterKeys(opts: Record<string, unknown>): Array<{ id?: string; 
     if (!Array.isArray(opts.masterKeys)) throw invalidArgument('masterKeys must be an array of { id, key }');
     return opts.masterKeys.map((entry: unknown, i) => {
       const e = args.object(entry, `masterKeys[${i}]`);
-      return { id: args.string(e.id, `masterKeys[${i}].id`), key: args.keyMaterial(e.key, `masterKeys[${i}].key`) };
+      return {
+        id: args.string(e.id, `masterKeys[${i}].id`),
+        key: args.keyMaterial(e.key, `masterKeys[${i}].key`),
+        retired: args.optionalBoolean(e.retired, `masterKeys[${i}].retired`),
+      };
     });
   }
   if (opts.masterKey !== undefined) return [{ key: args.keyMaterial(opts.masterKey, 'masterKey') }];

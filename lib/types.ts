@@ -30,7 +30,7 @@ export interface AuthpipeOptions {
    * Several master keys, for rotation: the first encrypts, all decrypt. To rotate, put the new
    * key first, call `rotateMasterKey()`, then `retireMasterKey(oldId)`, then drop the old key.
    */
-  masterKeys?: ReadonlyArray<{ id: string; key: MasterKeyMaterial }>;
+  masterKeys?: ReadonlyArray<MasterKeyConfig>;
   /**
    * Provider configuration by provider id. A key that is not a built-in provider
    * (attio, close, copper, dynamics365, hubspot, pipedrive, salesforce, zoho) adds a custom one.
@@ -191,6 +191,18 @@ export interface SecretRef {
   tenantId: string;
   name: string;
   provider?: string;
+}
+
+/** One entry of `masterKeys`. */
+export interface MasterKeyConfig {
+  readonly id: string;
+  readonly key: MasterKeyMaterial;
+  /**
+   * Unwrap only: a key another instance already retired, configured after the current primary to
+   * repair a store whose tenant keys it still wraps (then `rotateMasterKey()`, then drop it).
+   * Never valid on the first key.
+   */
+  readonly retired?: boolean;
 }
 
 export interface MasterKeyRotation {

@@ -34,6 +34,8 @@ impl<T> IntoNapi<T> for authpipe_core::Result<T> {
 pub struct MasterKeyInput {
     pub id: Option<String>,
     pub key: String,
+    /// Unwrap only (`MasterKeyConfig::retired`); absent means false.
+    pub retired: Option<bool>,
 }
 
 #[napi(object)]

@@ -49,6 +49,7 @@ fn options(
                 .map(|k| MasterKeyConfig {
                     id: k.id,
                     key: SecretString::from(k.key),
+                    retired: k.retired.unwrap_or(false),
                 })
                 .collect(),
         ),

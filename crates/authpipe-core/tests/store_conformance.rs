@@ -121,6 +121,42 @@ async fn conformance(store: Arc<dyn Store>) {
     );
     store.retire_master_key("k1", 9).await.unwrap();
     assert_eq!(store.master_keys().await.unwrap()[0].retired_at, Some(9));
+    store.retire_master_key("k1", 10).await.unwrap();
+    assert_eq!(
+        store.master_keys().await.unwrap()[0].retired_at,
+        Some(9),
+        "retiring again changes nothing"
+    );
+
+    // A retired master key wraps no tenant key any more, new or rewrapped.
+    let err = store
+        .insert_tenant_key(tenant_key("late", "k1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::VaultKeyMismatch);
+    assert!(
+        err.message.contains("retired by another instance"),
+        "{}",
+        err.message
+    );
+    assert!(store
+        .tenant_key(&TenantId::parse("late").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    let back_to_k1 = TenantKeyRecord {
+        master_key_id: "k1".into(),
+        ..winners[0].clone()
+    };
+    assert_eq!(
+        store
+            .rewrap_tenant_key(back_to_k1, "k2")
+            .await
+            .unwrap_err()
+            .code,
+        ErrorCode::VaultKeyMismatch
+    );
+
     // Connections: upsert keeps created_at and bumps the version; no tenant key, no write.
     let stored = store
         .put_connections(vec![connection("t1", "attio", "u1", 10)])
@@ -633,7 +669,7 @@ async fn coordination(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     assert_eq!(acquired, 1);
 
     // Several connections in one read; absent ones are left out.
-    a.insert_tenant_key(tenant_key("tm", "k1")).await.unwrap();
+    a.insert_tenant_key(tenant_key("tm", "k2")).await.unwrap();
     a.put_connections(vec![
         connection("tm", "hubspot", "m1", 1),
         connection("tm", "hubspot", "m2", 2),
@@ -660,7 +696,7 @@ async fn coordination(a: Arc<dyn Store>, b: Arc<dyn Store>) {
         .await
         .unwrap()
         .expect("a shared store has a change feed");
-    a.insert_tenant_key(tenant_key("tc", "k1")).await.unwrap();
+    a.insert_tenant_key(tenant_key("tc", "k2")).await.unwrap();
     a.put_connections(vec![connection("tc", "hubspot", "u1", 1)])
         .await
         .unwrap();
@@ -779,7 +815,7 @@ async fn postgres_store() {
     }
     // And hears changes again.
     store
-        .insert_tenant_key(tenant_key("tr", "k1"))
+        .insert_tenant_key(tenant_key("tr", "k2"))
         .await
         .unwrap();
     store

@@ -17,6 +17,7 @@ async fn engine(path: &Path) -> Arc<Engine> {
     let keys = MasterKeySource::Configured(vec![MasterKeyConfig {
         id: None,
         key: SecretString::from(MASTER_KEY),
+        retired: false,
     }]);
     open_shared(EngineOptions {
         store: StoreLocation::File(path.to_path_buf()),

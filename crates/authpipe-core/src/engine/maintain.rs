@@ -1009,6 +1009,7 @@ mod tests {
         let keys = MasterKeySource::Configured(vec![MasterKeyConfig {
             id: None,
             key: SecretString::from("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+            retired: false,
         }]);
         let options = EngineOptions {
             store: StoreLocation::Memory,

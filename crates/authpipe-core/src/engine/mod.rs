@@ -915,11 +915,21 @@ impl Engine {
         })
     }
 
-    /// Retires a master key that no tenant key uses any more.
+    /// Retires a master key that no tenant key uses any more. Retiring a key the store has
+    /// retired already (another instance did, or a repair) succeeds.
     pub async fn retire_master_key(&self, id: &str) -> Result<()> {
         if self.vault.primary_key_id() == id {
             return Err(Error::invalid_argument(format!(
                 "master key '{id}' is the primary key; put the new key first in masterKeys before retiring this one"
+            )));
+        }
+        if !self.vault.has_master_key(id) {
+            let stored = self.store.master_keys().await?;
+            if stored.iter().any(|k| k.id == id && k.retired_at.is_some()) {
+                return Ok(());
+            }
+            return Err(Error::invalid_argument(format!(
+                "no master key with id '{id}' is configured"
             )));
         }
         // The store refuses (KEY_IN_USE) while a tenant key still uses it; only then forget it.

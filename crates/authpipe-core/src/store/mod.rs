@@ -188,11 +188,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn deleted_generation(&self, tenant: &TenantId) -> Result<Option<u32>>;
     /// Stores a tenant's data key unless one exists; returns the stored key either way, so
     /// concurrent creators (other processes too) agree on one key. Checked in the same
-    /// transaction: a key whose generation is not past the tenant's deleted key's is refused
+    /// transaction: a key wrapped by a master key the store marks retired is refused with
+    /// `VAULT_KEY_MISMATCH`, and one whose generation is not past the tenant's deleted key's
     /// with `VAULT_KEY_MISSING` (the tenant was deleted meanwhile).
     async fn insert_tenant_key(&self, record: TenantKeyRecord) -> Result<TenantKeyRecord>;
     /// Replaces a tenant key's wrapping if it is still wrapped by `expected_master_key_id`.
-    /// Returns whether it was replaced.
+    /// Returns whether it was replaced. A new wrapping by a retired master key is refused with
+    /// `VAULT_KEY_MISMATCH`, in the same transaction.
     async fn rewrap_tenant_key(
         &self,
         record: TenantKeyRecord,
@@ -331,4 +333,26 @@ pub(crate) fn record_generation(record: &ConnectionRecord) -> Result<u32> {
     let generation = crate::vault::sealed_generation(&record.credential)?;
     check_sealed_with(&record.key.tenant, Some(generation), record.sealed_fields())?;
     Ok(generation)
+}
+
+/// Why a new tenant key is not wrapped by `master_key_id`: another instance retired it
+/// (`retired_at`); `active` are the store's master keys still in use.
+pub(crate) fn retired_master_key(master_key_id: &str, retired_at: i64, active: &[String]) -> Error {
+    let active = if active.is_empty() {
+        "none".to_owned()
+    } else {
+        active
+            .iter()
+            .map(|id| format!("'{id}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Error::new(
+        ErrorCode::VaultKeyMismatch,
+        format!(
+            "master key '{master_key_id}' was retired by another instance (at {retired_at} ms since epoch), so it wraps \
+             no tenant key any more; configure the store's current master key first in masterKeys (active: {active}) \
+             and restart this instance"
+        ),
+    )
 }

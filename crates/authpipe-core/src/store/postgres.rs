@@ -12,9 +12,9 @@
 use super::postgres_tls::{PostgresTls, TlsConnector};
 use super::sql::{self, CONNECTION_COLUMNS};
 use super::{
-    check_after_deleted, check_sealed_with, record_generation, Change, ChangeFeed, FlowTake, Lease,
-    LeasePurpose, LeaseTake, ListQuery, SecretKey, Store, TenantDeletion, ENDED_RETENTION_MS,
-    MAX_PENDING_FLOWS_PER_USER,
+    check_after_deleted, check_sealed_with, record_generation, retired_master_key, Change,
+    ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
+    TenantDeletion, ENDED_RETENTION_MS, MAX_PENDING_FLOWS_PER_USER,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
@@ -449,6 +449,34 @@ async fn stored_generation(
     Ok(row.map(|r| r.get::<_, i32>(0) as u32))
 }
 
+/// Refuses a new wrapping by a master key the store marks retired. Locks the key's row until
+/// the transaction ends, so that it cannot be retired meanwhile (`retire_master_key` locks it
+/// before it counts the tenant keys it wraps).
+async fn check_wrapping_key(
+    tx: &tokio_postgres::Transaction<'_>,
+    master_key_id: &str,
+) -> Result<()> {
+    let retired_at: Option<i64> = tx
+        .query_opt(
+            &format!("{} FOR SHARE", sql::MASTER_KEY_RETIRED_AT),
+            &[&master_key_id],
+        )
+        .await
+        .map_err(pg("check master key"))?
+        .and_then(|r| r.get(0));
+    let Some(retired_at) = retired_at else {
+        return Ok(());
+    };
+    let active: Vec<String> = tx
+        .query(sql::ACTIVE_MASTER_KEYS, &[])
+        .await
+        .map_err(pg("read master keys"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Err(retired_master_key(master_key_id, retired_at, &active))
+}
+
 fn invalid_row(what: &str) -> Error {
     Error::new(
         ErrorCode::StoreError,
@@ -613,6 +641,11 @@ impl Store for PostgresStore {
     async fn retire_master_key(&self, id: &str, now: i64) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
+        // The key's row first: a tenant key being wrapped with it now (which holds it FOR SHARE)
+        // is committed before we count, and none is wrapped with it after we decide.
+        tx.execute("SELECT 1 FROM master_keys WHERE id = $1 FOR UPDATE", &[&id])
+            .await
+            .map_err(pg("lock master key"))?;
         // Block concurrent rewraps of this key's tenants until we decide.
         let in_use: i64 = tx
             .query_one("SELECT count(*) FROM (SELECT 1 FROM tenant_keys WHERE master_key_id = $1 FOR UPDATE) t", &[&id])
@@ -686,6 +719,7 @@ impl Store for PostgresStore {
         {
             return tenant_key_from_row(&row);
         }
+        check_wrapping_key(&tx, &record.master_key_id).await?;
         let deleted = tx
             .query_opt(sql::DELETED_GENERATION, &[&t])
             .await
@@ -707,15 +741,17 @@ impl Store for PostgresStore {
         record: TenantKeyRecord,
         expected_master_key_id: &str,
     ) -> Result<bool> {
-        let changed = self
-            .client()
-            .await?
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        check_wrapping_key(&tx, &record.master_key_id).await?;
+        let changed = tx
             .execute(
                 "UPDATE tenant_keys SET master_key_id = $2, wrapped = $3 WHERE tenant_id = $1 AND master_key_id = $4 AND generation = $5",
                 &[&record.tenant.as_str(), &record.master_key_id, &record.wrapped.0, &expected_master_key_id, &(record.generation as i32)],
             )
             .await
             .map_err(pg("rewrap tenant key"))?;
+        tx.commit().await.map_err(pg("commit"))?;
         Ok(changed == 1)
     }
 

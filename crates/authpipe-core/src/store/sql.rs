@@ -47,6 +47,13 @@ pub const TENANT_KEY_GENERATION: &str = "SELECT generation FROM tenant_keys WHER
 pub const DELETED_GENERATION: &str =
     "SELECT generation FROM deleted_tenant_keys WHERE tenant_id = $1";
 
+/// When master key $1 was retired (NULL: active; no row: unknown to the store).
+pub const MASTER_KEY_RETIRED_AT: &str = "SELECT retired_at FROM master_keys WHERE id = $1";
+
+/// The master keys not retired, oldest first.
+pub const ACTIVE_MASTER_KEYS: &str =
+    "SELECT id FROM master_keys WHERE retired_at IS NULL ORDER BY created_at, id";
+
 /// What `delete_tenant` empties of the tenant's rows besides its key, in this order (the order
 /// of the counts in `TenantDeletion`; leases are not counted).
 pub const TENANT_TABLES: [&str; 5] = [

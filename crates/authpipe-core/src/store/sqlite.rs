@@ -16,9 +16,9 @@
 
 use super::sql::{self, CONNECTION_COLUMNS};
 use super::{
-    check_after_deleted, check_sealed_with, record_generation, Change, ChangeFeed, FlowTake, Lease,
-    LeasePurpose, LeaseTake, ListQuery, SecretKey, Store, TenantDeletion, ENDED_RETENTION_MS,
-    MAX_PENDING_FLOWS_PER_USER,
+    check_after_deleted, check_sealed_with, record_generation, retired_master_key, Change,
+    ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
+    TenantDeletion, ENDED_RETENTION_MS, MAX_PENDING_FLOWS_PER_USER,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
@@ -566,6 +566,23 @@ fn stored_generation(conn: &Connection, tenant: &TenantId) -> Result<Option<u32>
         .optional()?)
 }
 
+/// Refuses a new wrapping by a master key the store marks retired.
+fn check_wrapping_key(conn: &Connection, master_key_id: &str) -> Result<()> {
+    let retired_at: Option<i64> = conn
+        .prepare_cached(&sql::sqlite_placeholders(sql::MASTER_KEY_RETIRED_AT))?
+        .query_row([master_key_id], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let Some(retired_at) = retired_at else {
+        return Ok(());
+    };
+    let active = conn
+        .prepare_cached(sql::ACTIVE_MASTER_KEYS)?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Err(retired_master_key(master_key_id, retired_at, &active))
+}
+
 fn provider_column(provider: &Option<ProviderId>) -> String {
     provider
         .as_ref()
@@ -672,6 +689,7 @@ impl Store for SqliteStore {
             if let Some(existing) = existing {
                 return Ok(existing);
             }
+            check_wrapping_key(&tx, &record.master_key_id)?;
             let deleted: Option<u32> = tx
                 .query_row(&sql::sqlite_placeholders(sql::DELETED_GENERATION), [record.tenant.as_str()], |r| r.get(0))
                 .optional()?;
@@ -693,10 +711,13 @@ impl Store for SqliteStore {
     ) -> Result<bool> {
         let expected = expected_master_key_id.to_owned();
         self.run(move |conn| {
-            let changed = conn.execute(
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            check_wrapping_key(&tx, &record.master_key_id)?;
+            let changed = tx.execute(
                 "UPDATE tenant_keys SET master_key_id = ?2, wrapped = ?3 WHERE tenant_id = ?1 AND master_key_id = ?4 AND generation = ?5",
                 params![record.tenant.as_str(), record.master_key_id, record.wrapped.0, expected, record.generation],
             )?;
+            tx.commit()?;
             Ok(changed == 1)
         })
         .await

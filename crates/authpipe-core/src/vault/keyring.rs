@@ -14,10 +14,16 @@ use zeroize::Zeroizing;
 /// Length of every key in the vault: AES-256.
 pub const KEY_BYTES: usize = 32;
 
-/// A master key as configured: an optional id and the encoded key material.
+/// A master key as configured: an optional id, the encoded key material, and whether it is
+/// retired.
 pub struct MasterKeyConfig {
     pub id: Option<String>,
     pub key: SecretString,
+    /// Unwrap only: a key another instance retired while tenant keys were still wrapped with it
+    /// (a store left so by an older version). Such a key is never primary and wraps nothing;
+    /// configured after the current primary, it lets `rotateMasterKey()` rewrap those tenant
+    /// keys, after which it is removed from the configuration.
+    pub retired: bool,
 }
 
 /// One master key, ready to use. Its `Debug` shows the id only.
@@ -125,22 +131,35 @@ fn default_key_id(fingerprint: &[u8; 32]) -> String {
     format!("k-{hex}")
 }
 
-/// The configured master keys, primary first.
+/// The configured master keys. Every key unwraps; only the primary wraps (new tenant keys, and
+/// tenant keys rewrapped by a rotation).
 #[derive(Debug)]
 pub struct Keyring {
-    keys: Vec<MasterKey>,
+    /// Never empty: the primary first, then older keys kept to unwrap until a rotation is done.
+    active: Vec<MasterKey>,
+    /// Configured `retired`: unwrap only, accepted although the store marks them retired.
+    retired: Vec<MasterKey>,
 }
 
 impl Keyring {
-    /// Builds a keyring; rejects an empty list, duplicate ids and the same key under two ids.
+    /// Builds a keyring of active keys, primary first; rejects an empty list, duplicate ids and
+    /// the same key under two ids.
     pub fn new(keys: Vec<MasterKey>) -> Result<Self> {
-        if keys.is_empty() {
-            return Err(Error::invalid_argument(
-                "masterKeys must contain at least one key",
-            ));
+        Self::with_retired(keys, Vec::new())
+    }
+
+    /// [`Keyring::new`] with unwrap-only keys besides (see [`MasterKeyConfig::retired`]).
+    pub fn with_retired(active: Vec<MasterKey>, retired: Vec<MasterKey>) -> Result<Self> {
+        if active.is_empty() {
+            return Err(Error::invalid_argument(if retired.is_empty() {
+                "masterKeys must contain at least one key"
+            } else {
+                "masterKeys has only retired keys: the first key wraps new tenant keys, so put the current key first"
+            }));
         }
-        for (i, key) in keys.iter().enumerate() {
-            for other in &keys[..i] {
+        let all: Vec<&MasterKey> = active.iter().chain(&retired).collect();
+        for (i, key) in all.iter().enumerate() {
+            for other in &all[..i] {
                 if other.id == key.id {
                     return Err(Error::invalid_argument(format!(
                         "masterKeys has two keys with id '{}'",
@@ -155,62 +174,90 @@ impl Keyring {
                 }
             }
         }
-        Ok(Self { keys })
+        Ok(Self { active, retired })
     }
 
     /// Parses configured keys (`masterKeys`, or one `masterKey`).
     pub fn from_config(configs: &[MasterKeyConfig]) -> Result<Self> {
-        let keys = configs
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let field = if configs.len() == 1 && c.id.is_none() {
-                    "masterKey".to_owned()
-                } else {
-                    format!("masterKeys[{i}].key")
-                };
-                MasterKey::parse(c.id.as_deref(), &c.key, &field)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Self::new(keys)
+        if configs.first().is_some_and(|c| c.retired) {
+            return Err(Error::invalid_argument(
+                "masterKeys[0] is marked retired, but the first key is the primary, which wraps new tenant keys: \
+                 put the current key first and the retired one after it",
+            ));
+        }
+        let (mut active, mut retired) = (Vec::new(), Vec::new());
+        for (i, c) in configs.iter().enumerate() {
+            let field = if configs.len() == 1 && c.id.is_none() {
+                "masterKey".to_owned()
+            } else {
+                format!("masterKeys[{i}].key")
+            };
+            let key = MasterKey::parse(c.id.as_deref(), &c.key, &field)?;
+            if c.retired {
+                retired.push(key);
+            } else {
+                active.push(key);
+            }
+        }
+        Self::with_retired(active, retired)
     }
 
     /// The key that wraps new tenant keys.
     pub fn primary(&self) -> &MasterKey {
-        &self.keys[0]
+        &self.active[0]
     }
 
+    /// Any configured key, for unwrapping.
     pub fn get(&self, id: &str) -> Option<&MasterKey> {
-        self.keys.iter().find(|k| k.id == id)
+        self.active.iter().chain(&self.retired).find(|k| k.id == id)
     }
 
+    /// Whether `id` is configured as retired (unwrap only).
+    pub fn is_retired(&self, id: &str) -> bool {
+        self.retired.iter().any(|k| k.id == id)
+    }
+
+    /// Every configured id, active keys first.
     pub fn ids(&self) -> impl Iterator<Item = &str> {
-        self.keys.iter().map(|k| k.id.as_str())
+        self.active
+            .iter()
+            .chain(&self.retired)
+            .map(|k| k.id.as_str())
+    }
+
+    /// The ids of the active keys, primary first.
+    pub fn active_ids(&self) -> impl Iterator<Item = &str> {
+        self.active.iter().map(|k| k.id.as_str())
     }
 
     /// Forgets a key (after `retireMasterKey`). The primary cannot be removed.
     pub fn remove(&mut self, id: &str) -> Result<()> {
-        match self.keys.iter().position(|k| k.id == id) {
-            Some(0) => Err(Error::invalid_argument(format!(
+        if self.primary().id == id {
+            return Err(Error::invalid_argument(format!(
                 "master key '{id}' is the primary key; put the new key first in masterKeys before retiring this one"
-            ))),
-            Some(i) => {
-                self.keys.remove(i);
-                Ok(())
-            }
-            None => Err(Error::invalid_argument(format!("no master key with id '{id}' is configured"))),
+            )));
         }
+        let before = self.active.len() + self.retired.len();
+        self.active.retain(|k| k.id != id);
+        self.retired.retain(|k| k.id != id);
+        if self.active.len() + self.retired.len() == before {
+            return Err(Error::invalid_argument(format!(
+                "no master key with id '{id}' is configured"
+            )));
+        }
+        Ok(())
     }
 
-    /// Whether two keyrings hold the same keys in the same order (instances sharing a store
-    /// in one process must agree, or one of them would write what the other cannot read).
+    /// Whether two keyrings hold the same keys in the same roles and order (instances sharing
+    /// a store in one process must agree, or one of them would write what the other cannot read).
     pub fn same_keys(&self, other: &Keyring) -> bool {
-        self.keys.len() == other.keys.len()
-            && self
-                .keys
-                .iter()
-                .zip(&other.keys)
-                .all(|(a, b)| a.id == b.id && a.fingerprint == b.fingerprint)
+        let same = |a: &[MasterKey], b: &[MasterKey]| {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(a, b)| a.id == b.id && a.fingerprint == b.fingerprint)
+        };
+        same(&self.active, &other.active) && same(&self.retired, &other.retired)
     }
 }
 
@@ -291,5 +338,30 @@ mod tests {
         assert!(ring.remove("new").unwrap_err().message.contains("primary"));
         ring.remove("old").unwrap();
         assert_eq!(ring.ids().collect::<Vec<_>>(), ["new"]);
+    }
+
+    #[test]
+    fn a_retired_key_only_unwraps_and_is_never_primary() {
+        let config = |id: &str, retired| MasterKeyConfig {
+            id: Some(id.to_owned()),
+            key: MasterKey::generate(None).unwrap().1,
+            retired,
+        };
+        let ring = Keyring::from_config(&[config("k2", false), config("k1", true)]).unwrap();
+        assert_eq!(ring.primary().id(), "k2");
+        assert!(ring.get("k1").is_some() && ring.is_retired("k1") && !ring.is_retired("k2"));
+        assert_eq!(ring.active_ids().collect::<Vec<_>>(), ["k2"]);
+        for first_retired in [
+            vec![config("k1", true), config("k2", false)],
+            vec![config("k1", true)],
+        ] {
+            let err = Keyring::from_config(&first_retired).unwrap_err();
+            assert_eq!(err.code, crate::ErrorCode::InvalidArgument);
+            assert!(
+                err.message.contains("put the current key first"),
+                "{}",
+                err.message
+            );
+        }
     }
 }

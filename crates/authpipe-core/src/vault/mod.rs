@@ -102,8 +102,8 @@ impl Vault {
     ///
     /// - a configured key whose stored check does not decrypt is the wrong key material;
     /// - a key that wraps any tenant key must be configured;
-    /// - a store that has keys must share at least one with the configuration;
-    /// - a retired key may not come back.
+    /// - a store that has active keys must share at least one with the configured active keys;
+    /// - a retired key may not come back, except configured `retired` (unwrap only, to repair).
     pub fn reconcile(
         &self,
         stored: &[MasterKeyRecord],
@@ -117,10 +117,18 @@ impl Vault {
                 continue;
             };
             if let Some(retired_at) = record.retired_at {
-                return Err(Error::invalid_argument(format!(
-                    "master key '{}' was retired (at {retired_at} ms since epoch); remove it from masterKeys",
-                    record.id
-                )));
+                if !keyring.is_retired(&record.id) {
+                    let repair = if wrapping_key_ids.contains(&record.id) {
+                        ", or, since tenant keys are still wrapped with it, configure it after the current \
+                         primary with retired: true and call rotateMasterKey()"
+                    } else {
+                        ""
+                    };
+                    return Err(Error::invalid_argument(format!(
+                        "master key '{}' was retired (at {retired_at} ms since epoch); remove it from masterKeys{repair}",
+                        record.id
+                    )));
+                }
             }
             if !envelope::verify_key_check(&key.cipher, &record.id, &record.key_check) {
                 return Err(Error::new(
@@ -153,7 +161,7 @@ impl Vault {
             .filter(|r| r.retired_at.is_none())
             .map(|r| r.id.as_str())
             .collect();
-        if !active.is_empty() && !active.iter().any(|id| keyring.get(id).is_some()) {
+        if !active.is_empty() && !keyring.active_ids().any(|id| active.contains(&id)) {
             return Err(Error::new(
                 ErrorCode::VaultKeyMismatch,
                 format!(
@@ -163,13 +171,14 @@ impl Vault {
                 ),
             ));
         }
-        configured
-            .iter()
-            .filter(|id| !stored.iter().any(|r| r.id == **id))
+        // Key checks for new active keys only: a key configured retired wraps nothing.
+        keyring
+            .active_ids()
+            .filter(|id| !stored.iter().any(|r| r.id == *id))
             .map(|id| {
                 let key = keyring.get(id).expect("listed from the keyring");
                 Ok(MasterKeyRecord {
-                    id: (*id).to_owned(),
+                    id: id.to_owned(),
                     key_check: envelope::make_key_check(&key.cipher, id)?,
                     created_at: now,
                     retired_at: None,
@@ -247,6 +256,11 @@ impl Vault {
                 .iter()
                 .any(|r| &r.tenant == tenant && r.generation == key.generation)
         });
+    }
+
+    /// Whether a master key with this id is configured (active or retired).
+    pub fn has_master_key(&self, id: &str) -> bool {
+        self.keyring.read().get(id).is_some()
     }
 
     /// The same data key wrapped by the primary master key, or `None` if it already is.
@@ -480,6 +494,51 @@ mod tests {
             .unwrap_err()
             .message
             .contains("was retired"));
+    }
+
+    #[test]
+    fn a_retired_key_configured_to_unwrap_is_accepted_and_wraps_nothing() {
+        let (_, k1_secret) = MasterKey::generate(None).unwrap();
+        let (_, k2_secret) = MasterKey::generate(None).unwrap();
+        let keys = |retired: bool| {
+            let k2 = MasterKey::parse(Some("k2"), &k2_secret, "k").unwrap();
+            let k1 = MasterKey::parse(Some("k1"), &k1_secret, "k").unwrap();
+            let ring = if retired {
+                Keyring::with_retired(vec![k2], vec![k1])
+            } else {
+                Keyring::new(vec![k2, k1])
+            };
+            Vault::new(ring.unwrap())
+        };
+        // The store as another instance left it: k1 retired, yet still wrapping a tenant key.
+        let stored: Vec<MasterKeyRecord> = keys(false)
+            .reconcile(&[], &BTreeSet::new(), 1)
+            .unwrap()
+            .into_iter()
+            .map(|check| MasterKeyRecord {
+                retired_at: (check.id == "k1").then_some(2),
+                ..check
+            })
+            .collect();
+        let wrapping = BTreeSet::from(["k1".to_owned(), "k2".to_owned()]);
+
+        let repair = keys(true);
+        assert!(repair.reconcile(&stored, &wrapping, 6).unwrap().is_empty());
+        assert_eq!(repair.primary_key_id(), "k2");
+        assert_eq!(
+            keys(true)
+                .reconcile(&[], &BTreeSet::new(), 6)
+                .unwrap()
+                .iter()
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>(),
+            ["k2"],
+            "no key check is made for a key configured retired"
+        );
+        // Configured as an active key instead, it is refused, with the way out.
+        let err = keys(false).reconcile(&stored, &wrapping, 6).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert!(err.message.contains("retired: true"), "{}", err.message);
     }
 
     #[test]

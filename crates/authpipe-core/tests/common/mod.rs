@@ -10,6 +10,7 @@ pub async fn memory_engine() -> Arc<Engine> {
     let keys = MasterKeySource::Configured(vec![MasterKeyConfig {
         id: None,
         key: SecretString::from("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+        retired: false,
     }]);
     open_shared(EngineOptions {
         store: StoreLocation::Memory,

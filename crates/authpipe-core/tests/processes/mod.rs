@@ -34,6 +34,15 @@ pub fn key(id: &str, material: &str) -> MasterKeyConfig {
     MasterKeyConfig {
         id: Some(id.to_owned()),
         key: SecretString::from(material),
+        retired: false,
+    }
+}
+
+/// A master key configured `retired: true` (unwrap only).
+pub fn retired_key(id: &str, material: &str) -> MasterKeyConfig {
+    MasterKeyConfig {
+        retired: true,
+        ..key(id, material)
     }
 }
 
