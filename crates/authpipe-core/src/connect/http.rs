@@ -341,6 +341,37 @@ mod tests {
         (origin, accepted)
     }
 
+    #[test]
+    fn a_form_request_marks_its_secrets_and_remembers_every_value_it_sent() {
+        let client = reqwest::Client::new();
+        let secret = SecretString::from("s3cret value".to_owned());
+        let credentials = ClientCredentials {
+            auth: ClientAuth::Basic,
+            id: "client id",
+            secret: &secret,
+        };
+        let url = Url::parse("https://idp.example/revoke?token=q-0123456789").unwrap();
+        let (request, sent) = form_request(
+            &client,
+            url,
+            vec![("refresh_token", "rt-0123456789")],
+            &credentials,
+        );
+        let request = request.build().unwrap();
+        let authorization = &request.headers()[AUTHORIZATION];
+        assert!(authorization.is_sensitive());
+        assert!(!format!("{request:?}").contains(&STANDARD.encode("client+id:s3cret+value")));
+        assert_eq!(
+            request.body().and_then(|b| b.as_bytes()),
+            Some(&b"refresh_token=rt-0123456789"[..])
+        );
+        assert_eq!(
+            sent.scrub("q-0123456789, rt-0123456789, client id, s3cret value")
+                .unwrap(),
+            "[redacted], [redacted], [redacted], [redacted]"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn an_idle_connection_is_not_reused_past_the_pool_idle_time() {
         let (origin, accepted) = counting_server().await;
