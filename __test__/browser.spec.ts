@@ -4,11 +4,10 @@
 // browser back to the app instead.
 import { existsSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { chromium, type Browser } from 'playwright-core';
 import { Authpipe, type ConnectResultMessage } from '..';
 import { createSandbox, type Sandbox } from '../dist/testing';
-import { newKey, testStore } from './helpers';
+import { closeServer, listenOnLoopback, newKey, testStore } from './helpers';
 
 const CHROMIUM = '/usr/bin/chromium';
 const available = existsSync(CHROMIUM);
@@ -26,8 +25,7 @@ maybe('the connect popup in Chromium', () => {
   beforeAll(async () => {
     sandbox = await createSandbox({ provider: 'attio', workspace: { name: 'Acme Corp' } });
     app = createServer();
-    await new Promise<void>((resolve) => app.listen(0, '127.0.0.1', resolve));
-    appOrigin = `http://127.0.0.1:${(app.address() as AddressInfo).port}`;
+    appOrigin = await listenOnLoopback(app);
     authpipe = new Authpipe({
       store: testStore(),
       masterKey: newKey(),
@@ -56,8 +54,7 @@ maybe('the connect popup in Chromium', () => {
   afterAll(async () => {
     await browser?.close();
     await authpipe?.close();
-    app?.closeAllConnections();
-    await new Promise((resolve) => app?.close(resolve));
+    if (app) await closeServer(app);
     await sandbox?.close();
   });
 

@@ -1,10 +1,9 @@
 import express from 'express';
 import Fastify from 'fastify';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { Authpipe, type ConnectResultMessage } from '..';
 import { createSandbox, type Sandbox } from '../dist/testing';
-import { newKey, rejection, testStore } from './helpers';
+import { closeServer, listenOnLoopback, newKey, rejection, testStore } from './helpers';
 
 const who = { provider: 'attio', tenantId: 'org_acme', userId: 'user_1' };
 
@@ -18,8 +17,7 @@ let redirectUri: string;
 beforeAll(async () => {
   sandbox = await createSandbox({ provider: 'attio', workspace: { name: 'Acme Corp', slug: 'acme' } });
   app = createServer();
-  await new Promise<void>((resolve) => app.listen(0, '127.0.0.1', resolve));
-  appOrigin = `http://127.0.0.1:${(app.address() as AddressInfo).port}`;
+  appOrigin = await listenOnLoopback(app);
   redirectUri = `${appOrigin}/authpipe/callback/attio`;
   authpipe = new Authpipe({
     store: testStore(),
@@ -33,8 +31,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await authpipe.close();
-  app.closeAllConnections();
-  await new Promise((resolve) => app.close(resolve));
+  await closeServer(app);
   await sandbox.close();
 });
 
@@ -311,8 +308,7 @@ describe('the HTTP handler', () => {
 
   test('over https the flow cookie is __Host- prefixed and Secure, and it is what the callback reads', async () => {
     const server = createServer();
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const origin = await listenOnLoopback(server);
     const instance = new Authpipe({ store: testStore(), masterKey: newKey(), providers: { attio: sandbox.providerConfig({ redirectUri: `${origin}/authpipe/callback/attio` }) } });
     // The app is https; TLS ends in front of it (and X-Forwarded-Proto is not passed on).
     server.on('request', instance.handler({ appOrigin: 'https://app.example.com' }));
@@ -329,8 +325,7 @@ describe('the HTTP handler', () => {
       expect(done.setCookie[0]).toMatch(/^__Host-authpipe_flow=; Path=\/; Max-Age=0; HttpOnly; Secure/);
     } finally {
       await instance.close();
-      server.closeAllConnections();
-      await new Promise((resolve) => server.close(resolve));
+      await closeServer(server);
     }
   });
 
@@ -394,8 +389,7 @@ describe('the handler in Express and Fastify, and with resolveUser', () => {
 
   test('Express: app.use("/authpipe", handle)', async () => {
     const server = createServer();
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const origin = await listenOnLoopback(server);
     const { instance, handle } = instanceFor(origin);
     const expressApp = express();
     expressApp.use('/authpipe', (req, res) => handle(req, res));
@@ -405,8 +399,7 @@ describe('the handler in Express and Fastify, and with resolveUser', () => {
       expect(result).toMatchObject({ ok: true, connection: { tenantId: 'org_fw', userId: 'express' } });
     } finally {
       await instance.close();
-      server.closeAllConnections();
-      await new Promise((resolve) => server.close(resolve));
+      await closeServer(server);
     }
   });
 
@@ -432,8 +425,7 @@ describe('the handler in Express and Fastify, and with resolveUser', () => {
 
   test('resolveUser: the app says who is signed in, no session token needed', async () => {
     const server = createServer();
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const origin = await listenOnLoopback(server);
     const { instance, handle } = instanceFor(origin, {
       // The app's own session: here, a cookie naming the user.
       resolveUser: (req) => {
@@ -450,8 +442,7 @@ describe('the handler in Express and Fastify, and with resolveUser', () => {
       expect(posted((await browse(`${origin}/authpipe/connect/attio`)).text)).toMatchObject({ ok: false, error: { code: 'SESSION_INVALID' } });
     } finally {
       await instance.close();
-      server.closeAllConnections();
-      await new Promise((resolve) => server.close(resolve));
+      await closeServer(server);
     }
   });
 

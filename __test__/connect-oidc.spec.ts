@@ -2,9 +2,8 @@
 // child process on loopback): discovery, code + PKCE (required by the server), RFC 9207 `iss`,
 // client_secret_basic, then credentials the server's introspection accepts.
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { Authpipe, type ConnectResultMessage } from '..';
-import { newKey, rejection, testStore } from './helpers';
+import { closeServer, listenOnLoopback, newKey, rejection, testStore } from './helpers';
 import { followUntil, startOidcProvider, type OidcProvider } from './support/oidc';
 
 let app: Server;
@@ -14,8 +13,7 @@ let authpipe: Authpipe;
 
 beforeAll(async () => {
   app = createServer();
-  await new Promise<void>((resolve) => app.listen(0, '127.0.0.1', resolve));
-  appOrigin = `http://127.0.0.1:${(app.address() as AddressInfo).port}`;
+  appOrigin = await listenOnLoopback(app);
   oidc = await startOidcProvider({ redirectUris: [`${appOrigin}/authpipe/callback/oidc`] });
   authpipe = new Authpipe({
     store: testStore(),
@@ -37,8 +35,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await authpipe.close();
-  app.closeAllConnections();
-  await new Promise((resolve) => app.close(resolve));
+  await closeServer(app);
   await oidc.close();
 });
 
@@ -99,14 +96,12 @@ test('discovery refuses metadata that names another issuer', async () => {
     // Metadata copied from the real server: its issuer is not this server's URL.
     fetch(`${oidc.issuer}/.well-known/openid-configuration`).then(async (r) => res.writeHead(200, { 'content-type': 'application/json' }).end(await r.text()));
   });
-  await new Promise<void>((resolve) => impostor.listen(0, '127.0.0.1', resolve));
-  const issuer = `http://127.0.0.1:${(impostor.address() as AddressInfo).port}`;
+  const issuer = await listenOnLoopback(impostor);
   const bad = new Authpipe({ store: testStore(), masterKey: newKey(), providers: { x: { issuer } } });
   const err = await rejection(bad.ready(), 'PROVIDER_ERROR');
   expect(err.message).toContain(`names issuer '${oidc.issuer}'`);
   await bad.close();
-  impostor.closeAllConnections();
-  await new Promise((resolve) => impostor.close(resolve));
+  await closeServer(impostor);
 });
 
 test('discovery of an issuer that serves no metadata fails at ready()', async () => {
@@ -134,8 +129,7 @@ test('discovery stops reading a metadata document past 1 MiB', async () => {
     res.on('close', () => res.removeAllListeners('drain'));
     pump();
   });
-  await new Promise<void>((resolve) => endless.listen(0, '127.0.0.1', resolve));
-  const issuer = `http://127.0.0.1:${(endless.address() as AddressInfo).port}`;
+  const issuer = await listenOnLoopback(endless);
   const bad = new Authpipe({ store: testStore(), masterKey: newKey(), providers: { x: { issuer } } });
   const err = await rejection(bad.ready(), 'PROVIDER_ERROR');
   expect(err.message).toContain('is not authorization server metadata');
@@ -143,6 +137,5 @@ test('discovery stops reading a metadata document past 1 MiB', async () => {
   // 1 MiB read, plus what the sockets' buffers took on both sides.
   expect(written).toBeLessThan(16 * 1024 * 1024);
   await bad.close();
-  endless.closeAllConnections();
-  await new Promise((resolve) => endless.close(resolve));
+  await closeServer(endless);
 });

@@ -3,12 +3,11 @@
 // `lastError`, an event, the store or the callback page: on the code exchange, the refresh
 // grant, the health probe and the revocation.
 import { createServer, type IncomingMessage, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { Authpipe, AuthpipeError, type ConnectResultMessage } from '..';
-import { newKey, opaque, postgresStore, psql, STORE_KIND, tempDir } from './helpers';
+import { closeServer, listenOnLoopback, newKey, opaque, postgresStore, psql, STORE_KIND, tempDir } from './helpers';
 
 /** Values a request carries that are not secrets (and are short words we write ourselves). */
 const NOT_SECRET = new Set(['authorization_code', 'refresh_token', 'access_token', 'application/json']);
@@ -70,16 +69,12 @@ async function startEcho(): Promise<Echo> {
       res.writeHead(answer.status, { 'content-type': 'application/json' }).end(JSON.stringify(answer.body));
     })();
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const origin = await listenOnLoopback(server);
   return {
     origin,
     received,
     tokenAnswers,
-    close: () => {
-      server.closeAllConnections();
-      return new Promise((resolve) => server.close(() => resolve()));
-    },
+    close: () => closeServer(server),
   };
 }
 
@@ -119,8 +114,7 @@ function expectNothingEchoed(where: string, text: string): void {
 beforeAll(async () => {
   echo = await startEcho();
   app = createServer();
-  await new Promise<void>((resolve) => app.listen(0, '127.0.0.1', resolve));
-  appOrigin = `http://127.0.0.1:${(app.address() as AddressInfo).port}`;
+  appOrigin = await listenOnLoopback(app);
   NOT_SECRET.add(`${appOrigin}/authpipe/callback/echo`); // the redirect URI, public by design
   let store: string;
   if (storeFile) {
@@ -154,8 +148,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await authpipe.close();
-  app.closeAllConnections();
-  await new Promise((resolve) => app.close(resolve));
+  await closeServer(app);
   await echo.close();
 });
 

@@ -1,6 +1,8 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Authpipe, AuthpipeError, type AuthpipeOptions, type AuthpipeErrorCode } from '..';
@@ -83,4 +85,16 @@ export function jwtLike(seed: string): string {
 /** A realistic 40-byte opaque token, like Attio's. */
 export function opaque(): string {
   return randomBytes(30).toString('base64url');
+}
+
+/** Starts `server` on a free loopback port; returns its origin (`http://127.0.0.1:<port>`). */
+export async function listenOnLoopback(server: Server): Promise<string> {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+/** Stops `server`, its open keep-alive connections too. */
+export async function closeServer(server: Server): Promise<void> {
+  server.closeAllConnections();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
 }
