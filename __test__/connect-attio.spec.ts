@@ -285,6 +285,10 @@ describe('the HTTP handler', () => {
   test('a connect session starts one flow, from the query, a POST form or a header', async () => {
     const session = () => authpipe.createConnectSession({ tenantId: 'org_acme', userId: 'user_once' }).then((s) => s.token);
     const token = await session();
+    // Refused for a provider it does not allow (here: not even configured), it stays usable.
+    const onlyAttio = (await authpipe.createConnectSession({ tenantId: 'org_acme', userId: 'user_once', providers: ['attio'] })).token;
+    expect(posted((await browse(`${appOrigin}/authpipe/connect/hubspot?session=${onlyAttio}`)).text)).toMatchObject({ ok: false, error: { code: 'SESSION_INVALID' } });
+    expect((await browse(`${appOrigin}/authpipe/connect/attio?session=${onlyAttio}`)).status).toBe(302);
     expect((await browse(`${appOrigin}/authpipe/connect/attio?session=${token}`)).status).toBe(302);
     const replay = await browse(`${appOrigin}/authpipe/connect/attio?session=${token}`);
     expect(replay.status).toBe(400);
@@ -335,6 +339,8 @@ describe('the HTTP handler', () => {
     const forged = await browse(`${appOrigin}/authpipe/callback/attio?error=access_denied&state=${state}`);
     expect(posted(forged.text)).toMatchObject({ ok: false, error: { code: 'BROWSER_MISMATCH' } });
     expect(posted((await browse(callback, cookie)).text)).toMatchObject({ ok: true, connection: { userId: 'user_cancel' } });
+    // A reload of the page afterwards (its cookie cleared by then) hears that it was used.
+    expect(posted((await browse(callback)).text)).toMatchObject({ ok: false, error: { code: 'STATE_ALREADY_USED' } });
   });
 
   test('a parameter given twice is refused, and a body over 64 KiB is a 400', async () => {

@@ -337,6 +337,13 @@ async fn conformance(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(fresh, 1, "exactly one callback wins a state");
+    assert!(
+        matches!(
+            store.take_flow("h1", None, 5_001).await.unwrap(),
+            FlowTake::Used(_)
+        ),
+        "a used flow is used, whoever asks"
+    );
     assert!(matches!(
         store.take_flow("h2", Some("b"), 10_000).await.unwrap(),
         FlowTake::Expired(_)
@@ -393,10 +400,17 @@ async fn conformance(store: Arc<dyn Store>) {
         expires_at: 2,
     };
     store.put_session(session.clone()).await.unwrap();
+    assert_eq!(store.session("s1").await.unwrap(), Some(session.clone()));
+    assert_eq!(
+        store.session("s1").await.unwrap(),
+        Some(session.clone()),
+        "reading does not consume"
+    );
     assert_eq!(
         store.take_session("s1").await.unwrap(),
         Some(session.clone())
     );
+    assert_eq!(store.session("s1").await.unwrap(), None);
     assert_eq!(store.take_session("s1").await.unwrap(), None, "used once");
 
     // Pruning drops ended flows (after the retention) and expired sessions, and nothing else.

@@ -5,7 +5,7 @@
 mod processes;
 
 use authpipe_core::client::{Client, Connector};
-use authpipe_core::connect::{http, StartRequest};
+use authpipe_core::connect::{http, Callback, StartRequest};
 use authpipe_core::engine::{open_unshared, Engine, RefreshReason};
 use authpipe_core::ids::{ConnectionKey, ProviderId, SecretName, UserId};
 use authpipe_core::providers::Catalog;
@@ -280,6 +280,55 @@ async fn a_refresh_across_the_deletion_stores_nothing_unreadable() {
             assert_eq!(token(engine, &key).await.unwrap(), "new", "{name}");
         }
         drop((a, b, fresh));
+        backend.clean_up().await;
+    }
+}
+
+/// A callback whose code is being exchanged while `deleteTenant()` runs stores nothing: the
+/// tenant stays deleted (its flow made its key when it started, and the connection goes only
+/// into a tenant that still has it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callback_under_way_does_not_bring_a_deleted_tenant_back() {
+    let keys = [key("k1", K1)];
+    for backend in Backend::all().await {
+        let name = backend.name();
+        let (origin, mut arrivals, answers) = gated_token_server().await;
+        let crm = json!({ "crm": {
+            "authorizeUrl": format!("{origin}/authorize"), "tokenUrl": format!("{origin}/token"),
+            "clientId": "c", "clientSecret": "s", "redirectUri": "https://app.example/cb" } });
+        let engine = backend.engine(&keys).await.unwrap();
+        let client = client(engine.clone(), crm);
+        let key = ConnectionKey::parse("crm", "t", "u1").unwrap();
+        let started = client
+            .start_connect(StartRequest {
+                key: key.clone(),
+                scopes: None,
+                redirect_uri: None,
+                browser_binding: None,
+            })
+            .await
+            .unwrap();
+        let callback = Callback {
+            params: [
+                ("state".to_owned(), started.state.expose_secret().to_owned()),
+                ("code".to_owned(), "the-code".to_owned()),
+            ]
+            .into(),
+            provider: None,
+            browser_binding: None,
+        };
+        let handled = tokio::spawn(async move { client.handle_callback(callback).await });
+        arrivals.recv().await.unwrap();
+        engine.delete_tenant(&tenant("t")).await.unwrap();
+        answers.add_permits(1);
+        let err = handled.await.unwrap().unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidState, "{name}: {}", err.message);
+        assert_eq!(all_open(&engine, "t").await.unwrap(), 0, "{name}");
+        assert!(
+            engine.stored_connection(&key).await.unwrap().is_none(),
+            "{name}"
+        );
+        drop(engine);
         backend.clean_up().await;
     }
 }

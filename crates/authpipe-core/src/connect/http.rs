@@ -110,17 +110,23 @@ pub async fn try_post_form(
     form: Vec<(&str, &str)>,
     credentials: &ClientCredentials<'_>,
 ) -> std::result::Result<Answer, Transport> {
-    let (request, sent) = form_request(http, url, form, credentials);
+    // Only a header that cannot be built fails here: nothing was sent.
+    let (request, sent) =
+        form_request(http, url, form, credentials).map_err(|e| Transport::NotSent(e.message))?;
     try_send(request, purpose, sent).await
 }
 
-/// The form POST with client authentication, and every value it carries.
+/// Form parameters whose values are public (in the authorize URL, or fixed words of the
+/// protocol): a provider's text that repeats them is not scrubbed of them.
+const PUBLIC_PARAMETERS: &[&str] = &["grant_type", "redirect_uri", "token_type_hint", "scope"];
+
+/// The form POST with client authentication, and every value it carries that is not public.
 fn form_request<'a>(
     http: &reqwest::Client,
     url: Url,
     mut form: Vec<(&'a str, &'a str)>,
     credentials: &ClientCredentials<'a>,
-) -> (reqwest::RequestBuilder, Sent) {
+) -> Result<(reqwest::RequestBuilder, Sent)> {
     let mut sent = Sent::default();
     // A token in the query (Zoho's revocation) is sent as much as one in the body.
     for (_, value) in url.query_pairs() {
@@ -139,15 +145,20 @@ fn form_request<'a>(
             sent.add_basic(&id, &secret);
             let pair = Zeroizing::new(format!("{}:{}", *id, *secret));
             let basic = Zeroizing::new(format!("Basic {}", STANDARD.encode(pair.as_bytes())));
-            request = request.header(AUTHORIZATION, secret_header(basic));
+            request = request.header(
+                AUTHORIZATION,
+                secret_header(basic, "the client credentials")?,
+            );
         }
         ClientAuth::Body => {
             form.push(("client_id", credentials.id));
             form.push(("client_secret", credentials.secret.expose_secret()));
         }
     }
-    for (_, value) in &form {
-        sent.add(value);
+    for (name, value) in &form {
+        if !PUBLIC_PARAMETERS.contains(name) {
+            sent.add(value);
+        }
     }
     let body = Zeroizing::new(
         url::form_urlencoded::Serializer::new(String::new())
@@ -157,7 +168,7 @@ fn form_request<'a>(
     let request = request
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(wiped_bytes(body));
-    (request, sent)
+    Ok((request, sent))
 }
 
 /// Bytes for the HTTP client that are zeroized when its last reference is dropped.
@@ -171,13 +182,17 @@ fn wiped_bytes(value: Zeroizing<String>) -> bytes::Bytes {
     bytes::Bytes::from_owner(Wiped(value))
 }
 
-/// A header value that carries a secret: zeroized when dropped, and marked sensitive (left out
-/// of `Debug` and of HTTP/2 header compression tables).
-pub fn secret_header(value: Zeroizing<String>) -> HeaderValue {
-    let mut header = HeaderValue::from_maybe_shared(wiped_bytes(value))
-        .unwrap_or_else(|_| HeaderValue::from_static(""));
+/// A header value that carries a secret (`what`, for the error): zeroized when dropped, and
+/// marked sensitive (left out of `Debug` and of HTTP/2 header compression tables). A value an
+/// HTTP header cannot carry (a line break) is an error, never an empty header.
+pub fn secret_header(value: Zeroizing<String>, what: &str) -> Result<HeaderValue> {
+    let mut header = HeaderValue::from_maybe_shared(wiped_bytes(value)).map_err(|_| {
+        Error::invalid_argument(format!(
+            "{what} cannot be sent in an HTTP header (it has a control character)"
+        ))
+    })?;
     header.set_sensitive(true);
-    header
+    Ok(header)
 }
 
 /// Sends a prepared request that carried the values in `sent`, and reads at most
@@ -236,25 +251,35 @@ const DESCRIPTION_CHARS: usize = 200;
 /// removed and cut short. Provider text never reaches a browser page (the handler shows codes).
 pub fn oauth_error(answer: &Answer) -> Option<String> {
     let object = answer.json_object()?;
-    let code = object.get("error")?.as_str()?;
-    let code = oauth_error_code(answer, code);
+    let code = oauth_error_code(answer, object.get("error")?.as_str()?);
     let description = object
         .get("error_description")
         .and_then(|d| d.as_str())
-        // Bounded before scrubbing (whose cost grows with the text), cut short after it.
-        .map(|d| d.chars().take(4 * DESCRIPTION_CHARS).collect::<String>())
-        .and_then(|d| answer.sent.scrub(&d))
+        // Control characters go first (a line break inside an echoed token must not split it
+        // before it is matched), and the text is bounded before scrubbing, whose cost grows
+        // with it; it is cut short after.
         .map(|d| {
             d.chars()
                 .filter(|c| !c.is_control())
-                .take(DESCRIPTION_CHARS)
+                .take(4 * DESCRIPTION_CHARS)
                 .collect::<String>()
         })
+        .and_then(|d| answer.sent.scrub(&d))
+        .map(|d| d.chars().take(DESCRIPTION_CHARS).collect::<String>())
         .filter(|d| !d.trim().is_empty());
     Some(match description {
         Some(d) => format!("{code} ({d})"),
         None => code,
     })
+}
+
+/// An error code from outside (a token endpoint's `error`, a callback's `error=`) as we keep
+/// it: RFC 6749's printable ASCII, at most 64 characters.
+pub fn printable_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
 }
 
 /// Error codes of RFC 6749, 6750, 7009 and 8628: kept as they are.
@@ -283,18 +308,15 @@ pub fn oauth_error_code(answer: &Answer, code: &str) -> String {
     if STANDARD_ERROR_CODES.contains(&code) {
         return code.to_owned();
     }
-    let code: String = code
-        .chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(64)
-        .collect();
+    let code = printable_code(code);
     match answer.sent.scrub(&code) {
         Some(scrubbed) if scrubbed == code => code,
         _ => "redacted".to_owned(),
     }
 }
 
-/// An unexpected answer: the status and, if it is an OAuth error, its code.
+/// An unexpected answer: the status and, if it is an OAuth error, its code and scrubbed
+/// description ([`oauth_error`]).
 pub fn unexpected(purpose: &str, answer: &Answer) -> Error {
     let detail = oauth_error(answer)
         .map(|e| format!(": {e}"))
@@ -356,7 +378,8 @@ mod tests {
             url,
             vec![("refresh_token", "rt-0123456789")],
             &credentials,
-        );
+        )
+        .unwrap();
         let request = request.build().unwrap();
         let authorization = &request.headers()[AUTHORIZATION];
         assert!(authorization.is_sensitive());

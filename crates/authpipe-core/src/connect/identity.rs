@@ -62,7 +62,10 @@ pub async fn probe(
             let request = http_client
                 .request(method, url)
                 .header("accept", "application/json")
-                .header(AUTHORIZATION, http::secret_header(authorization));
+                .header(
+                    AUTHORIZATION,
+                    http::secret_header(authorization, "the identity probe's authorization")?,
+                );
             http::send(request, &purpose, sent).await?
         }
         ProbeStyle::Introspection => {

@@ -233,11 +233,7 @@ impl Client {
                     return Err(browser_mismatch());
                 }
             }
-            let code: String = error
-                .chars()
-                .filter(|c| c.is_ascii_graphic())
-                .take(64)
-                .collect();
+            let code = http::printable_code(error);
             return Err(if code == "access_denied" {
                 Error::new(
                     ErrorCode::AuthorizationDenied,
@@ -358,14 +354,18 @@ impl Client {
         let purpose = format!("{} token endpoint", definition.display_name);
         let requested_at = engine.now_ms();
         let answer = http::post_form(self.http(), &purpose, token_url, form, &credentials).await?;
+        let refused = (400..500)
+            .contains(&answer.status)
+            .then(|| http::oauth_error(&answer))
+            .flatten();
         let tokens = match answer.json_object() {
             Some(body) if answer.is_success() => token::parse(definition, &body)?,
-            _ if (400..500).contains(&answer.status) && http::oauth_error(&answer).is_some() => {
+            _ if refused.is_some() => {
                 return Err(Error::new(
                     ErrorCode::CodeExchangeFailed,
                     format!(
                         "the {purpose} refused the authorization code: {}",
-                        http::oauth_error(&answer).unwrap_or_default()
+                        refused.unwrap_or_default()
                     ),
                 ))
             }
@@ -432,10 +432,16 @@ impl Client {
                 format!("the provider's token response: {}", e.message),
             )
         })?;
-        let mut stored = engine.import(vec![request]).await?;
-        stored
-            .pop()
-            .ok_or_else(|| Error::internal("the store returned no connection"))
+        engine.import_connected(request).await.map_err(|e| {
+            if e.code == ErrorCode::VaultKeyMissing {
+                Error::new(
+                    ErrorCode::InvalidState,
+                    "the tenant was deleted while this connection was being made; nothing was stored",
+                )
+            } else {
+                e
+            }
+        })
     }
 
     /// A short-lived token that lets a browser start flows for (tenant, user) without naming them.
@@ -473,7 +479,8 @@ impl Client {
 
     /// The (tenant, user) a session token stands for, if it may connect `provider`. A session
     /// starts one flow: this consumes it, so a token that leaked (a log, a history entry) after
-    /// its use is worth nothing.
+    /// its use is worth nothing. It is checked before it is consumed, so a request for a
+    /// provider it does not allow leaves it usable.
     pub async fn session_key(&self, token: &str, provider: &ProviderId) -> Result<ConnectionKey> {
         let invalid = || {
             Error::new(
@@ -481,12 +488,10 @@ impl Client {
                 "the connect session is unknown, expired or already used (a session starts one flow); create a new one",
             )
         };
-        let session = self
-            .engine()
-            .take_session(&sha256_hex(token))
-            .await?
-            .ok_or_else(invalid)?;
-        if session.expires_at <= self.engine().now_ms() {
+        let token_hash = sha256_hex(token);
+        let engine = self.engine();
+        let session = engine.session(&token_hash).await?.ok_or_else(invalid)?;
+        if session.expires_at <= engine.now_ms() {
             return Err(invalid());
         }
         if !session.providers.is_empty()
@@ -497,6 +502,11 @@ impl Client {
                 format!("the connect session does not allow connecting '{provider}'"),
             ));
         }
+        // Of concurrent uses of one token, exactly one gets here with the session.
+        engine
+            .take_session(&token_hash)
+            .await?
+            .ok_or_else(invalid)?;
         Ok(ConnectionKey::new(
             provider.clone(),
             session.tenant,

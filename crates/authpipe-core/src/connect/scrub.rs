@@ -19,9 +19,9 @@ pub const REDACTED: &str = "[redacted]";
 /// words), so a request that sent one keeps no provider text at all.
 const SHORTEST_SCRUBBABLE: usize = 4;
 
-/// Runs of token characters this long that occur inside a sent value are cut out too: an echo
-/// may quote a token cut short, or wrapped in other characters.
-const FRAGMENT: usize = 10;
+/// Any stretch of this many characters that also occurs inside a sent value is cut out too: an
+/// echo may quote a token cut short, or with other characters around or inside it.
+const FRAGMENT: usize = 8;
 
 /// The values one request sent, zeroized when dropped. Build it alongside the request; give
 /// it to the [`Answer`](super::http::Answer), whose text is then only read through
@@ -82,40 +82,29 @@ impl Sent {
         Some(self.cut_fragments(&text))
     }
 
-    /// Replaces every run of token characters that shares [`FRAGMENT`] characters in a row with
-    /// a sent value with [`REDACTED`]: a quoted token cut short, or glued to other characters.
+    /// Replaces every stretch of the text covered by a [`FRAGMENT`]-character window that also
+    /// occurs in a sent value with [`REDACTED`] (one per stretch).
     fn cut_fragments(&self, text: &str) -> String {
-        let mut out = String::with_capacity(text.len());
-        let mut run: Vec<char> = Vec::new();
-        let flush = |run: &mut Vec<char>, out: &mut String| {
-            let shared = run.windows(FRAGMENT).any(|window| {
-                let window: String = window.iter().collect();
-                self.values.iter().any(|v| v.contains(window.as_str()))
-            });
-            if shared {
-                out.push_str(REDACTED);
-            } else {
-                out.extend(run.iter());
-            }
-            run.clear();
-        };
-        for c in text.chars() {
-            if is_token_char(c) {
-                run.push(c);
-            } else {
-                flush(&mut run, &mut out);
-                out.push(c);
+        let chars: Vec<char> = text.chars().collect();
+        let mut covered = vec![false; chars.len()];
+        let mut window = String::with_capacity(4 * FRAGMENT);
+        for start in 0..chars.len().saturating_sub(FRAGMENT - 1) {
+            window.clear();
+            window.extend(&chars[start..start + FRAGMENT]);
+            if self.values.iter().any(|v| v.contains(window.as_str())) {
+                covered[start..start + FRAGMENT].fill(true);
             }
         }
-        flush(&mut run, &mut out);
+        let mut out = String::with_capacity(text.len());
+        for (i, c) in chars.iter().enumerate() {
+            match (covered[i], i > 0 && covered[i - 1]) {
+                (true, false) => out.push_str(REDACTED),
+                (true, true) => {}
+                (false, _) => out.push(*c),
+            }
+        }
         out
     }
-}
-
-/// Characters of tokens as providers issue them: base64 and base64url, JWT dots, RFC 6749's
-/// unreserved set.
-fn is_token_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '+' | '/' | '=' | '%')
 }
 
 #[cfg(test)]
@@ -152,13 +141,22 @@ mod tests {
 
     #[test]
     fn cuts_fragments_of_a_sent_token() {
-        let sent = sent(&["eyJhbGciOiJSUzI1NiJ9.payload-part.signature-part"]);
+        let sent = sent(&[
+            "eyJhbGciOiJSUzI1NiJ9.cGF5bG9hZA.c2lnbmF0dXJl",
+            "s3cr$t!with spaces",
+        ]);
         // A provider that quotes the token cut short, in quotes.
         let scrubbed = sent
-            .scrub("token 'eyJhbGciOiJSUzI1NiJ9.payl...' expired")
+            .scrub("token 'eyJhbGciOiJSUzI1NiJ9.cGF5...' expired")
             .unwrap();
-        assert_eq!(scrubbed, "token '[redacted]' expired");
-        // Ordinary words are kept, even when a sent value contains them.
+        assert_eq!(scrubbed, "token '[redacted]...' expired");
+        // A fragment with characters tokens do not use, and one of just 8 characters.
+        assert_eq!(sent.scrub("got 'r$t!with sp'").unwrap(), "got '[redacted]'");
+        assert_eq!(
+            sent.scrub("prefix eyJhbGci...").unwrap(),
+            "prefix [redacted]..."
+        );
+        // Ordinary words are kept.
         assert_eq!(
             sent.scrub("the signature is bad").unwrap(),
             "the signature is bad"

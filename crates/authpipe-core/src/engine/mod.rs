@@ -178,6 +178,14 @@ enum Refresher {
     Elsewhere,
 }
 
+/// Whether a write may make the tenant's data key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TenantKeyUse {
+    CreateIfMissing,
+    /// The key must be there (a connect flow made it when it started).
+    MustExist,
+}
+
 /// What the cache can do for a credential request.
 enum Reveal {
     Credential(Credential),
@@ -594,45 +602,84 @@ impl Engine {
 
     /// Stores connections (all or nothing) and returns them as stored.
     pub async fn import(&self, requests: Vec<ImportRequest>) -> Result<Vec<ConnectionRecord>> {
+        self.import_with(requests, TenantKeyUse::CreateIfMissing)
+            .await
+    }
+
+    /// [`Engine::import`], for a tenant whose key must exist already: a connect flow's, whose
+    /// key was made when the flow started, so that a `deleteTenant()` that ran while the flow's
+    /// code was being exchanged is not undone by storing its connection.
+    pub async fn import_connected(&self, request: ImportRequest) -> Result<ConnectionRecord> {
+        let mut stored = self
+            .import_with(vec![request], TenantKeyUse::MustExist)
+            .await?;
+        stored
+            .pop()
+            .ok_or_else(|| Error::internal("the store returned no connection"))
+    }
+
+    async fn import_with(
+        &self,
+        requests: Vec<ImportRequest>,
+        use_key: TenantKeyUse,
+    ) -> Result<Vec<ConnectionRecord>> {
         for request in &requests {
             request.validate()?;
         }
-        // One retry: a concurrent deleteTenant can remove a data key between sealing and storing.
-        let mut attempt = 0;
-        loop {
-            let mut records = Vec::with_capacity(requests.len());
-            for request in &requests {
-                records.push(self.seal_import(request).await?);
-            }
-            match self.store.put_connections(records).await {
-                Ok(stored) => {
-                    self.retries_clear(&stored);
-                    let stored: Vec<ConnectionRecord> = stored
-                        .into_iter()
-                        .map(|r| self.cache_put(r).record.clone())
-                        .collect();
-                    for record in &stored {
-                        let mut event = Event::new(EventKind::Created, &record.key, self.now_ms());
-                        event.status = Some(record.status);
-                        event.expires_at = record.expires_at;
-                        self.emit(event);
-                    }
-                    return Ok(stored);
+        let tenants: Vec<&TenantId> = requests.iter().map(|r| &r.key.tenant).collect();
+        let requests = &requests;
+        let stored = self
+            .sealed_write(&tenants, move || async move {
+                let mut records = Vec::with_capacity(requests.len());
+                for request in requests {
+                    records.push(self.seal_import(request, use_key).await?);
                 }
-                Err(e) if e.code == ErrorCode::VaultKeyMissing && attempt == 0 => {
-                    for request in &requests {
-                        self.vault.forget(&request.key.tenant);
-                    }
-                    attempt += 1;
+                self.store.put_connections(records).await
+            })
+            .await?;
+        self.retries_clear(&stored);
+        let stored: Vec<ConnectionRecord> = stored
+            .into_iter()
+            .map(|r| self.cache_put(r).record.clone())
+            .collect();
+        for record in &stored {
+            let mut event = Event::new(EventKind::Created, &record.key, self.now_ms());
+            event.status = Some(record.status);
+            event.expires_at = record.expires_at;
+            self.emit(event);
+        }
+        Ok(stored)
+    }
+
+    /// Runs `write` (seal with a tenant's key, then store), and once more if the store refused
+    /// it as sealed with a key that a `deleteTenant()` elsewhere destroyed meanwhile
+    /// (`VAULT_KEY_MISSING`): `tenants`' keys are forgotten first, so the second run seals with
+    /// the key the store has now (or makes one, where `write` may).
+    async fn sealed_write<T, F, Fut>(&self, tenants: &[&TenantId], write: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        match write().await {
+            Err(e) if e.code == ErrorCode::VaultKeyMissing => {
+                for tenant in tenants {
+                    self.vault.forget(tenant);
                 }
-                Err(e) => return Err(e),
+                write().await
             }
+            done => done,
         }
     }
 
-    async fn seal_import(&self, request: &ImportRequest) -> Result<ConnectionRecord> {
+    async fn seal_import(
+        &self,
+        request: &ImportRequest,
+        use_key: TenantKeyUse,
+    ) -> Result<ConnectionRecord> {
         let key = &request.key;
-        let tenant_key = self.tenant_key(&key.tenant, true).await?;
+        let tenant_key = self
+            .tenant_key(&key.tenant, use_key == TenantKeyUse::CreateIfMissing)
+            .await?;
         let seal = |field: &str, value: &SecretString| {
             self.vault.seal(
                 &tenant_key,
@@ -717,23 +764,20 @@ impl Engine {
 
     /// Stores a connect flow, with its PKCE verifier (if any) sealed with the tenant's key,
     /// bound to that flow.
-    pub async fn put_flow(&self, mut flow: FlowRecord, verifier: Option<&str>) -> Result<()> {
-        let mut attempt = 0;
-        loop {
+    pub async fn put_flow(&self, flow: FlowRecord, verifier: Option<&str>) -> Result<()> {
+        let flow = &flow;
+        self.sealed_write(&[&flow.key.tenant], move || async move {
+            // The key is made now even without a verifier to seal: the callback stores its
+            // connection only into a tenant that still has it (see `import_connected`).
+            let tenant_key = self.tenant_key(&flow.key.tenant, true).await?;
+            let mut flow = flow.clone();
             if let Some(secret) = verifier {
-                let tenant_key = self.tenant_key(&flow.key.tenant, true).await?;
                 let place = flow_place(&flow.key, &flow.state_hash);
                 flow.verifier = Some(self.vault.seal(&tenant_key, &place, secret.as_bytes())?);
             }
-            match self.store.put_flow(flow.clone()).await {
-                // Sealed with a key deleteTenant() destroyed meanwhile: seal again.
-                Err(e) if e.code == ErrorCode::VaultKeyMissing && attempt == 0 => {
-                    self.vault.forget(&flow.key.tenant);
-                    attempt += 1;
-                }
-                stored => return stored,
-            }
-        }
+            self.store.put_flow(flow).await
+        })
+        .await
     }
 
     pub async fn open_flow_secret(
@@ -763,6 +807,11 @@ impl Engine {
 
     pub async fn put_session(&self, session: SessionRecord) -> Result<()> {
         self.store.put_session(session).await
+    }
+
+    /// Reads a connect session without consuming it.
+    pub async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+        self.store.session(token_hash).await
     }
 
     /// Consumes a connect session (one flow per session).
@@ -829,8 +878,7 @@ impl Engine {
 
     pub async fn set_secret(&self, key: &SecretKey, value: &SecretString) -> Result<()> {
         input::check_secret("value", value)?;
-        let mut attempt = 0;
-        loop {
+        self.sealed_write(&[&key.tenant], move || async move {
             let tenant_key = self.tenant_key(&key.tenant, true).await?;
             let sealed = self.vault.seal(
                 &tenant_key,
@@ -838,22 +886,18 @@ impl Engine {
                 value.expose_secret().as_bytes(),
             )?;
             let now = self.now_ms();
-            let record = SecretRecord {
-                tenant: key.tenant.clone(),
-                provider: key.provider.clone(),
-                name: key.name.clone(),
-                value: sealed,
-                created_at: now,
-                updated_at: now,
-            };
-            match self.store.put_secret(record).await {
-                Err(e) if e.code == ErrorCode::VaultKeyMissing && attempt == 0 => {
-                    self.vault.forget(&key.tenant);
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+            self.store
+                .put_secret(SecretRecord {
+                    tenant: key.tenant.clone(),
+                    provider: key.provider.clone(),
+                    name: key.name.clone(),
+                    value: sealed,
+                    created_at: now,
+                    updated_at: now,
+                })
+                .await
+        })
+        .await
     }
 
     pub async fn secret(&self, key: &SecretKey) -> Result<SecretString> {

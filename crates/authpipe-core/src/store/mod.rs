@@ -53,9 +53,11 @@ pub struct ListQuery {
 pub struct TenantDeletion {
     pub connections: u64,
     pub secrets: u64,
-    /// Connect sessions, expired or not: none can start a flow for the tenant any more.
+    /// Connect sessions, expired or not: none can start a flow for the tenant any more (one
+    /// checked in the instant before the delete can still store its flow).
     pub sessions: u64,
-    /// Connect flows, ended or not: no callback can complete one any more.
+    /// Connect flows, ended or not: no callback can complete one any more (one already past
+    /// its state check stores nothing: see `Engine::import_connected`).
     pub flows: u64,
     pub had_key: bool,
 }
@@ -77,28 +79,31 @@ pub enum FlowTake {
     Used(FlowRecord),
     /// The flow's lifetime had passed (it is consumed now all the same).
     Expired(FlowRecord),
-    /// Presented without the browser binding the flow was started with: left as it was, so
-    /// that someone who learnt a state cannot spend or cancel another browser's flow.
+    /// A live flow presented without the browser binding it was started with: left as it was,
+    /// so that someone who learnt a state cannot spend or cancel another browser's flow.
     WrongBrowser,
     Unknown,
 }
 
 impl FlowTake {
     /// What presenting `flow` (as read inside the store's transaction) comes to, and whether
-    /// the store must mark it consumed. Written once for every store: only the browser that
-    /// started a flow can consume it or learn anything about it.
+    /// the store must mark it consumed. Written once for every store. Only a live flow needs
+    /// its browser: one already used or past its lifetime leaves nothing to spend or cancel (and
+    /// a reload of the callback page, whose cookie is gone by then, should hear "already used").
     pub fn decide(flow: FlowRecord, browser_hash: Option<&str>, now: i64) -> (Self, bool) {
         use subtle::ConstantTimeEq;
-        if let Some(expected) = &flow.browser_hash {
-            let same = browser_hash.is_some_and(|presented| {
-                bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
-            });
-            if !same {
-                return (Self::WrongBrowser, false);
-            }
-        }
         if flow.consumed_at.is_some() {
             return (Self::Used(flow), false);
+        }
+        if flow.expires_at > now {
+            if let Some(expected) = &flow.browser_hash {
+                let same = browser_hash.is_some_and(|presented| {
+                    bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+                });
+                if !same {
+                    return (Self::WrongBrowser, false);
+                }
+            }
         }
         let consumed = FlowRecord {
             consumed_at: Some(now),
@@ -257,6 +262,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: i64,
     ) -> Result<FlowTake>;
     async fn put_session(&self, session: SessionRecord) -> Result<()>;
+    /// Reads a session without consuming it (to check it before [`Store::take_session`]).
+    async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>>;
     /// Consumes a session, atomically: of concurrent callers with the same token, one gets it.
     /// A session starts one flow.
     async fn take_session(&self, token_hash: &str) -> Result<Option<SessionRecord>>;
@@ -329,7 +336,7 @@ pub(crate) fn check_after_deleted(record: &TenantKeyRecord, deleted: Option<u32>
 }
 
 /// The one generation all of a record's sealed fields were sealed with.
-pub(crate) fn record_generation(record: &ConnectionRecord) -> Result<u32> {
+pub(crate) fn connection_generation(record: &ConnectionRecord) -> Result<u32> {
     let generation = crate::vault::sealed_generation(&record.credential)?;
     check_sealed_with(&record.key.tenant, Some(generation), record.sealed_fields())?;
     Ok(generation)
@@ -355,4 +362,48 @@ pub(crate) fn retired_master_key(master_key_id: &str, retired_at: i64, active: &
              and restart this instance"
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(browser_hash: Option<&str>, consumed_at: Option<i64>) -> FlowRecord {
+        FlowRecord {
+            state_hash: "h".into(),
+            key: ConnectionKey::parse("attio", "t", "u").unwrap(),
+            verifier: None,
+            redirect_uri: "https://app.example/cb".into(),
+            scopes: vec![],
+            browser_hash: browser_hash.map(str::to_owned),
+            created_at: 0,
+            expires_at: 1_000,
+            consumed_at,
+        }
+    }
+
+    fn outcome(flow: FlowRecord, presented: Option<&str>, now: i64) -> (&'static str, bool) {
+        let (take, consume) = FlowTake::decide(flow, presented, now);
+        let name = match take {
+            FlowTake::Fresh(_) => "fresh",
+            FlowTake::Used(_) => "used",
+            FlowTake::Expired(_) => "expired",
+            FlowTake::WrongBrowser => "wrong browser",
+            FlowTake::Unknown => "unknown",
+        };
+        (name, consume)
+    }
+
+    #[test]
+    fn only_a_live_flow_asks_for_its_browser() {
+        let bound = || flow(Some("b"), None);
+        assert_eq!(outcome(bound(), Some("b"), 10), ("fresh", true));
+        assert_eq!(outcome(bound(), Some("x"), 10), ("wrong browser", false));
+        assert_eq!(outcome(bound(), None, 10), ("wrong browser", false));
+        // Nothing left to spend: a reload after success, or a return after the lifetime.
+        assert_eq!(outcome(flow(Some("b"), Some(5)), None, 10), ("used", false));
+        assert_eq!(outcome(bound(), None, 1_000), ("expired", true));
+        // A flow started without the handler has no binding to ask for.
+        assert_eq!(outcome(flow(None, None), None, 10), ("fresh", true));
+    }
 }

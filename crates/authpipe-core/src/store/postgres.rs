@@ -12,7 +12,7 @@
 use super::postgres_tls::{PostgresTls, TlsConnector};
 use super::sql::{self, CONNECTION_COLUMNS};
 use super::{
-    check_after_deleted, check_sealed_with, record_generation, retired_master_key, Change,
+    check_after_deleted, check_sealed_with, connection_generation, retired_master_key, Change,
     ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
     TenantDeletion, ENDED_RETENTION_MS, MAX_PENDING_FLOWS_PER_USER,
 };
@@ -484,6 +484,20 @@ fn invalid_row(what: &str) -> Error {
     )
 }
 
+/// A row with [`sql::READ_SESSION`]'s columns.
+fn session_from_row(token_hash: &str, r: &Row) -> Result<SessionRecord> {
+    Ok(SessionRecord {
+        token_hash: token_hash.to_owned(),
+        tenant: TenantId::parse(r.get::<_, String>(0))
+            .map_err(|_| invalid_row("connect session"))?,
+        user: UserId::parse(r.get::<_, String>(1)).map_err(|_| invalid_row("connect session"))?,
+        providers: serde_json::from_str(&r.get::<_, String>(2))
+            .map_err(|_| invalid_row("connect session"))?,
+        created_at: r.get(3),
+        expires_at: r.get(4),
+    })
+}
+
 fn connection_from_row(row: &Row) -> Result<ConnectionRecord> {
     let text = |i: usize| -> String { row.get(i) };
     let key = ConnectionKey::new(
@@ -815,7 +829,7 @@ impl Store for PostgresStore {
         record: ConnectionRecord,
         expected_version: i64,
     ) -> Result<Option<ConnectionRecord>> {
-        let generation = record_generation(&record)? as i32;
+        let generation = connection_generation(&record)? as i32;
         let values = RowValues::new(&record)?;
         let mut params = values.params();
         params.remove(sql::CREATED_AT_INDEX); // never updated
@@ -1126,6 +1140,16 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(sql::READ_SESSION, &[&token_hash])
+            .await
+            .map_err(pg("read connect session"))?;
+        row.map(|r| session_from_row(token_hash, &r)).transpose()
+    }
+
     async fn take_session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
         let row = self
             .client()
@@ -1133,20 +1157,7 @@ impl Store for PostgresStore {
             .query_opt(sql::TAKE_SESSION, &[&token_hash])
             .await
             .map_err(pg("take connect session"))?;
-        row.map(|r| {
-            Ok(SessionRecord {
-                token_hash: token_hash.to_owned(),
-                tenant: TenantId::parse(r.get::<_, String>(0))
-                    .map_err(|_| invalid_row("connect session"))?,
-                user: UserId::parse(r.get::<_, String>(1))
-                    .map_err(|_| invalid_row("connect session"))?,
-                providers: serde_json::from_str(&r.get::<_, String>(2))
-                    .map_err(|_| invalid_row("connect session"))?,
-                created_at: r.get(3),
-                expires_at: r.get(4),
-            })
-        })
-        .transpose()
+        row.map(|r| session_from_row(token_hash, &r)).transpose()
     }
 
     async fn prune_ended(&self, now: i64) -> Result<u64> {

@@ -82,7 +82,11 @@ pub const PRUNE_ENDED_FLOWS: &str =
 /// Drop sessions that expired before $1.
 pub const PRUNE_SESSIONS: &str = "DELETE FROM connect_sessions WHERE expires_at < $1";
 
-/// Consume the session with token hash $1.
+/// Read the session with token hash $1.
+pub const READ_SESSION: &str = "SELECT tenant_id, user_id, providers, created_at, expires_at \
+     FROM connect_sessions WHERE token_hash = $1";
+
+/// Consume the session with token hash $1 (same columns as [`READ_SESSION`]).
 pub const TAKE_SESSION: &str = "DELETE FROM connect_sessions WHERE token_hash = $1 \
      RETURNING tenant_id, user_id, providers, created_at, expires_at";
 

@@ -16,7 +16,7 @@
 
 use super::sql::{self, CONNECTION_COLUMNS};
 use super::{
-    check_after_deleted, check_sealed_with, record_generation, retired_master_key, Change,
+    check_after_deleted, check_sealed_with, connection_generation, retired_master_key, Change,
     ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
     TenantDeletion, ENDED_RETENTION_MS, MAX_PENDING_FLOWS_PER_USER,
 };
@@ -214,7 +214,8 @@ impl SqliteStore {
         ensure_private_files(path).map_err(|e| {
             Error::store(
                 &format!(
-                    "cannot make {} private to its owner (mode 0600)",
+                    "{} (or its -wal / -shm) is open to group or others and cannot be made 0600 \
+                     (open it as the file's owner, or chmod 600 it)",
                     path.display()
                 ),
                 e,
@@ -404,6 +405,37 @@ fn ensure_private_files(path: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The session a statement of [`sql::READ_SESSION`]'s columns returns (reading or consuming it).
+fn read_session(
+    conn: &Connection,
+    statement: &str,
+    token_hash: String,
+) -> Result<Option<SessionRecord>> {
+    let row = conn
+        .query_row(&sql::sqlite_placeholders(statement), [&token_hash], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .optional()?;
+    row.map(|(tenant, user, providers, created_at, expires_at)| {
+        Ok(SessionRecord {
+            token_hash: token_hash.clone(),
+            tenant: TenantId::parse(tenant).map_err(|_| invalid_row("connect session"))?,
+            user: UserId::parse(user).map_err(|_| invalid_row("connect session"))?,
+            providers: serde_json::from_str(&providers)
+                .map_err(|_| invalid_row("connect session"))?,
+            created_at,
+            expires_at,
+        })
+    })
+    .transpose()
 }
 
 /// Resolves the store path the way `SqliteStore::open` will see it, for sharing one engine
@@ -790,7 +822,7 @@ impl Store for SqliteStore {
         record: ConnectionRecord,
         expected_version: i64,
     ) -> Result<Option<ConnectionRecord>> {
-        let generation = record_generation(&record)?;
+        let generation = connection_generation(&record)?;
         self.run(move |conn| {
             let mut values = row_values(&record)?;
             values.remove(sql::CREATED_AT_INDEX); // never updated
@@ -1057,38 +1089,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+        let token_hash = token_hash.to_owned();
+        self.run(move |conn| read_session(conn, sql::READ_SESSION, token_hash))
+            .await
+    }
+
     async fn take_session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
         let token_hash = token_hash.to_owned();
-        self.run(move |conn| {
-            let row = conn
-                .query_row(
-                    &sql::sqlite_placeholders(sql::TAKE_SESSION),
-                    [&token_hash],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, i64>(3)?,
-                            r.get::<_, i64>(4)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            row.map(|(tenant, user, providers, created_at, expires_at)| {
-                Ok(SessionRecord {
-                    token_hash: token_hash.clone(),
-                    tenant: TenantId::parse(tenant).map_err(|_| invalid_row("connect session"))?,
-                    user: UserId::parse(user).map_err(|_| invalid_row("connect session"))?,
-                    providers: serde_json::from_str(&providers)
-                        .map_err(|_| invalid_row("connect session"))?,
-                    created_at,
-                    expires_at,
-                })
-            })
-            .transpose()
-        })
-        .await
+        self.run(move |conn| read_session(conn, sql::TAKE_SESSION, token_hash))
+            .await
     }
 
     async fn prune_ended(&self, now: i64) -> Result<u64> {
@@ -1280,25 +1290,21 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         let loosen =
             |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        // A store written once (leaving -wal and -shm), then loosened, as a copy or an umask
-        // would leave it.
+        // A store in use (another connection keeps its -wal and -shm), loosened as a copy or an
+        // umask would leave it, then opened again.
         let first = SqliteStore::open(&path).unwrap();
         let wal = dir.path().join("loose.db-wal");
         let shm = dir.path().join("loose.db-shm");
-        assert!(wal.exists() && shm.exists());
         for p in [&path, &wal, &shm] {
             assert_eq!(mode(p), 0o600, "{} as created", p.display());
-        }
-        drop(first);
-        for p in [&path, &wal, &shm] {
-            if p.exists() {
-                loosen(p);
-            }
+            loosen(p);
+            assert_eq!(mode(p), 0o644);
         }
         let _again = SqliteStore::open(&path).unwrap();
         for p in [&path, &wal, &shm] {
-            assert_eq!(mode(p), 0o600, "{} after reopening", p.display());
+            assert_eq!(mode(p), 0o600, "{} after opening again", p.display());
         }
+        drop(first);
     }
 
     #[tokio::test(flavor = "multi_thread")]

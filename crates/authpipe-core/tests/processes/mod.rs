@@ -293,6 +293,9 @@ impl Store for HeldFeed {
     async fn put_session(&self, session: SessionRecord) -> Result<()> {
         self.inner.put_session(session).await
     }
+    async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
+        self.inner.session(token_hash).await
+    }
     async fn take_session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
         self.inner.take_session(token_hash).await
     }
