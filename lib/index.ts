@@ -267,8 +267,12 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
   }
 
   /**
-   * A short-lived token that lets a browser connect accounts for one (tenant, user) without
-   * naming them: hand it to `<ConnectButton sessionToken>` or use `?session=` on the handler.
+   * A short-lived token that lets a browser start one connect flow for one (tenant, user)
+   * without naming them: hand it to `<ConnectButton sessionToken>`, or give it to the handler's
+   * `/connect/:provider` (form field `session` in a POST, the `Authpipe-Session` header, or
+   * `?session=`; a link checker that fetches a `?session=` URL uses it up). It is consumed when
+   * its flow starts (mint one per attempt), lives `ttlSeconds` (default 600, at most 3600), and
+   * may name the `providers` it allows (default: any).
    * @example
    * const { token } = await authpipe.createConnectSession({ tenantId: 'org_acme', userId: 'user_123', providers: ['attio'] });
    */
@@ -286,10 +290,14 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
 
   /**
    * A Node `(req, res)` handler for the browser side of the connect flow (works with `http`,
-   * Express and Fastify): `GET {basePath}/connect/:provider?session=<token>` redirects to the
-   * provider; `GET|POST {basePath}/callback[/:provider]` finishes the flow and renders a page
-   * that `postMessage`s `{ type: 'authpipe:connect', ok, connection | error }` (never a token)
-   * to `window.opener` at `appOrigin`, or redirects to `returnTo` when there is no opener.
+   * Express and Fastify): `GET|POST {basePath}/connect/:provider` with a connect session
+   * (`?session=`, a form field `session`, or the `Authpipe-Session` header; or `resolveUser`)
+   * redirects to the provider and sets the flow cookie (`__Host-` and `Secure` when `appOrigin`
+   * is https); `GET|POST {basePath}/callback[/:provider]` finishes the flow and renders a page
+   * that `postMessage`s `{ type: 'authpipe:connect', ok, connection | error }` (never a token;
+   * an error carries its code and our words for it, never the provider's text) to
+   * `window.opener` at `appOrigin`, or redirects to `returnTo` when there is no opener. A
+   * parameter given twice, or a body over 64 KiB, is a 400.
    * @example
    * const handle = authpipe.handler({ appOrigin: 'https://app.example.com' });
    * app.use('/authpipe', (req, res) => handle(req, res)); // Express: keep the full URL (req.originalUrl)
@@ -376,6 +384,11 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
    * `VACUUM FULL` writes a new file but does not wipe the old one's blocks on disk.
    * Crypto-shredding holds once every copy of the wrapped key is gone, or once the master key is
    * rotated, retired and destroyed: backups' wrapped tenant keys then no longer unwrap.
+   *
+   * Kept: the tenant id and its key's last generation number (no key material), so that a
+   * tenant created again gets a key of a later generation. A callback whose code is being
+   * exchanged meanwhile stores nothing (`INVALID_STATE`); a connect session checked in the
+   * instant before the delete can still start a flow.
    */
   async deleteTenant(tenantId: string): Promise<TenantDeletion> {
     const id = args.string(tenantId, 'tenantId');

@@ -140,6 +140,13 @@ export interface Connection {
   readonly lastRefreshAt: Date | null;
   readonly nextRefreshAt: Date | null;
   readonly lastCheckAt: Date | null;
+  /**
+   * The last failure: `code` is the provider's OAuth `error` (`invalid_grant`, ...), one of ours
+   * (`rate_limited`, `unreachable`, `http_503`, `refresh_outcome_unknown`, an
+   * {@link AuthpipeErrorCode}), or `redacted` when a provider put a value it was sent into its
+   * error code; `message` keeps a provider's description only with every value it was sent cut
+   * out as `[redacted]`.
+   */
   readonly lastError: { readonly code: string; readonly message: string } | null;
 }
 
