@@ -126,6 +126,8 @@ impl Engine {
             return Ok(());
         }
         let keys: Vec<ConnectionKey> = wanted.values().cloned().collect();
+        // From the read to the last cache write: a deletion here waits for it (see reload_gate).
+        let _reloading = self.reload_gate.read().await;
         self.count_read();
         for record in self.store.connections(&keys).await? {
             if let Some(key) = wanted.remove(&record.key.cache_key()) {
@@ -142,6 +144,7 @@ impl Engine {
     /// Reloads every connection, after changes may have been missed, and forgets the tenant
     /// keys that are not stored any more.
     async fn resync(&self) -> Result<()> {
+        let _reloading = self.reload_gate.read().await;
         self.count_read();
         self.vault.forget_all_but(&self.store.tenant_keys().await?);
         let records = self.store.all_connections().await?;

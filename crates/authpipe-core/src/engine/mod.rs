@@ -128,6 +128,11 @@ pub struct Engine {
     cache_changed: tokio::sync::Notify,
     /// Follows the store's change feed; stopped with the engine.
     follow: std::sync::OnceLock<FollowTask>,
+    /// Held shared by a reload of the store into the cache (follow.rs), from its read to its
+    /// last write into the cache; a deletion here takes it exclusively between its store write
+    /// and its cache removal. So a reload that read a row before the deletion cannot put it
+    /// back after it (the store reports this process's own writes too).
+    reload_gate: tokio::sync::RwLock<()>,
     /// The instances' provider configurations; refreshes and probes use the first still open.
     connectors: parking_lot::RwLock<Vec<Weak<Connector>>>,
     /// Single-flight: one refresh per connection at a time, the others wait for its result.
@@ -289,6 +294,7 @@ impl Engine {
                 refresh_ended: tokio::sync::Notify::new(),
                 cache_changed: tokio::sync::Notify::new(),
                 follow: std::sync::OnceLock::new(),
+                reload_gate: tokio::sync::RwLock::new(()),
                 connectors: Default::default(),
                 refresh_locks: DashMap::new(),
                 probing: DashMap::new(),
@@ -866,7 +872,10 @@ impl Engine {
     /// Deletes a connection; returns whether it existed.
     pub async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool> {
         let existed = self.store.delete_connection(key).await?;
-        let cached = self.cache.remove(key);
+        let cached = {
+            let _no_reload = self.reload_gate.write().await;
+            self.cache.remove(key)
+        };
         self.retries.remove(&key.cache_key());
         if existed || cached {
             self.emit(Event::new(EventKind::Deleted, key, self.now_ms()));
@@ -987,7 +996,9 @@ impl Engine {
     pub async fn delete_tenant(&self, tenant: &TenantId) -> Result<TenantDeletion> {
         self.forget_tenant(tenant);
         let deletion = self.store.delete_tenant(tenant).await?;
-        // A read that raced the deletion may have reloaded either; drop them again.
+        // A read that raced the deletion may have reloaded either; drop them again, once no
+        // reload that read before the deletion can still write into the cache.
+        let _no_reload = self.reload_gate.write().await;
         self.forget_tenant(tenant);
         Ok(deletion)
     }

@@ -189,19 +189,40 @@ where
 }
 
 /// A store whose change feed a test holds back: changes reach the engine only once released,
-/// so the engine acts as one that has not yet heard what other processes did.
+/// so the engine acts as one that has not yet heard what other processes did. Its batch reads
+/// (`connections`, what a reload of changes reads) can be held too, after they read: a test
+/// can then write between a reload's read and its use.
 #[derive(Debug)]
 pub struct HeldFeed {
     inner: Arc<dyn Store>,
     open: tokio::sync::watch::Sender<bool>,
+    reads_open: tokio::sync::watch::Sender<bool>,
+    /// Told each time a batch read has read and waits to be released.
+    read_held: tokio::sync::mpsc::UnboundedSender<()>,
+    reads_held: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<()>>>,
 }
 
 impl HeldFeed {
     pub fn new(inner: Arc<dyn Store>) -> Arc<Self> {
+        let (read_held, reads_held) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
             inner,
             open: tokio::sync::watch::channel(true).0,
+            reads_open: tokio::sync::watch::channel(true).0,
+            read_held,
+            reads_held: parking_lot::Mutex::new(Some(reads_held)),
         })
+    }
+
+    /// Holds batch reads after they read, until [`HeldFeed::release_reads`]; the receiver hears
+    /// of each one held.
+    pub fn hold_reads(&self) -> tokio::sync::mpsc::UnboundedReceiver<()> {
+        self.reads_open.send_replace(false);
+        self.reads_held.lock().take().expect("hold_reads once")
+    }
+
+    pub fn release_reads(&self) {
+        self.reads_open.send_replace(true);
     }
 
     pub fn hold(&self) {
@@ -259,7 +280,13 @@ impl Store for HeldFeed {
         self.inner.connection(key).await
     }
     async fn connections(&self, keys: &[ConnectionKey]) -> Result<Vec<ConnectionRecord>> {
-        self.inner.connections(keys).await
+        let read = self.inner.connections(keys).await;
+        let mut open = self.reads_open.subscribe();
+        if !*open.borrow_and_update() {
+            let _ = self.read_held.send(());
+            let _ = open.wait_for(|open| *open).await;
+        }
+        read
     }
     async fn all_connections(&self) -> Result<Vec<ConnectionRecord>> {
         self.inner.all_connections().await
