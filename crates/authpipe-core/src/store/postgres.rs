@@ -24,6 +24,7 @@ use crate::records::{
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
@@ -808,8 +809,18 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(pg("begin"))?;
         let upsert = sql::UPSERT_CONNECTION.as_str();
         let mut stored = Vec::with_capacity(records.len());
+        // Once per tenant (its key row stays locked FOR SHARE until the commit): a batch often
+        // holds many users of one tenant.
+        let mut generations: HashMap<TenantId, Option<u32>> = HashMap::new();
         for mut r in records {
-            let generation = stored_generation(&tx, &r.key.tenant).await?;
+            let generation = match generations.get(&r.key.tenant) {
+                Some(known) => *known,
+                None => {
+                    let stored = stored_generation(&tx, &r.key.tenant).await?;
+                    generations.insert(r.key.tenant.clone(), stored);
+                    stored
+                }
+            };
             check_sealed_with(&r.key.tenant, generation, r.sealed_fields())?;
             let values = RowValues::new(&r)?;
             let row = tx

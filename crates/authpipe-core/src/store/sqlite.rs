@@ -32,6 +32,7 @@ use rusqlite::types::Value;
 use rusqlite::{
     params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -796,12 +797,18 @@ impl Store for SqliteStore {
             {
                 let mut upsert =
                     tx.prepare_cached(&sql::sqlite_placeholders(&sql::UPSERT_CONNECTION))?;
+                // Once per tenant: a batch often holds many users of one tenant.
+                let mut generations: HashMap<TenantId, Option<u32>> = HashMap::new();
                 for mut r in records {
-                    check_sealed_with(
-                        &r.key.tenant,
-                        stored_generation(&tx, &r.key.tenant)?,
-                        r.sealed_fields(),
-                    )?;
+                    let generation = match generations.get(&r.key.tenant) {
+                        Some(known) => *known,
+                        None => {
+                            let stored = stored_generation(&tx, &r.key.tenant)?;
+                            generations.insert(r.key.tenant.clone(), stored);
+                            stored
+                        }
+                    };
+                    check_sealed_with(&r.key.tenant, generation, r.sealed_fields())?;
                     let (created_at, version) = upsert
                         .query_row(params_from_iter(row_values(&r)?), |row| {
                             Ok((row.get(0)?, row.get(1)?))
