@@ -28,6 +28,13 @@ fn client(engine: Arc<Engine>, settings: serde_json::Value) -> Client {
     )
 }
 
+/// Settings of a custom provider `crm` whose endpoints are at `origin`.
+fn crm_at(origin: &str) -> serde_json::Value {
+    json!({ "crm": {
+        "authorizeUrl": format!("{origin}/authorize"), "tokenUrl": format!("{origin}/token"),
+        "clientId": "c", "clientSecret": "s", "redirectUri": "https://app.example/cb" } })
+}
+
 fn sha256_hex(value: &str) -> String {
     Sha256::digest(value.as_bytes())
         .iter()
@@ -247,9 +254,7 @@ async fn a_refresh_across_the_deletion_stores_nothing_unreadable() {
     for backend in Backend::all().await {
         let name = backend.name();
         let (origin, mut arrivals, answers) = gated_token_server().await;
-        let crm = json!({ "crm": {
-            "authorizeUrl": format!("{origin}/authorize"), "tokenUrl": format!("{origin}/token"),
-            "clientId": "c", "clientSecret": "s", "redirectUri": "https://app.example/cb" } });
+        let crm = crm_at(&origin);
         let a = backend.engine(&keys).await.unwrap();
         let b_store = HeldFeed::new(backend.store().await);
         let b = open_unshared(b_store.clone(), &keys, None).await.unwrap();
@@ -293,9 +298,7 @@ async fn a_callback_under_way_does_not_bring_a_deleted_tenant_back() {
     for backend in Backend::all().await {
         let name = backend.name();
         let (origin, mut arrivals, answers) = gated_token_server().await;
-        let crm = json!({ "crm": {
-            "authorizeUrl": format!("{origin}/authorize"), "tokenUrl": format!("{origin}/token"),
-            "clientId": "c", "clientSecret": "s", "redirectUri": "https://app.example/cb" } });
+        let crm = crm_at(&origin);
         let engine = backend.engine(&keys).await.unwrap();
         let client = client(engine.clone(), crm);
         let key = ConnectionKey::parse("crm", "t", "u1").unwrap();
