@@ -5,7 +5,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Authpipe, AuthpipeError, type AuthpipeOptions, type AuthpipeErrorCode } from '..';
+import { Authpipe, AuthpipeError, type AuthpipeOptions, type AuthpipeErrorCode, type ConnectResultMessage } from '..';
 
 /** The PostgreSQL database tests use (trust auth on loopback; see the README, Quick start). */
 export const POSTGRES_URL = process.env.AUTHPIPE_TEST_POSTGRES ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -97,4 +97,24 @@ export async function listenOnLoopback(server: Server): Promise<string> {
 export async function closeServer(server: Server): Promise<void> {
   server.closeAllConnections();
   await new Promise<void>((resolve) => server.close(() => resolve()));
+}
+
+/** A browser's request without the browser: no redirects followed, the cookie given by hand. */
+export async function browse(url: string, cookie?: string): Promise<{ status: number; location: string | null; setCookie: string[]; text: string; headers: Headers }> {
+  const res = await fetch(url, { redirect: 'manual', headers: cookie ? { cookie } : {} });
+  return { status: res.status, location: res.headers.get('location'), setCookie: res.headers.getSetCookie(), text: await res.text(), headers: res.headers };
+}
+
+/** The result a handler page posts to its opener. */
+export function posted(page: string): ConnectResultMessage {
+  const match = /var result = (\{.*?\});\n/s.exec(page);
+  if (!match) throw new Error(`no result in page: ${page}`);
+  return JSON.parse(match[1]!) as ConnectResultMessage;
+}
+
+/** Where a handler page sends a browser that has no opener (the `returnTo` redirect). */
+export function redirectedTo(page: string): URL {
+  const match = /window\.location\.replace\(("[^"]*")\)/.exec(page);
+  if (!match) throw new Error(`no redirect in page: ${page}`);
+  return new URL(JSON.parse(match[1]!) as string);
 }

@@ -3,9 +3,13 @@
  * `(req, res) => void`, usable with `http`, Express (`app.use('/authpipe', handle)`) and Fastify
  * (`fastify.all('/authpipe/*', (req, reply) => { reply.hijack(); handle(req.raw, reply.raw); })`).
  *
- *   GET  {basePath}/connect/:provider?session=<token>   -> 302 to the provider (sets the flow cookie)
- *   POST {basePath}/connect/:provider  (form field `session`, or header `Authpipe-Session`)
- *   GET|POST {basePath}/callback[/:provider]             -> HTML page that postMessages the result
+ *   GET  {basePath}/connect/:provider?session=<token>&flow=<id> -> 302 to the provider (sets the flow cookie)
+ *   POST {basePath}/connect/:provider  (form fields `session`, `flow`; or header `Authpipe-Session`)
+ *   GET|POST {basePath}/callback[/:provider]                   -> HTML page that postMessages the result
+ *
+ * `flow` is an id the page made for this attempt (`@authpipe/react` makes one per click). It rides
+ * in the flow cookie and comes back in the page's message and in the `returnTo` redirect, so a
+ * page can tell its own attempt's result from any other message. It is not a secret.
  *
  * The flow is bound to the browser by an HttpOnly cookie checked at the callback (`__Host-`
  * prefixed and `Secure` when the app is served over https). Pages carry
@@ -40,10 +44,17 @@ export interface HandlerOptions {
   returnTo?: string;
 }
 
-/** What the callback page posts to `window.opener`. */
-export type ConnectResultMessage =
-  | { type: 'authpipe:connect'; ok: true; connection: Pick<Connection, 'provider' | 'tenantId' | 'userId' | 'status' | 'scopes' | 'account'> }
-  | { type: 'authpipe:connect'; ok: false; error: { code: string; message: string } };
+/** The connection as the browser sees it: metadata, never a token. */
+export type ConnectedConnection = Pick<Connection, 'provider' | 'tenantId' | 'userId' | 'status' | 'scopes' | 'account'>;
+
+/**
+ * What the callback page posts to `window.opener`. `flowId` is the `flow` the connect request
+ * carried, when it carried one.
+ */
+export type ConnectResultMessage = (
+  | { type: 'authpipe:connect'; ok: true; connection: ConnectedConnection }
+  | { type: 'authpipe:connect'; ok: false; error: { code: string; message: string } }
+) & { flowId?: string };
 
 /** What the handler needs from an Authpipe instance. */
 export interface HandlerBackend {
@@ -57,6 +68,8 @@ const COOKIE = 'authpipe_flow';
 const HOST_COOKIE = `__Host-${COOKIE}`;
 const MAX_BODY_BYTES = 64 * 1024;
 const SESSION_HEADER = 'authpipe-session';
+/** A page's id for one attempt: long enough to be unguessable, and cookie- and URL-safe as is. */
+const FLOW_ID = /^[A-Za-z0-9_-]{16,128}$/;
 
 /** What the callback page says for each code: our words only, never a provider's text. */
 const PAGE_MESSAGES: Partial<Record<AuthpipeErrorCode, string>> = {
@@ -113,42 +126,55 @@ export function createHandler(backend: HandlerBackend, options: HandlerOptions):
     res.writeHead(404, securityHeaders({ 'content-type': 'text/plain; charset=utf-8' })).end('not found');
   }
 
-  /** The session token: from the query, a POST form (kept out of logs and history), or a header. */
-  async function sessionToken(req: IncomingMessage, query: URLSearchParams): Promise<string | undefined> {
+  /**
+   * The connect request's `session` and `flow`: each from the query, a POST form (kept out of
+   * logs and history) or, for the session, a header; each given once at most.
+   */
+  async function connectParams(req: IncomingMessage, query: URLSearchParams): Promise<{ session?: string; flowId?: string }> {
     const header = req.headers[SESSION_HEADER];
     if (Array.isArray(header)) throw invalidArgument(`the ${SESSION_HEADER} header is given more than once`);
-    const fromQuery = uniqueParams(query, 'query').session;
-    const fromBody = req.method === 'POST' ? uniqueParams(await readForm(req), 'body').session : undefined;
-    const given = [fromQuery, fromBody, header].filter((t): t is string => typeof t === 'string' && t !== '');
-    if (given.length > 1) throw invalidArgument('the connect session is given more than once (query, body, header): give it once');
-    return given[0];
+    const fromQuery = uniqueParams(query, 'query');
+    const fromBody = req.method === 'POST' ? uniqueParams(await readForm(req), 'body') : {};
+    const once = (name: string, ...values: Array<string | undefined>): string | undefined => {
+      const given = values.filter((v): v is string => typeof v === 'string' && v !== '');
+      if (given.length > 1) throw invalidArgument(`${name} is given more than once (in the query, the body or a header): give it once`);
+      return given[0];
+    };
+    const flowId = once('the flow id', fromQuery.flow, fromBody.flow);
+    if (flowId !== undefined && !FLOW_ID.test(flowId)) throw invalidArgument('flow must be 16 to 128 characters of A-Z, a-z, 0-9, "-" and "_"');
+    return { session: once('the connect session', fromQuery.session, fromBody.session, header), flowId };
   }
 
   async function startFlow(req: IncomingMessage, res: ServerResponse, provider: string, query: URLSearchParams): Promise<void> {
+    let flowId: string | undefined;
     try {
-      const session = await sessionToken(req, query);
-      const who = session ? await backend.sessionKey(session, provider) : await options.resolveUser?.(req);
+      const params = await connectParams(req, query);
+      flowId = params.flowId;
+      const who = params.session ? await backend.sessionKey(params.session, provider) : await options.resolveUser?.(req);
       if (!who) throw new AuthpipeError('SESSION_INVALID', 'no connect session token and no signed-in user: pass ?session=<token from createConnectSession>');
       const browserBinding = randomBytes(32).toString('base64url');
       const started = await backend.startConnect({ provider, tenantId: who.tenantId, userId: who.userId, browserBinding });
-      res.writeHead(302, securityHeaders({ location: started.url, 'set-cookie': flowCookie(req, browserBinding, started.callbackMethod === 'POST') }));
+      const cookie = flowCookie(req, flowId ? `${browserBinding}.${flowId}` : browserBinding, started.callbackMethod === 'POST');
+      res.writeHead(302, securityHeaders({ location: started.url, 'set-cookie': cookie }));
       res.end();
     } catch (err) {
-      page(res, 400, resultFor(fromNative(err)), appOrigin, returnTo);
+      page(res, 400, { ...resultFor(fromNative(err)), flowId }, appOrigin, returnTo);
     }
   }
 
   async function finishFlow(req: IncomingMessage, res: ServerResponse, query: URLSearchParams, provider: string | undefined): Promise<void> {
     const secure = isSecure(req);
-    const binding = readCookie(req.headers.cookie, secure ? HOST_COOKIE : COOKIE);
+    // The cookie holds the browser binding, then `.` and the page's flow id if it gave one.
+    const [binding, cookieFlowId] = readCookie(req.headers.cookie, secure ? HOST_COOKIE : COOKIE)?.split('.', 2) ?? [];
+    const flowId = cookieFlowId !== undefined && FLOW_ID.test(cookieFlowId) ? cookieFlowId : undefined;
     const clear = secure ? `${HOST_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax` : `${COOKIE}=; Path=${callbackPath}; Max-Age=0; HttpOnly; SameSite=Lax`;
     try {
       const params = uniqueParams(req.method === 'POST' ? await readForm(req) : query, 'callback');
       const connection = await backend.handleCallback(params, provider, binding);
       const { provider: p, tenantId, userId, status, scopes, account } = connection;
-      page(res, 200, { type: 'authpipe:connect', ok: true, connection: { provider: p, tenantId, userId, status, scopes, account } }, appOrigin, returnTo, clear);
+      page(res, 200, { type: 'authpipe:connect', ok: true, connection: { provider: p, tenantId, userId, status, scopes, account }, flowId }, appOrigin, returnTo, clear);
     } catch (err) {
-      page(res, 400, resultFor(fromNative(err)), appOrigin, returnTo, clear);
+      page(res, 400, { ...resultFor(fromNative(err)), flowId }, appOrigin, returnTo, clear);
     }
   }
 
@@ -233,8 +259,15 @@ function scriptJson(value: unknown): string {
 function page(res: ServerResponse, status: number, result: ConnectResultMessage, appOrigin: string, returnTo: string, cookie?: string): void {
   const nonce = randomBytes(16).toString('base64');
   const target = new URL(returnTo, appOrigin);
+  // Without an opener (a full-page redirect), the outcome travels in returnTo's query.
   target.searchParams.set('authpipe', result.ok ? 'connected' : 'error');
-  if (!result.ok) target.searchParams.set('authpipe_error', result.error.code);
+  if (result.flowId) target.searchParams.set('authpipe_flow', result.flowId);
+  if (result.ok) {
+    target.searchParams.set('authpipe_connection', JSON.stringify(result.connection));
+  } else {
+    target.searchParams.set('authpipe_error', result.error.code);
+    target.searchParams.set('authpipe_message', result.error.message);
+  }
   const title = result.ok ? 'Connected' : 'Could not connect';
   const body = `<!doctype html><html><head><meta charset="utf-8"><title>${title}</title></head><body>
 <p>${title}. You can close this window.</p>

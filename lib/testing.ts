@@ -33,6 +33,11 @@ export interface SandboxOptions {
   /** Scopes configured on the emulated app (Attio: reported by `/v2/self`). */
   scopes?: readonly string[];
   workspace?: { id?: string; name?: string; slug?: string };
+  /**
+   * Whether `/authorize` shows a consent page with Allow and Deny, as a person in a browser sees
+   * the provider's (default false: it consents at once). {@link Sandbox.consent} answers it either way.
+   */
+  consentPage?: boolean;
 }
 
 /** Which endpoint a control applies to. */
@@ -161,7 +166,9 @@ export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
     if (state !== null) back.searchParams.set('state', state);
     if (q.get('response_type') !== 'code') {
       back.searchParams.set('error', 'unsupported_response_type');
-    } else if (q.get('deny') === '1') {
+    } else if (options.consentPage && !q.has('decision')) {
+      return consentPage(url, res);
+    } else if (q.get('decision') === 'deny') {
       back.searchParams.set('error', 'access_denied');
     } else {
       const method = q.get('code_challenge_method');
@@ -174,6 +181,27 @@ export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
       }
     }
     res.writeHead(302, { location: back.href, 'cache-control': 'no-store' }).end();
+  }
+
+  /** The provider's consent screen: the same request again with `decision=allow` or `deny`. */
+  function consentPage(url: URL, res: ServerResponse): void {
+    const decide = (decision: string) => {
+      const next = new URL(url);
+      next.searchParams.set('decision', decision);
+      return escapeHtml(next.pathname + next.search);
+    };
+    const scopes = (url.searchParams.get('scope') ?? '').split(/[\s,]+/).filter(Boolean);
+    const name = options.provider === 'attio' ? 'Attio' : 'HubSpot';
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' }).end(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>${name} (sandbox): authorize</title>
+<style>body{font:15px system-ui,sans-serif;margin:0;display:grid;place-items:center;min-height:100vh;background:#f4f4f6}
+main{background:#fff;border:1px solid #ddd;border-radius:12px;padding:24px 28px;max-width:360px}
+h1{font-size:18px;margin:0 0 8px}ul{padding-left:20px;color:#444}a{display:inline-block;padding:8px 16px;border-radius:8px;text-decoration:none;margin-right:8px}
+#allow{background:#266df0;color:#fff}#deny{border:1px solid #bbb;color:#222}</style></head>
+<body><main><h1>Connect to ${escapeHtml(workspace.name)}</h1>
+<p>An app asks for access to your ${name} workspace (sandbox).</p>
+<ul>${scopes.map((s) => `<li>${escapeHtml(s)}</li>`).join('')}</ul>
+<a id="allow" href="${decide('allow')}">Allow</a><a id="deny" href="${decide('deny')}">Deny</a></main></body></html>`);
   }
 
   async function token(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -284,7 +312,7 @@ export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
     },
     async consent(authorizeUrl, consentOptions = {}) {
       const url = new URL(authorizeUrl);
-      if (consentOptions.deny) url.searchParams.set('deny', '1');
+      url.searchParams.set('decision', consentOptions.deny ? 'deny' : 'allow');
       const res = await fetch(url, { redirect: 'manual' });
       const location = res.headers.get('location');
       if (res.status !== 302 || !location) throw new Error(`the sandbox refused the authorization request (HTTP ${res.status}: ${await res.text()})`);
@@ -328,6 +356,10 @@ function equal(a: string, b: string): boolean {
 
 function json(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
   res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers }).end(JSON.stringify(value));
+}
+
+function escapeHtml(text: string): string {
+  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
 function html(res: ServerResponse, status: number, message: string): void {
