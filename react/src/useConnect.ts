@@ -1,0 +1,146 @@
+import { useCallback, useEffect, useRef, useState } from 'react';
+import { startAttempt, takeReturnedResult, type Attempt, type Outcome } from './attempt.js';
+import type { ConnectError } from './errors.js';
+import type { Connection } from './protocol.js';
+
+/** Options of {@link useConnect}. */
+export interface UseConnectOptions {
+  /** The provider to connect, as configured in @authpipe/node (`'attio'`). */
+  provider: string;
+  /**
+   * A token from `authpipe.createConnectSession()`. A session starts one flow: for a second
+   * attempt, give a new one, or use `getSessionToken`.
+   */
+  sessionToken?: string;
+  /**
+   * Called on each attempt for a fresh session token (e.g. a `fetch` to your backend). The popup
+   * opens before it is called, so it may take a round trip without the popup being blocked.
+   * With neither this nor `sessionToken`, the handler's `resolveUser` decides who is connecting.
+   */
+  getSessionToken?: () => Promise<string>;
+  /**
+   * Where `authpipe.handler()` is mounted: a path on this page's origin (default `/authpipe`) or
+   * an absolute URL on another origin. The handler's `appOrigin` must be this page's origin.
+   */
+  baseUrl?: string;
+  /**
+   * `'popup'` (default) keeps the page and opens the provider in a popup; if the browser blocks
+   * the popup, the page redirects instead. `'redirect'` always leaves the page: the handler's
+   * `returnTo` page, with this hook mounted for the same provider, then reports the outcome.
+   */
+  mode?: 'popup' | 'redirect';
+  /** The connection is stored: its metadata (never a token). */
+  onSuccess?: (connection: Connection) => void;
+  /** The attempt failed; `error.code` is one of @authpipe/node's `ERROR_CODES`. */
+  onError?: (error: ConnectError) => void;
+  /** The user closed the popup before finishing. Not an error. */
+  onClose?: () => void;
+}
+
+/** Where an attempt stands. A closed popup returns to the status before the attempt. */
+export type ConnectStatus = 'idle' | 'connecting' | 'connected' | 'error';
+
+/** What {@link useConnect} returns. */
+export interface UseConnectResult {
+  /**
+   * Starts an attempt; call it from a click handler (popups are allowed only there). Resolves
+   * with the connection, or with `null` when the user closed the popup; rejects with a
+   * {@link ConnectError}. While an attempt is open, a second call brings its popup to the front
+   * and returns the same promise. In redirect mode the page leaves, and the promise never settles.
+   */
+  connect(): Promise<Connection | null>;
+  status: ConnectStatus;
+  /** The last connection made (here, or reported by a redirect's return page). */
+  connection: Connection | null;
+  /** The last attempt's error, while `status` is `'error'`. */
+  error: ConnectError | null;
+}
+
+interface State {
+  status: ConnectStatus;
+  connection: Connection | null;
+  error: ConnectError | null;
+}
+
+const IDLE: State = { status: 'idle', connection: null, error: null };
+
+/**
+ * Connects the user's account at `provider` through @authpipe/node's handler, for apps that draw
+ * their own button ({@link ConnectButton} is built on it). Safe to render on the server: it
+ * touches `window` only in effects and in `connect()`.
+ *
+ * @example
+ * const { connect, status } = useConnect({
+ *   provider: 'attio',
+ *   getSessionToken: () => fetch('/api/connect-session', { method: 'POST' }).then((r) => r.json()).then((b) => b.token),
+ *   onSuccess: (connection) => console.log('Connected', connection.account?.name),
+ * });
+ * return <button onClick={() => void connect()} disabled={status === 'connecting'}>Connect Attio</button>;
+ */
+export function useConnect(options: UseConnectOptions): UseConnectResult {
+  const [state, setState] = useState<State>(IDLE);
+  // The latest props, read when an attempt starts and ends, so `connect` can stay stable.
+  const latest = useRef(options);
+  latest.current = options;
+  const attempt = useRef<{ attempt: Attempt; promise: Promise<Connection | null> } | null>(null);
+
+  const report = useCallback((outcome: Outcome, before: State): Connection | null => {
+    const { onSuccess, onError, onClose } = latest.current;
+    switch (outcome.kind) {
+      case 'connected':
+        setState({ status: 'connected', connection: outcome.connection, error: null });
+        onSuccess?.(outcome.connection);
+        return outcome.connection;
+      case 'error':
+        setState((s) => ({ status: 'error', connection: s.connection, error: outcome.error }));
+        onError?.(outcome.error);
+        throw outcome.error;
+      case 'closed':
+        setState(before);
+        onClose?.();
+        return null;
+    }
+  }, []);
+
+  // The return page of a redirect: report the outcome once, if this tab started that flow.
+  const { provider } = options;
+  useEffect(() => {
+    const returned = takeReturnedResult(provider);
+    if (returned) {
+      try {
+        report(returned, IDLE);
+      } catch {
+        // Reported through onError and `error`; there is no caller to reject.
+      }
+    }
+  }, [provider, report]);
+
+  useEffect(
+    () => () => {
+      attempt.current?.attempt.dispose();
+      attempt.current = null;
+    },
+    [],
+  );
+
+  const before = useRef(state);
+  before.current = state;
+  const connect = useCallback((): Promise<Connection | null> => {
+    if (attempt.current) {
+      attempt.current.attempt.focus();
+      return attempt.current.promise;
+    }
+    const { provider, baseUrl = '/authpipe', mode = 'popup', sessionToken, getSessionToken } = latest.current;
+    const started = startAttempt({ provider, baseUrl, mode, sessionToken, getSessionToken });
+    const stateBefore = before.current;
+    setState((s) => ({ ...s, status: 'connecting', error: null }));
+    const promise = started.outcome.then((outcome) => {
+      attempt.current = null;
+      return report(outcome, stateBefore);
+    });
+    attempt.current = { attempt: started, promise };
+    return promise;
+  }, [report]);
+
+  return { connect, status: state.status, connection: state.connection, error: state.error };
+}
