@@ -84,7 +84,7 @@ maybe('the connect popup in Chromium', () => {
     const page = await browser.newPage();
     const { token } = await authpipe.createConnectSession({ tenantId: 'org_acme', userId: 'user_tab' });
     await page.goto(`${appOrigin}/authpipe/connect/attio?session=${token}`);
-    await page.waitForURL(`${appOrigin}/settings?authpipe=connected`);
+    await page.waitForURL((url) => url.pathname === '/settings' && url.searchParams.get('authpipe') === 'connected');
     expect((await authpipe.getConnection({ provider: 'attio', tenantId: 'org_acme', userId: 'user_tab' })).status).toBe('active');
   });
 });
