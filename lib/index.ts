@@ -294,10 +294,13 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
    * (`?session=`, a form field `session`, or the `Authpipe-Session` header; or `resolveUser`)
    * redirects to the provider and sets the flow cookie (`__Host-` and `Secure` when `appOrigin`
    * is https); `GET|POST {basePath}/callback[/:provider]` finishes the flow and renders a page
-   * that `postMessage`s `{ type: 'authpipe:connect', ok, connection | error }` (never a token;
-   * an error carries its code and our words for it, never the provider's text) to
-   * `window.opener` at `appOrigin`, or redirects to `returnTo` when there is no opener. A
-   * parameter given twice, or a body over 64 KiB, is a 400.
+   * that `postMessage`s `{ type: 'authpipe:connect', ok, connection | error, flowId? }` (never a
+   * token; an error carries its code and our words for it, never the provider's text) to
+   * `window.opener` at `appOrigin`, or redirects to `returnTo` when there is no opener, with the
+   * outcome in the query (`authpipe`, `authpipe_flow`, `authpipe_connection` or `authpipe_error`
+   * and `authpipe_message`). `flowId` is the connect request's `flow` parameter, an id the page
+   * made for the attempt (`@authpipe/react` does): the page believes only its own attempt's
+   * answer. A parameter given twice, or a body over 64 KiB, is a 400.
    * @example
    * const handle = authpipe.handler({ appOrigin: 'https://app.example.com' });
    * app.use('/authpipe', (req, res) => handle(req, res)); // Express: keep the full URL (req.originalUrl)
