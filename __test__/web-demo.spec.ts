@@ -5,6 +5,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { startWebDemo, type WebDemo } from '../examples/web/server';
+import { newKey } from './helpers';
 
 const CHROMIUM = '/usr/bin/chromium';
 const ARTIFACTS = join(__dirname, '..', 'artifacts');
@@ -23,6 +24,22 @@ beforeAll(async () => {
   });
 });
 afterAll(async () => browser?.close());
+
+test('with an Attio client id and secret in the environment, the demo connects the real Attio, not the sandbox', async () => {
+  const env = { ATTIO_CLIENT_ID: 'real-client-id', ATTIO_CLIENT_SECRET: 'real-secret', AUTHPIPE_STORE: ':memory:', AUTHPIPE_MASTER_KEY: newKey() };
+  const demo = await startWebDemo({ port: 0, env });
+  try {
+    expect(demo.sandbox).toBeNull();
+    const { token } = await demo.authpipe.createConnectSession({ tenantId: 'org_demo', userId: 'user_real' });
+    const start = await fetch(`${demo.origin}/authpipe/connect/attio`, { method: 'POST', body: new URLSearchParams({ session: token }), redirect: 'manual' });
+    const authorize = new URL(start.headers.get('location')!);
+    expect(authorize.origin + authorize.pathname).toBe('https://app.attio.com/authorize');
+    expect(authorize.searchParams.get('client_id')).toBe('real-client-id');
+    expect(authorize.searchParams.get('redirect_uri')).toBe(`${demo.origin}/authpipe/callback/attio`);
+  } finally {
+    await demo.close();
+  }
+});
 
 maybe.each(['19', '18'] as const)('the web demo on React %s', (react) => {
   let demo: WebDemo;

@@ -33,8 +33,13 @@ async function startWebDemo({ port = 3000, react = '19', env = process.env } = {
   const real = env.ATTIO_CLIENT_ID && env.ATTIO_CLIENT_SECRET;
   const sandbox = real ? null : await createSandbox({ provider: 'attio', consentPage: true, workspace: { name: 'Acme Corp', slug: 'acme' } });
   const authpipe = real
-    ? // Real Attio: the default store (./.authpipe/authpipe.db) keeps the connections.
-      new Authpipe({ providers: { attio: { clientId: env.ATTIO_CLIENT_ID, clientSecret: env.ATTIO_CLIENT_SECRET, redirectUri } } })
+    ? // Real Attio: a store that keeps the connections; by default ./.authpipe/authpipe.db with a
+      // development key beside it (AUTHPIPE_STORE and AUTHPIPE_MASTER_KEY choose others).
+      new Authpipe({
+        store: env.AUTHPIPE_STORE,
+        masterKey: env.AUTHPIPE_MASTER_KEY,
+        providers: { attio: { clientId: env.ATTIO_CLIENT_ID, clientSecret: env.ATTIO_CLIENT_SECRET, redirectUri } },
+      })
     : // The sandbox forgets its tokens when it stops, so its connections live in memory too.
       new Authpipe({ store: ':memory:', masterKey: randomBytes(32).toString('base64'), providers: { attio: sandbox.providerConfig({ redirectUri }) } });
 
