@@ -202,7 +202,7 @@ describe('the HTTP handler', () => {
   test('connect -> provider -> callback page that posts the result to the opener, without tokens', async () => {
     const { start, cookie, callback } = await startInBrowser();
     expect(start.location!.startsWith(sandbox.authorizeUrl)).toBe(true);
-    expect(start.setCookie[0]).toMatch(/^authpipe_flow=[A-Za-z0-9_-]{43}; Path=\/authpipe\/callback; Max-Age=600; HttpOnly; SameSite=Lax$/);
+    expect(start.setCookie[0]).toMatch(/^authpipe_flow_[A-Za-z0-9_-]{22}=[A-Za-z0-9_-]{43}\.\.; Path=\/authpipe\/callback; Max-Age=900; HttpOnly; SameSite=Lax$/);
     expect(start.headers.get('referrer-policy')).toBe('no-referrer');
 
     const done = await browse(callback, cookie);
@@ -213,7 +213,7 @@ describe('the HTTP handler', () => {
     expect(done.headers.get('content-security-policy')).toBe(
       `default-src 'none'; script-src 'nonce-${nonce}'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`,
     );
-    expect(done.setCookie[0]).toMatch(/^authpipe_flow=; Path=\/authpipe\/callback; Max-Age=0/);
+    expect(done.setCookie[0]).toMatch(/^authpipe_flow_[A-Za-z0-9_-]{22}=; Path=\/authpipe\/callback; Max-Age=0/);
     expect(done.text).toContain(`window.opener.postMessage(result, "${appOrigin}")`);
     expect(posted(done.text)).toMatchObject({ type: 'authpipe:connect', ok: true, connection: { provider: 'attio', tenantId: 'org_acme', userId: 'user_h', status: 'active' } });
     expect(done.text).not.toContain(sandbox.issuedTokens.at(-1));
@@ -310,14 +310,14 @@ describe('the HTTP handler', () => {
     try {
       const { token } = await instance.createConnectSession({ tenantId: 'org_tls', userId: 'u' });
       const start = await browse(`${origin}/authpipe/connect/attio?session=${token}`);
-      expect(start.setCookie[0]).toMatch(/^__Host-authpipe_flow=[A-Za-z0-9_-]{43}; Path=\/; Max-Age=600; HttpOnly; Secure; SameSite=Lax$/);
+      expect(start.setCookie[0]).toMatch(/^__Host-authpipe_flow_[A-Za-z0-9_-]{22}=[A-Za-z0-9_-]{43}\.\.; Path=\/; Max-Age=900; HttpOnly; Secure; SameSite=Lax$/);
       const cookie = start.setCookie[0]!.split(';')[0]!;
       const callback = await sandbox.consent(start.location!);
       const unprefixed = cookie.replace('__Host-', '');
       expect(posted((await browse(callback, unprefixed)).text)).toMatchObject({ ok: false, error: { code: 'BROWSER_MISMATCH' } });
       const done = await browse(callback, cookie);
       expect(posted(done.text)).toMatchObject({ ok: true, connection: { tenantId: 'org_tls' } });
-      expect(done.setCookie[0]).toMatch(/^__Host-authpipe_flow=; Path=\/; Max-Age=0; HttpOnly; Secure/);
+      expect(done.setCookie[0]).toMatch(/^__Host-authpipe_flow_[A-Za-z0-9_-]{22}=; Path=\/; Max-Age=0; HttpOnly; Secure/);
     } finally {
       await instance.close();
       await closeServer(server);

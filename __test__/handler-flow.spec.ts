@@ -107,3 +107,26 @@ test('a flow id planted in the cookie by hand is not echoed unless well-formed',
   expect(posted(page.text)).toMatchObject({ ok: true });
   expect(posted(page.text)).not.toHaveProperty('flowId');
 });
+
+test('flows started side by side in one browser each keep their own cookie', async () => {
+  const start = async (userId: string) => {
+    const res = await fetch(`${appOrigin}/authpipe/connect/attio`, { method: 'POST', body: new URLSearchParams({ session: await session(userId), flow: `${FLOW}_${userId}` }), redirect: 'manual' });
+    return { cookie: res.headers.getSetCookie()[0]!.split(';')[0]!, callback: await sandbox.consent(res.headers.get('location')!) };
+  };
+  const first = await start('user_tab1');
+  const second = await start('user_tab2');
+  const jar = `${first.cookie}; ${second.cookie}`;
+  expect(posted((await browse(first.callback, jar)).text)).toMatchObject({ ok: true, connection: { userId: 'user_tab1' }, flowId: `${FLOW}_user_tab1` });
+  expect(posted((await browse(second.callback, jar)).text)).toMatchObject({ ok: true, connection: { userId: 'user_tab2' }, flowId: `${FLOW}_user_tab2` });
+});
+
+test('mode=redirect: the callback page redirects even when its window has an opener', async () => {
+  const script = (page: string) => /<script[^>]*>([\s\S]*)<\/script>/.exec(page)![1]!;
+  const redirected = await connectWithForm({ session: await session('user_redirect'), flow: FLOW, mode: 'redirect' });
+  expect(script(redirected.text)).toContain('var answerOpener = false;');
+  const popup = await connectWithForm({ session: await session('user_popup'), flow: FLOW, mode: 'popup' });
+  expect(script(popup.text)).toContain('var answerOpener = true;');
+  const bad = await fetch(`${appOrigin}/authpipe/connect/attio`, { method: 'POST', body: new URLSearchParams({ session: await session('user_mode'), mode: 'iframe' }), redirect: 'manual' });
+  expect(bad.status).toBe(400);
+  expect(posted(await bad.text())).toMatchObject({ ok: false, error: { code: 'INVALID_ARGUMENT' } });
+});

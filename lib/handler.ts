@@ -8,11 +8,13 @@
  *   GET|POST {basePath}/callback[/:provider]                   -> HTML page that postMessages the result
  *
  * `flow` is an id the page made for this attempt (`@authpipe/react` makes one per click). It rides
- * in the flow cookie and comes back in the page's message and in the `returnTo` redirect, so a
- * page can tell its own attempt's result from any other message. It is not a secret.
+ * in the flow's cookie and comes back in the page's message and in the `returnTo` redirect, so a
+ * page believes only its own attempt's answer; it is not a credential (the cookie's binding is).
+ * `mode=redirect` says the page left for the provider: the callback page then redirects to
+ * `returnTo` even when its window has an opener.
  *
- * The flow is bound to the browser by an HttpOnly cookie checked at the callback (`__Host-`
- * prefixed and `Secure` when the app is served over https). Pages carry
+ * The flow is bound to the browser by an HttpOnly cookie of its own, checked at the callback
+ * (`__Host-` prefixed and `Secure` when the app is served over https; see `flow-cookie.ts`). Pages carry
  * `Referrer-Policy: no-referrer` and a CSP that allows only their own inline script, and show
  * error codes with our own words, never a provider's text. Where the browser goes afterwards is
  * fixed by configuration, never by a request parameter. A parameter given twice is refused: which
@@ -24,6 +26,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { uniqueParams } from './args';
 import { AuthpipeError, fromNative, invalidArgument } from './errors';
 import type { AuthpipeErrorCode } from './errors';
+import { clearFlowCookie, FLOW_ID, readFlowCookie, setFlowCookie, type CookieScope, type FlowMode } from './flow-cookie';
 import type { Connection } from './types';
 
 /** Options of {@link Authpipe.handler}. */
@@ -63,13 +66,8 @@ export interface HandlerBackend {
   handleCallback(params: Record<string, string>, provider: string | undefined, browserBinding: string | undefined): Promise<Connection>;
 }
 
-const COOKIE = 'authpipe_flow';
-/** The cookie's name where it can be `__Host-` (https): no Domain, Path=/, Secure, set by this host only. */
-const HOST_COOKIE = `__Host-${COOKIE}`;
 const MAX_BODY_BYTES = 64 * 1024;
 const SESSION_HEADER = 'authpipe-session';
-/** A page's id for one attempt: long enough to be unguessable, and cookie- and URL-safe as is. */
-const FLOW_ID = /^[A-Za-z0-9_-]{16,128}$/;
 
 /** What the callback page says for each code: our words only, never a provider's text. */
 const PAGE_MESSAGES: Partial<Record<AuthpipeErrorCode, string>> = {
@@ -130,7 +128,7 @@ export function createHandler(backend: HandlerBackend, options: HandlerOptions):
    * The connect request's `session` and `flow`: each from the query, a POST form (kept out of
    * logs and history) or, for the session, a header; each given once at most.
    */
-  async function connectParams(req: IncomingMessage, query: URLSearchParams): Promise<{ session?: string; flowId?: string }> {
+  async function connectParams(req: IncomingMessage, query: URLSearchParams): Promise<{ session?: string; flowId?: string; mode?: FlowMode }> {
     const header = req.headers[SESSION_HEADER];
     if (Array.isArray(header)) throw invalidArgument(`the ${SESSION_HEADER} header is given more than once`);
     const fromQuery = uniqueParams(query, 'query');
@@ -142,49 +140,54 @@ export function createHandler(backend: HandlerBackend, options: HandlerOptions):
     };
     const flowId = once('the flow id', fromQuery.flow, fromBody.flow);
     if (flowId !== undefined && !FLOW_ID.test(flowId)) throw invalidArgument('flow must be 16 to 128 characters of A-Z, a-z, 0-9, "-" and "_"');
-    return { session: once('the connect session', fromQuery.session, fromBody.session, header), flowId };
+    const mode = once('mode', fromQuery.mode, fromBody.mode);
+    if (mode !== undefined && mode !== 'popup' && mode !== 'redirect') throw invalidArgument('mode must be "popup" or "redirect"');
+    return { session: once('the connect session', fromQuery.session, fromBody.session, header), flowId, mode };
   }
 
   async function startFlow(req: IncomingMessage, res: ServerResponse, provider: string, query: URLSearchParams): Promise<void> {
     let flowId: string | undefined;
+    let mode: FlowMode | undefined;
     try {
       const params = await connectParams(req, query);
-      flowId = params.flowId;
+      ({ flowId, mode } = params);
       const who = params.session ? await backend.sessionKey(params.session, provider) : await options.resolveUser?.(req);
       if (!who) throw new AuthpipeError('SESSION_INVALID', 'no connect session token and no signed-in user: pass ?session=<token from createConnectSession>');
       const browserBinding = randomBytes(32).toString('base64url');
       const started = await backend.startConnect({ provider, tenantId: who.tenantId, userId: who.userId, browserBinding });
-      const cookie = flowCookie(req, flowId ? `${browserBinding}.${flowId}` : browserBinding, started.callbackMethod === 'POST');
+      const state = new URL(started.url).searchParams.get('state') ?? '';
+      const cookie = setFlowCookie(state, { binding: browserBinding, flowId, mode }, cookieScope(req), started.callbackMethod === 'POST');
       res.writeHead(302, securityHeaders({ location: started.url, 'set-cookie': cookie }));
       res.end();
     } catch (err) {
-      page(res, 400, { ...resultFor(fromNative(err)), flowId }, appOrigin, returnTo);
+      page(res, 400, { ...resultFor(fromNative(err)), flowId }, appOrigin, returnTo, undefined, mode);
     }
   }
 
   async function finishFlow(req: IncomingMessage, res: ServerResponse, query: URLSearchParams, provider: string | undefined): Promise<void> {
-    const secure = isSecure(req);
-    // The cookie holds the browser binding, then `.` and the page's flow id if it gave one.
-    const [binding, cookieFlowId] = readCookie(req.headers.cookie, secure ? HOST_COOKIE : COOKIE)?.split('.', 2) ?? [];
-    const flowId = cookieFlowId !== undefined && FLOW_ID.test(cookieFlowId) ? cookieFlowId : undefined;
-    const clear = secure ? `${HOST_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax` : `${COOKIE}=; Path=${callbackPath}; Max-Age=0; HttpOnly; SameSite=Lax`;
+    let params: Record<string, string>;
     try {
-      const params = uniqueParams(req.method === 'POST' ? await readForm(req) : query, 'callback');
-      const connection = await backend.handleCallback(params, provider, binding);
-      const { provider: p, tenantId, userId, status, scopes, account } = connection;
-      page(res, 200, { type: 'authpipe:connect', ok: true, connection: { provider: p, tenantId, userId, status, scopes, account }, flowId }, appOrigin, returnTo, clear);
+      params = uniqueParams(req.method === 'POST' ? await readForm(req) : query, 'callback');
     } catch (err) {
-      page(res, 400, { ...resultFor(fromNative(err)), flowId }, appOrigin, returnTo, clear);
+      return page(res, 400, resultFor(fromNative(err)), appOrigin, returnTo);
+    }
+    // The flow's own cookie, found by the state the callback carries (no state: no flow to find).
+    const state = params.state ?? '';
+    const scope = cookieScope(req);
+    const cookie = state ? readFlowCookie(req.headers.cookie, state, scope) : undefined;
+    const clear = state ? clearFlowCookie(state, scope) : undefined;
+    const { flowId, mode } = cookie ?? {};
+    try {
+      const connection = await backend.handleCallback(params, provider, cookie?.binding);
+      const { provider: p, tenantId, userId, status, scopes, account } = connection;
+      page(res, 200, { type: 'authpipe:connect', ok: true, connection: { provider: p, tenantId, userId, status, scopes, account }, flowId }, appOrigin, returnTo, clear, mode);
+    } catch (err) {
+      page(res, 400, { ...resultFor(fromNative(err)), flowId }, appOrigin, returnTo, clear, mode);
     }
   }
 
-  function flowCookie(req: IncomingMessage, value: string, crossSitePost: boolean): string {
-    // A provider that calls back with a cross-site POST (Copper) only gets SameSite=None cookies.
-    const sameSite = crossSitePost ? 'None' : 'Lax';
-    // `__Host-`: the browser refuses it unless Secure, host-only and Path=/, so no sibling
-    // subdomain or plain-http page can plant or overwrite the binding.
-    if (isSecure(req)) return `${HOST_COOKIE}=${value}; Path=/; Max-Age=600; HttpOnly; Secure; SameSite=${sameSite}`;
-    return `${COOKIE}=${value}; Path=${callbackPath}; Max-Age=600; HttpOnly; SameSite=${sameSite}${crossSitePost ? '; Secure' : ''}`;
+  function cookieScope(req: IncomingMessage): CookieScope {
+    return { secure: isSecure(req), callbackPath };
   }
 
   /** Whether the browser reached us over https: the app's own origin says so, or the request. */
@@ -206,14 +209,6 @@ function checkOrigin(value: unknown): string {
     throw invalidArgument('appOrigin must be an https origin (scheme, host, port; no path), or http on loopback');
   }
   return url.origin;
-}
-
-function readCookie(header: string | undefined, name: string): string | undefined {
-  for (const part of header?.split(';') ?? []) {
-    const [k, ...v] = part.trim().split('=');
-    if (k === name) return v.join('=');
-  }
-  return undefined;
 }
 
 /**
@@ -256,7 +251,12 @@ function scriptJson(value: unknown): string {
   return JSON.stringify(value).replace(/[<>&\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
-function page(res: ServerResponse, status: number, result: ConnectResultMessage, appOrigin: string, returnTo: string, cookie?: string): void {
+/**
+ * The page the browser lands on. It answers the window that opened it, unless the flow was
+ * started for a full-page redirect: a tab that some other page opened has an opener too, and must
+ * not post there and close itself.
+ */
+function page(res: ServerResponse, status: number, result: ConnectResultMessage, appOrigin: string, returnTo: string, cookie?: string, mode?: FlowMode): void {
   const nonce = randomBytes(16).toString('base64');
   const target = new URL(returnTo, appOrigin);
   // Without an opener (a full-page redirect), the outcome travels in returnTo's query.
@@ -274,7 +274,8 @@ function page(res: ServerResponse, status: number, result: ConnectResultMessage,
 <script nonce="${nonce}">
 (function () {
   var result = ${scriptJson(result)};
-  if (window.opener) { window.opener.postMessage(result, ${scriptJson(appOrigin)}); window.close(); }
+  var answerOpener = ${mode !== 'redirect'};
+  if (answerOpener && window.opener) { window.opener.postMessage(result, ${scriptJson(appOrigin)}); window.close(); }
   else { window.location.replace(${scriptJson(target.href)}); }
 })();
 </script></body></html>`;

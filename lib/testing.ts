@@ -168,6 +168,8 @@ export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
       back.searchParams.set('error', 'unsupported_response_type');
     } else if (options.consentPage && !q.has('decision')) {
       return consentPage(url, res);
+    } else if (q.has('decision') && q.get('decision') !== 'allow' && q.get('decision') !== 'deny') {
+      return html(res, 400, 'decision must be allow or deny');
     } else if (q.get('decision') === 'deny') {
       back.searchParams.set('error', 'access_denied');
     } else {
@@ -191,7 +193,7 @@ export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
       return escapeHtml(next.pathname + next.search);
     };
     const scopes = (url.searchParams.get('scope') ?? '').split(/[\s,]+/).filter(Boolean);
-    const name = options.provider === 'attio' ? 'Attio' : 'HubSpot';
+    const name = { attio: 'Attio', hubspot: 'HubSpot' }[options.provider];
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' }).end(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${name} (sandbox): authorize</title>
 <style>body{font:15px system-ui,sans-serif;margin:0;display:grid;place-items:center;min-height:100vh;background:#f4f4f6}
