@@ -199,6 +199,19 @@ maybe.each(['19', '18'] as const)('the web demo on React %s', (react) => {
     expect(log).not.toContain('Forged');
   });
 
+  test("redirect mode in a tab another page opened: the tab is not closed, and reports on its return", async () => {
+    const [tab] = await Promise.all([context.waitForEvent('page'), page.evaluate("window.open('/', '_blank')")]);
+    await tab.locator('#no-connections').waitFor();
+    expect(await tab.evaluate('window.opener !== null')).toBe(true);
+    await tab.getByLabel('full-page redirect instead of a popup').check();
+    await tab.getByRole('button', { name: 'Connect Attio' }).click();
+    await tab.locator('#allow').click();
+    await tab.waitForURL(`${demo.origin}/`);
+    await tab.locator('#connections .workspace').filter({ hasText: 'Acme Corp' }).waitFor();
+    expect(tab.isClosed()).toBe(false);
+    expect(await tab.locator('#events').innerText()).toMatch(/^onSuccess\(/);
+  });
+
   test('popups blocked: the page redirects instead, and the return page reports once', async () => {
     // A click that is not the user's (no user activation): Chromium's blocker refuses the popup.
     const tab = await untouchedTab();

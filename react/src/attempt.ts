@@ -4,7 +4,7 @@
  * whose outcome the return page reads with {@link takeReturnedResult}.
  */
 import { ConnectError } from './errors.js';
-import { connectUrl, navigateToConnect, openBlankPopup } from './navigate.js';
+import { connectUrl, navigateToConnect, openBlankPopup, type ConnectWindow } from './navigate.js';
 import { newFlowId, RETURN_PARAMS, resultFor, resultFromQuery, type Connection, type ConnectResultMessage } from './protocol.js';
 
 /** How an attempt ended. `redirected` never reaches the page that started it: it unloads. */
@@ -19,23 +19,31 @@ export interface AttemptOptions {
 }
 
 export interface Attempt {
-  /** Settles once, with the outcome; never rejects. */
+  /**
+   * Settles once, with the outcome; never rejects. A redirect settles only if it could not leave
+   * (no session token): once it navigates, the page's outcome arrives on the return page.
+   */
   readonly outcome: Promise<Outcome>;
+  /** Whether a popup carries this attempt (false: the page itself goes, or is about to). */
+  readonly inPopup: boolean;
   /** Brings the popup to the front (a second click while the attempt is open). */
   focus(): void;
-  /** Stops listening (the component unmounted); the outcome then never settles. */
-  dispose(): void;
 }
 
 /** How often a popup is checked for having been closed, and how long a message may lag its close. */
 const CLOSED_POLL_MS = 200;
 
-/** Starts an attempt. Call it inside the click handler: the popup must open before any `await`. */
+/**
+ * Starts an attempt. Call it inside the click handler: the popup must open before any `await`.
+ * Throws a {@link ConnectError} (`INVALID_ARGUMENT`) for a `baseUrl` that is not a URL, before
+ * any window opens.
+ */
 export function startAttempt(options: AttemptOptions): Attempt {
-  const flowId = newFlowId();
-  const name = `authpipe_${flowId}`;
-  const popup = options.mode === 'popup' ? openBlankPopup(options.provider, name) : null;
   const url = connectUrl(options.baseUrl, options.provider);
+  const flowId = newFlowId();
+  // The popup's name is readable by every page it shows (the provider's too): not the flow id.
+  const name = `authpipe_${newFlowId()}`;
+  const popup = options.mode === 'popup' ? openBlankPopup(options.provider, name) : null;
   let settle!: (outcome: Outcome) => void;
   const outcome = new Promise<Outcome>((resolve) => (settle = resolve));
   let done = false;
@@ -46,15 +54,25 @@ export function startAttempt(options: AttemptOptions): Attempt {
     for (const cleanup of cleanups) cleanup();
     settle(result);
   };
+  const navigate = (into: ConnectWindow, session: string | undefined) => {
+    try {
+      navigateToConnect(into, url, { session, flow: flowId, mode: into === 'page' ? 'redirect' : 'popup' });
+    } catch (error) {
+      finish({ kind: 'error', error: new ConnectError('INTERNAL', `could not open the handler's connect page${error instanceof Error ? `: ${error.message}` : ''}`) });
+    }
+  };
 
   if (!popup) {
     // Redirect mode, or a blocked popup: the page itself goes, and comes back to `returnTo`.
     rememberPendingFlow(options.provider, flowId);
     sessionToken(options).then(
-      (session) => navigateToConnect('page', url, { session, flow: flowId }),
-      (error: unknown) => finish({ kind: 'error', error: tokenError(error) }),
+      (session) => navigate('page', session),
+      (error: unknown) => {
+        forgetPendingFlow(options.provider);
+        finish({ kind: 'error', error: tokenError(error) });
+      },
     );
-    return { outcome, focus() {}, dispose: () => void (done = true) };
+    return { outcome, inPopup: false, focus() {} };
   }
 
   const handlerOrigin = url.origin;
@@ -67,34 +85,31 @@ export function startAttempt(options: AttemptOptions): Attempt {
   window.addEventListener('message', onMessage);
   cleanups.push(() => window.removeEventListener('message', onMessage));
 
-  // A closed popup is reported one poll after it is seen closed: its last message, posted just
-  // before it closed, may still be queued behind the timer.
+  // A closed popup is reported one check after it is seen closed: its last message, posted just
+  // before it closed, may still be queued behind the timer. Focus coming back to this window is
+  // a check too: browsers slow the timers of windows that are covered.
   let seenClosed = false;
-  const poll = window.setInterval(() => {
+  const check = () => {
     if (!popup.closed) return;
     if (seenClosed) finish({ kind: 'closed' });
     seenClosed = true;
-  }, CLOSED_POLL_MS);
-  cleanups.push(() => window.clearInterval(poll));
+  };
+  const poll = window.setInterval(check, CLOSED_POLL_MS);
+  window.addEventListener('focus', check);
   cleanups.push(() => {
+    window.clearInterval(poll);
+    window.removeEventListener('focus', check);
     if (!popup.closed) popup.close();
   });
 
   sessionToken(options).then(
     (session) => {
-      if (!done && !popup.closed) navigateToConnect({ popup, name }, url, { session, flow: flowId });
+      if (!done && !popup.closed) navigate({ popup, name }, session);
     },
     (error: unknown) => finish({ kind: 'error', error: tokenError(error) }),
   );
 
-  return {
-    outcome,
-    focus: () => popup.focus(),
-    dispose: () => {
-      done = true;
-      for (const cleanup of cleanups) cleanup();
-    },
-  };
+  return { outcome, inPopup: true, focus: () => popup.focus() };
 }
 
 /**

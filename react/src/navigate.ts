@@ -4,6 +4,7 @@
  * the handler when the session token is known, or the page itself in redirect mode.
  * Browser-only: called from event handlers, never during a render.
  */
+import { ConnectError } from './errors.js';
 import { providerDisplayName } from './providers.js';
 
 /** Popup sizes that fit each provider's consent page without scrolling. */
@@ -36,7 +37,11 @@ export function openBlankPopup(provider: string, name: string): Window | null {
 
 /** Where `/connect/:provider` is, for the handler mounted at `baseUrl` (relative to the page or absolute). */
 export function connectUrl(baseUrl: string, provider: string): URL {
-  return new URL(`${baseUrl.replace(/\/+$/, '')}/connect/${encodeURIComponent(provider)}`, window.location.href);
+  try {
+    return new URL(`${baseUrl.replace(/\/+$/, '')}/connect/${encodeURIComponent(provider)}`, window.location.href);
+  } catch {
+    throw new ConnectError('INVALID_ARGUMENT', 'baseUrl is not a URL: give the path where authpipe.handler() is mounted, or an absolute URL');
+  }
 }
 
 /** The window to send: the popup (its name lets a form target it), or the page itself. */
@@ -47,10 +52,11 @@ export type ConnectWindow = { popup: Window; name: string } | 'page';
  * the address bar, history and access logs; without one it is a plain GET, so that the app's own
  * (SameSite=Lax) cookies reach the handler's `resolveUser`.
  */
-export function navigateToConnect(into: ConnectWindow, url: URL, fields: { session?: string; flow: string }): void {
+export function navigateToConnect(into: ConnectWindow, url: URL, fields: { session?: string; flow: string; mode: 'popup' | 'redirect' }): void {
   if (fields.session === undefined) {
     const get = new URL(url);
     get.searchParams.set('flow', fields.flow);
+    get.searchParams.set('mode', fields.mode);
     if (into === 'page') window.location.assign(get.href);
     else into.popup.location.href = get.href;
     return;
@@ -60,7 +66,7 @@ export function navigateToConnect(into: ConnectWindow, url: URL, fields: { sessi
   form.action = url.href;
   form.target = into === 'page' ? '_self' : into.name;
   form.style.display = 'none';
-  for (const [name, value] of Object.entries(fields)) {
+  for (const [name, value] of Object.entries(fields) as Array<[string, string]>) {
     const input = document.createElement('input');
     input.type = 'hidden';
     input.name = name;

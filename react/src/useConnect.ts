@@ -1,6 +1,6 @@
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { startAttempt, takeReturnedResult, type Attempt, type Outcome } from './attempt.js';
-import type { ConnectError } from './errors.js';
+import { ConnectError } from './errors.js';
 import type { Connection } from './protocol.js';
 
 /** Options of {@link useConnect}. */
@@ -45,8 +45,9 @@ export interface UseConnectResult {
   /**
    * Starts an attempt; call it from a click handler (popups are allowed only there). Resolves
    * with the connection, or with `null` when the user closed the popup; rejects with a
-   * {@link ConnectError}. While an attempt is open, a second call brings its popup to the front
-   * and returns the same promise. In redirect mode the page leaves, and the promise never settles.
+   * {@link ConnectError}. While a popup is open, a second call brings it to the front and returns
+   * the same promise. In redirect mode the page leaves, and the promise settles only if it could
+   * not (`getSessionToken` failed); the return page reports the outcome.
    */
   connect(): Promise<Connection | null>;
   status: ConnectStatus;
@@ -75,7 +76,12 @@ const IDLE: State = { status: 'idle', connection: null, error: null };
  *   getSessionToken: () => fetch('/api/connect-session', { method: 'POST' }).then((r) => r.json()).then((b) => b.token),
  *   onSuccess: (connection) => console.log('Connected', connection.account?.name),
  * });
- * return <button onClick={() => void connect()} disabled={status === 'connecting'}>Connect Attio</button>;
+ * // connect() also rejects on an error (onError has it already): catch it where you call it.
+ * return <button onClick={() => connect().catch(() => {})} aria-busy={status === 'connecting'}>Connect Attio</button>;
+ *
+ * An attempt outlives the component: if it unmounts while the popup is open (a menu that
+ * closes), the popup stays, and the latest `onSuccess` / `onError` / `onClose` still hear the
+ * outcome.
  */
 export function useConnect(options: UseConnectOptions): UseConnectResult {
   const [state, setState] = useState<State>(IDLE);
@@ -115,13 +121,15 @@ export function useConnect(options: UseConnectOptions): UseConnectResult {
     }
   }, [provider, report]);
 
-  useEffect(
-    () => () => {
-      attempt.current?.attempt.dispose();
-      attempt.current = null;
-    },
-    [],
-  );
+  // Back to a page that had left for the provider (the back/forward cache keeps its state):
+  // that attempt is over.
+  useEffect(() => {
+    const onPageShow = (event: PageTransitionEvent) => {
+      if (event.persisted) setState((s) => (s.status === 'connecting' && !attempt.current ? { ...s, status: 'idle' } : s));
+    };
+    window.addEventListener('pageshow', onPageShow);
+    return () => window.removeEventListener('pageshow', onPageShow);
+  }, []);
 
   const before = useRef(state);
   before.current = state;
@@ -131,14 +139,20 @@ export function useConnect(options: UseConnectOptions): UseConnectResult {
       return attempt.current.promise;
     }
     const { provider, baseUrl = '/authpipe', mode = 'popup', sessionToken, getSessionToken } = latest.current;
-    const started = startAttempt({ provider, baseUrl, mode, sessionToken, getSessionToken });
     const stateBefore = before.current;
+    let started: Attempt;
+    try {
+      started = startAttempt({ provider, baseUrl, mode, sessionToken, getSessionToken });
+    } catch (error) {
+      return Promise.resolve().then(() => report({ kind: 'error', error: error instanceof ConnectError ? error : new ConnectError('INTERNAL', String(error)) }, stateBefore));
+    }
     setState((s) => ({ ...s, status: 'connecting', error: null }));
     const promise = started.outcome.then((outcome) => {
       attempt.current = null;
       return report(outcome, stateBefore);
     });
-    attempt.current = { attempt: started, promise };
+    // Only a popup is worth coming back to; a page that is leaving has nothing to focus.
+    if (started.inPopup) attempt.current = { attempt: started, promise };
     return promise;
   }, [report]);
 

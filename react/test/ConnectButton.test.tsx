@@ -97,8 +97,10 @@ describe('popup mode', () => {
     await settle();
     // The token travels in a form body, not in a URL.
     expect(submitted).toEqual([
-      { method: 'post', action: `${ORIGIN}/authpipe/connect/attio`, target: opened[0]!.name, fields: { session: 'tok_1', flow: expect.stringMatching(/^[A-Za-z0-9_-]{22}$/) } },
+      { method: 'post', action: `${ORIGIN}/authpipe/connect/attio`, target: opened[0]!.name, fields: { session: 'tok_1', flow: expect.stringMatching(/^[A-Za-z0-9_-]{22}$/), mode: 'popup' } },
     ]);
+    // The popup's name, which the provider's pages can read, is not the flow id.
+    expect(opened[0]!.name).not.toContain(submitted[0]!.fields.flow);
     expect(button.getAttribute('aria-busy')).toBe('true');
     expect(button.dataset.status).toBe('connecting');
 
@@ -214,7 +216,7 @@ describe('popup mode', () => {
     expect(submitted).toHaveLength(0);
     const url = new URL(opened[0]!.popup!.location.href);
     expect(url.origin + url.pathname).toBe('https://auth.example.com/authpipe/connect/attio');
-    expect([...url.searchParams.keys()]).toEqual(['flow']);
+    expect(Object.fromEntries(url.searchParams)).toEqual({ flow: expect.any(String), mode: 'popup' });
   });
 
   test('a handler on another origin: only messages from that origin count', async () => {
@@ -233,6 +235,46 @@ describe('popup mode', () => {
   });
 });
 
+describe('what an attempt survives', () => {
+  test('the component unmounting: the popup stays open, and the outcome still reaches onSuccess', async () => {
+    const opened = fakeWindowOpen();
+    const submitted = captureFormSubmits();
+    const onSuccess = jest.fn();
+    const { unmount } = render(<ConnectButton provider="attio" sessionToken="tok" onSuccess={onSuccess} />);
+    fireEvent.click(screen.getByRole('button'));
+    await settle();
+    unmount();
+    expect(opened[0]!.popup!.closed).toBe(false);
+    await act(async () => postMessageFrom(opened[0]!.popup, ORIGIN, { type: 'authpipe:connect', ok: true, connection, flowId: flowOf(submitted) }));
+    expect(onSuccess).toHaveBeenCalledWith(connection);
+  });
+
+  test('a covered window: focus coming back checks the popup at once', async () => {
+    jest.useFakeTimers();
+    const opened = fakeWindowOpen();
+    captureFormSubmits();
+    const onClose = jest.fn();
+    render(<ConnectButton provider="attio" sessionToken="tok" onClose={onClose} />);
+    fireEvent.click(screen.getByRole('button'));
+    await settle();
+    opened[0]!.popup!.close();
+    await act(async () => void jest.advanceTimersByTime(200)); // seen closed once
+    expect(onClose).not.toHaveBeenCalled();
+    await act(async () => void window.dispatchEvent(new Event('focus')));
+    expect(onClose).toHaveBeenCalledTimes(1);
+  });
+
+  test('a baseUrl that is not a URL: INVALID_ARGUMENT, and no window opens', async () => {
+    const opened = fakeWindowOpen();
+    const onError = jest.fn();
+    render(<ConnectButton provider="attio" sessionToken="tok" baseUrl="http://[::1" onError={onError} />);
+    fireEvent.click(screen.getByRole('button'));
+    await settle();
+    expect(opened).toHaveLength(0);
+    expect(onError.mock.calls[0][0]).toMatchObject({ code: 'INVALID_ARGUMENT' });
+  });
+});
+
 describe('redirect mode', () => {
   test('a blocked popup falls back to a full-page POST, remembering the flow in this tab', async () => {
     fakeWindowOpen({ blocked: true });
@@ -240,7 +282,7 @@ describe('redirect mode', () => {
     render(<ConnectButton provider="attio" sessionToken="tok" />);
     fireEvent.click(screen.getByRole('button'));
     await settle();
-    expect(submitted).toEqual([{ method: 'post', action: `${ORIGIN}/authpipe/connect/attio`, target: '_self', fields: { session: 'tok', flow: expect.any(String) } }]);
+    expect(submitted).toEqual([{ method: 'post', action: `${ORIGIN}/authpipe/connect/attio`, target: '_self', fields: { session: 'tok', flow: expect.any(String), mode: 'redirect' } }]);
     expect(window.sessionStorage.getItem('authpipe:flow:attio')).toBe(submitted[0]!.fields.flow);
   });
 
@@ -252,6 +294,32 @@ describe('redirect mode', () => {
     await settle();
     expect(opened).toHaveLength(0);
     expect(submitted[0]!.target).toBe('_self');
+  });
+
+  test('a failed getSessionToken keeps the page, forgets the flow, and is onError', async () => {
+    const submitted = captureFormSubmits();
+    const onError = jest.fn();
+    render(<ConnectButton provider="attio" mode="redirect" getSessionToken={() => Promise.reject(new Error('down'))} onError={onError} />);
+    fireEvent.click(screen.getByRole('button'));
+    await settle();
+    expect(submitted).toHaveLength(0);
+    expect(onError.mock.calls[0][0]).toMatchObject({ code: 'SESSION_INVALID' });
+    expect(window.sessionStorage.getItem('authpipe:flow:attio')).toBeNull();
+  });
+
+  test('back from the provider through the back/forward cache: the button is idle again, and starts anew', async () => {
+    const submitted = captureFormSubmits();
+    render(<ConnectButton provider="attio" sessionToken="tok" mode="redirect" />);
+    const button = screen.getByRole('button');
+    fireEvent.click(button);
+    await settle();
+    expect(button.dataset.status).toBe('connecting');
+    await act(async () => void window.dispatchEvent(new PageTransitionEvent('pageshow', { persisted: true })));
+    expect(button.dataset.status).toBe('idle');
+    fireEvent.click(button);
+    await settle();
+    expect(submitted).toHaveLength(2);
+    expect(submitted[1]!.fields.flow).not.toBe(submitted[0]!.fields.flow);
   });
 
   test('the return page reports the outcome once and takes it out of the address bar', async () => {
