@@ -9,7 +9,9 @@
  */
 import * as args from './args';
 import { AuthpipeError, fromNative, invalidArgument } from './errors';
-import { createHandler, type HandlerOptions } from './handler';
+import { createFetchHandler } from './handler/fetch';
+import { createNodeHandler } from './handler/node';
+import type { HandlerBackend, HandlerOptions } from './handler/routes';
 import { CredentialMemo } from './memo';
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -40,7 +42,8 @@ import type {
 } from './types';
 
 export { AuthpipeError, ERROR_CODES, type AuthpipeErrorCode } from './errors';
-export type { ConnectResultMessage, HandlerOptions } from './handler';
+export type { ConnectedConnection, ConnectResultMessage } from './handler/pages';
+export type { HandlerOptions } from './handler/routes';
 export type * from './types';
 
 const DEFAULT_MEMO_LIMIT = 100_000;
@@ -307,18 +310,38 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
    */
   handler(options: HandlerOptions): (req: IncomingMessage, res: ServerResponse) => void {
     args.object(options, 'options');
-    return createHandler(
-      {
-        sessionKey: async (token, provider) => {
-          const handle = await this.#handle();
-          return call(() => handle.sessionKey(token, provider));
-        },
-        startConnect: (input) => this.#start(input),
-        handleCallback: (params, provider, browserBinding) => this.handleCallback({ query: params }, { provider, browserBinding }),
-      },
-      options,
-    );
+    return createNodeHandler(this.#handlerBackend(), options);
   }
+
+  /**
+   * {@link Authpipe.handler} as a WHATWG `(request: Request) => Promise<Response>`: the same
+   * routes, cookies, pages and checks, for servers built on the Fetch API (Next.js App Router
+   * route handlers, Hono, Remix, Bun). `resolveUser` receives the `Request`.
+   * @example
+   * // Next.js: app/authpipe/[...path]/route.ts
+   * const handle = authpipe.fetchHandler({ appOrigin: 'https://app.example.com' });
+   * export const GET = handle;
+   * export const POST = handle;
+   * @example
+   * // Hono
+   * app.all('/authpipe/*', (c) => handle(c.req.raw));
+   */
+  fetchHandler(options: HandlerOptions<Request>): (request: Request) => Promise<Response> {
+    args.object(options, 'options');
+    return createFetchHandler(this.#handlerBackend(), options);
+  }
+
+  #handlerBackend(): HandlerBackend {
+    return {
+      sessionKey: async (token, provider) => {
+        const handle = await this.#handle();
+        return call(() => handle.sessionKey(token, provider));
+      },
+      startConnect: (input) => this.#start(input),
+      handleCallback: (params, provider, browserBinding) => this.handleCallback({ query: params }, { provider, browserBinding }),
+    };
+  }
+
 
   /**
    * Keeps a secret (an API key, a webhook signing secret) in the vault, encrypted with the
