@@ -7,7 +7,7 @@ import { createServer, type Server } from 'node:http';
 import { chromium, type Browser } from 'playwright-core';
 import { Authpipe, type ConnectResultMessage } from '..';
 import { createSandbox, type Sandbox } from '../dist/testing';
-import { closeServer, listenOnLoopback, newKey, testStore } from './helpers';
+import { authpipeOnSandbox, closeServer, listenOnLoopback } from './helpers';
 
 const CHROMIUM = '/usr/bin/chromium';
 const available = existsSync(CHROMIUM);
@@ -26,12 +26,7 @@ maybe('the connect popup in Chromium', () => {
     sandbox = await createSandbox({ provider: 'attio', workspace: { name: 'Acme Corp' } });
     app = createServer();
     appOrigin = await listenOnLoopback(app);
-    authpipe = new Authpipe({
-      store: testStore(),
-      masterKey: newKey(),
-      healthCheckIntervalMs: 0,
-      providers: { attio: sandbox.providerConfig({ redirectUri: `${appOrigin}/authpipe/callback/attio` }) },
-    });
+    authpipe = authpipeOnSandbox(sandbox, appOrigin);
     const handle = authpipe.handler({ appOrigin, returnTo: '/settings' });
     app.on('request', async (req, res) => {
       if (req.url?.startsWith('/authpipe/')) return handle(req, res);

@@ -8,7 +8,7 @@ import { Hono } from 'hono';
 import { createServer, type RequestListener, type Server } from 'node:http';
 import { Authpipe, type HandlerOptions } from '..';
 import { createSandbox, type Sandbox } from '../dist/testing';
-import { browse, closeServer, listenOnLoopback, newKey, posted, redirectedTo, testStore } from './helpers';
+import { authpipeOnSandbox, browse, closeServer, listenOnLoopback, posted, redirectedTo } from './helpers';
 
 // No resolveUser here: the options are the same for either kind of request.
 type Mount = (authpipe: Authpipe, options: Omit<HandlerOptions, 'resolveUser'>) => RequestListener;
@@ -39,12 +39,7 @@ describe.each(MOUNTS)('through %s', (_name, mount) => {
     let listener: RequestListener = (_req, res) => void res.writeHead(503).end();
     app = createServer((req, res) => listener(req, res));
     appOrigin = await listenOnLoopback(app);
-    authpipe = new Authpipe({
-      store: testStore(),
-      masterKey: newKey(),
-      healthCheckIntervalMs: 0,
-      providers: { attio: sandbox.providerConfig({ redirectUri: `${appOrigin}/authpipe/callback/attio` }) },
-    });
+    authpipe = authpipeOnSandbox(sandbox, appOrigin);
     listener = mount(authpipe, { appOrigin, returnTo: '/settings?tab=crm' });
   });
 
@@ -175,7 +170,7 @@ test('fetchHandler: resolveUser receives the Request (the app reads its own cook
   const sandbox = await createSandbox({ provider: 'attio' });
   const app = createServer();
   const appOrigin = await listenOnLoopback(app);
-  const authpipe = new Authpipe({ store: testStore(), masterKey: newKey(), healthCheckIntervalMs: 0, providers: { attio: sandbox.providerConfig({ redirectUri: `${appOrigin}/authpipe/callback/attio` }) } });
+  const authpipe = authpipeOnSandbox(sandbox, appOrigin);
   const handle = authpipe.fetchHandler({
     appOrigin,
     resolveUser: (request) => (request.headers.get('cookie')?.includes('app_session=alice') ? { tenantId: 'org_hono', userId: 'alice' } : null),

@@ -5,6 +5,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Sandbox } from '../dist/testing';
 import { Authpipe, AuthpipeError, type AuthpipeOptions, type AuthpipeErrorCode, type ConnectResultMessage } from '..';
 
 /** The PostgreSQL database tests use (trust auth on loopback; see the README, Quick start). */
@@ -97,6 +98,19 @@ export async function listenOnLoopback(server: Server): Promise<string> {
 export async function closeServer(server: Server): Promise<void> {
   server.closeAllConnections();
   await new Promise<void>((resolve) => server.close(() => resolve()));
+}
+
+/**
+ * An instance on a test store whose `attio` is the sandbox, calling back to the handler mounted
+ * at `/authpipe` on `appOrigin`; no background health checks.
+ */
+export function authpipeOnSandbox(sandbox: Sandbox, appOrigin: string): Authpipe {
+  return new Authpipe({
+    store: testStore(),
+    masterKey: newKey(),
+    healthCheckIntervalMs: 0,
+    providers: { attio: sandbox.providerConfig({ redirectUri: `${appOrigin}/authpipe/callback/attio` }) },
+  });
 }
 
 /** A browser's request without the browser: no redirects followed, the cookie given by hand. */

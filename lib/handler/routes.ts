@@ -25,7 +25,7 @@ import { uniqueParams } from '../args';
 import { AuthpipeError, fromNative, invalidArgument } from '../errors';
 import type { Connection } from '../types';
 import { clearFlowCookie, FLOW_ID, readFlowCookie, setFlowCookie, type CookieScope, type FlowMode } from './flow-cookie';
-import { notFound, redirect, resultFor, resultPage, type HandlerResponse } from './pages';
+import { notFound, redirect, resultFor, resultPage, type ConnectResultMessage, type HandlerResponse } from './pages';
 
 /** Options of {@link Authpipe.handler} and {@link Authpipe.fetchHandler}; `R` is the server's request type. */
 export interface HandlerOptions<R = IncomingMessage> {
@@ -78,7 +78,7 @@ export function createRoutes<R>(backend: HandlerBackend, options: HandlerOptions
   const returnTo = options.returnTo ?? `${appOrigin}/`;
   if (new URL(returnTo, appOrigin).origin !== appOrigin) throw invalidArgument('returnTo must be on appOrigin');
   const callbackPath = `${basePath}/callback`;
-  const page = (status: number, result: Parameters<typeof resultPage>[1], extra: { cookie?: string; mode?: FlowMode } = {}) =>
+  const page = (status: number, result: ConnectResultMessage, extra: { cookie?: string; mode?: FlowMode } = {}) =>
     resultPage(status, result, { appOrigin, returnTo, ...extra });
 
   return async (req) => {
