@@ -342,7 +342,6 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
     };
   }
 
-
   /**
    * Keeps a secret (an API key, a webhook signing secret) in the vault, encrypted with the
    * tenant's key. Replaces an existing secret of the same name.
