@@ -7,4 +7,6 @@ module.exports = {
   maxWorkers: 1,
   reporters: ['<rootDir>/__test__/summary-reporter.js', 'default'],
   testTimeout: 30000,
+  // Staged example apps and packages (target/example-apps, target/pack) are not this package's modules.
+  modulePathIgnorePatterns: ['<rootDir>/target/'],
 };

@@ -1,0 +1,90 @@
+/**
+ * What `npm run pack` wrote holds only what an app needs: built JS, types, README, LICENSE, the
+ * loader and the release binary. No test, source, source map, key, database or env file; a
+ * release binary (stripped, without the debug build's test-only calls); manifests without scripts.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PACK_DIR, ROOT, readPackManifest } from '../support/local-registry';
+import { SUPPORTED_PLATFORMS } from '../../lib/platform';
+
+const { version, packages } = readPackManifest();
+const HOST_PLATFORM = 'linux-x64-gnu';
+
+/** What each package may hold, by path inside the tarball (under `package/`). */
+const ALLOWED: Record<string, RegExp> = {
+  '@authpipe/node': /^(package\.json|README\.md|LICENSE|binding\.js|binding\.d\.ts|dist\/([\w-]+\/)*[\w-]+\.(js|mjs|d\.ts|d\.mts))$/,
+  [`@authpipe/node-${HOST_PLATFORM}`]: new RegExp(`^(package\\.json|README\\.md|LICENSE|authpipe\\.${HOST_PLATFORM}\\.node)$`),
+  '@authpipe/react': /^(package\.json|README\.md|LICENSE|dist\/(esm|cjs)\/([\w-]+\/)*[\w-]+\.(js|d\.ts)|dist\/(esm|cjs)\/package\.json)$/,
+};
+const FORBIDDEN = /(^|\/)(__test__|test|tests|src|crates|examples)\/|\.(spec|test)\.|\.map$|\.key$|\.pem$|\.db(-wal|-shm)?$|\.sqlite|(^|\/)\.env|\.tsbuildinfo$|\.rs$/;
+
+const unpacked = mkdtempSync(join(tmpdir(), 'authpipe-tarballs-'));
+afterAll(() => rmSync(unpacked, { recursive: true, force: true }));
+
+function contents(file: string): { dir: string; entries: string[] } {
+  const dir = join(unpacked, file);
+  execFileSync('mkdir', ['-p', dir]);
+  execFileSync('tar', ['-xzf', join(PACK_DIR, file), '-C', dir]);
+  const entries = execFileSync('tar', ['-tzf', join(PACK_DIR, file)], { encoding: 'utf8' }).trim().split('\n');
+  return { dir: join(dir, 'package'), entries: entries.map((entry) => entry.replace(/^package\//, '')) };
+}
+
+test('pack/ has the three packages at the repository version', () => {
+  expect(packages.map((p) => p.name).sort()).toEqual(['@authpipe/node', `@authpipe/node-${HOST_PLATFORM}`, '@authpipe/react']);
+  expect(version).toBe(JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version);
+  console.log(packages.map((p) => `${p.name}: ${(p.tarball / 1e6).toFixed(2)} MB packed, ${(p.unpacked / 1e6).toFixed(2)} MB unpacked, ${p.files} files`).join('\n'));
+});
+
+describe.each(packages.map((p) => [p.name, p] as const))('%s', (name, pkg) => {
+  const { dir, entries } = contents(pkg.file);
+
+  test('holds only what an app needs', () => {
+    const allowed = ALLOWED[name]!;
+    expect(entries.filter((entry) => !allowed.test(entry))).toEqual([]);
+    expect(entries.filter((entry) => FORBIDDEN.test(entry))).toEqual([]);
+    expect(entries).toEqual(expect.arrayContaining(['package.json', 'README.md', 'LICENSE']));
+  });
+
+  test('its manifest has no scripts, devDependencies or build configuration', () => {
+    const manifest = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as Record<string, unknown>;
+    for (const key of ['scripts', 'devDependencies', 'napi']) expect(manifest[key]).toBeUndefined();
+    expect(manifest).toMatchObject({ version, license: 'Apache-2.0' });
+  });
+
+  test('no text file in it carries a private key', () => {
+    const texts = entries.filter((entry) => !entry.endsWith('.node'));
+    const keys = texts.filter((entry) => /-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(readFileSync(join(dir, entry), 'utf8')));
+    expect(keys).toEqual([]);
+  });
+});
+
+test('@authpipe/node lists a platform package for each napi target, at its own version', () => {
+  const node = packages.find((p) => p.name === '@authpipe/node')!;
+  const napiTargets = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { napi: { targets: string[] } }).napi.targets;
+  expect(napiTargets).toHaveLength(SUPPORTED_PLATFORMS.length);
+  expect(readdirSync(join(ROOT, 'npm')).sort()).toEqual([...SUPPORTED_PLATFORMS].sort());
+  expect(node.manifest.optionalDependencies).toEqual(Object.fromEntries(SUPPORTED_PLATFORMS.map((platform) => [`@authpipe/node-${platform}`, version])));
+  expect(node.manifest.dependencies).toBeUndefined();
+  // Both module systems, with types for each.
+  expect(node.manifest.exports).toMatchObject({
+    '.': { import: { types: './dist/index.d.mts', default: './dist/index.mjs' }, require: { types: './dist/index.d.ts', default: './dist/index.js' } },
+  });
+});
+
+test('the binary is the release build: stripped, without the test-only calls', () => {
+  const pkg = packages.find((p) => p.name === `@authpipe/node-${HOST_PLATFORM}`)!;
+  const { dir } = contents(pkg.file);
+  const binary = join(dir, `authpipe.${HOST_PLATFORM}.node`);
+  expect(statSync(binary).size).toBeLessThan(20e6); // the debug build is about 158 MB
+  const sections = execFileSync('readelf', ['-S', '-W', binary], { encoding: 'utf8' });
+  expect(sections).not.toMatch(/\.symtab|\.debug_info/);
+  expect(readFileSync(binary).includes('test_only_panic')).toBe(false);
+
+  const node = packages.find((p) => p.name === '@authpipe/node')!;
+  const types = readFileSync(join(contents(node.file).dir, 'binding.d.ts'), 'utf8');
+  expect(types).toContain('export declare class NativeAuthpipe');
+  expect(types).not.toContain('testOnlyPanic');
+});
