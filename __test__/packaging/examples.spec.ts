@@ -7,6 +7,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { currentPlatform } from '../../lib/platform';
 import { ROOT, startLocalRegistry, type LocalRegistry } from '../support/local-registry';
 import { connectWithoutJavaScript, frameworkVersions, freePort, runToEnd, startServer, stageExample, stopServer } from './example-apps';
 
@@ -73,7 +74,8 @@ describe('examples/nextjs', () => {
     const built = filesUnder(join(dir, '.next', 'server'));
     expect(built.filter((file) => file.endsWith('.node'))).toEqual([]);
     const trace = JSON.parse(readFileSync(join(dir, '.next', 'server', 'app', 'authpipe', '[...path]', 'route.js.nft.json'), 'utf8')) as { files: string[] };
-    expect(trace.files).toEqual(expect.arrayContaining([expect.stringMatching(/node_modules\/@authpipe\/node-linux-x64-gnu\/authpipe\.linux-x64-gnu\.node$/)]));
+    const platform = currentPlatform();
+    expect(trace.files).toEqual(expect.arrayContaining([expect.stringContaining(`node_modules/@authpipe/node-${platform}/authpipe.${platform}.node`)]));
 
     const port = await freePort();
     const appOrigin = `http://127.0.0.1:${port}`;

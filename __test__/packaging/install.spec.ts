@@ -10,12 +10,13 @@ import { mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
+import { currentPlatform } from '../../lib/platform';
 import { ROOT, readPackManifest, startLocalRegistry, type LocalRegistry } from '../support/local-registry';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { RELEASES, nodeBinary, canRunReleases } = require('../support/node-versions.js') as { RELEASES: string[]; nodeBinary(version: string): string; canRunReleases: boolean };
 
 const execFileAsync = promisify(execFile);
-const HOST_PLATFORM_PACKAGE = '@authpipe/node-linux-x64-gnu';
+const HOST_PLATFORM_PACKAGE = `@authpipe/node-${currentPlatform()}`;
 const TSC = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
 /** PATH for the app: node and npm, and the system's tools, but no ~/.cargo/bin. */
 const APP_PATH = [dirname(process.execPath), '/usr/bin', '/bin'].join(':');
@@ -91,9 +92,9 @@ test('the app has no Rust toolchain and no way to this repository', () => {
 
 test('npm picks the platform binary from the optionalDependencies, and only it', () => {
   const installed = readdirSync(join(app, 'node_modules', '@authpipe')).sort();
-  expect(installed).toEqual(['node', 'node-linux-x64-gnu']);
+  expect(installed).toEqual(['node', HOST_PLATFORM_PACKAGE.replace('@authpipe/', '')]);
   // It looked the others up (as from the public registry) and skipped them on os/cpu/libc.
-  expect(registry.requested).toEqual(expect.arrayContaining(['@authpipe/node-darwin-arm64', '@authpipe/node-win32-x64-msvc', '@authpipe/node-linux-x64-musl']));
+  expect(registry.requested).toEqual(expect.arrayContaining(['@authpipe/node-darwin-arm64', '@authpipe/node-win32-x64-msvc', '@authpipe/node-linux-x64-musl', '@authpipe/node-linux-arm64-gnu']));
   const lock = JSON.parse(readFileSync(join(app, 'package-lock.json'), 'utf8')) as { packages: Record<string, { optional?: boolean }> };
   expect(lock.packages[`node_modules/${HOST_PLATFORM_PACKAGE}`]).toMatchObject({ optional: true });
   // No install script: nothing compiles on the user's machine.
@@ -172,7 +173,7 @@ test('without its platform package, loading names the platform and the package t
     writeFileSync(join(app, 'load.cjs'), "try { require('@authpipe/node'); } catch (err) { console.log(JSON.stringify({ code: err.code, message: err.message })); }");
     const { code, message } = JSON.parse(await run('node', ['load.cjs'])) as { code: string; message: string };
     expect(code).toBe('UNSUPPORTED_PLATFORM');
-    expect(message).toContain('linux-x64-gnu');
+    expect(message).toContain(currentPlatform());
     expect(message).toContain(`npm install ${HOST_PLATFORM_PACKAGE}`);
     expect(message).not.toMatch(/Cannot find module|npm has a bug/);
     // The testing entry needs no binary: an app's tests can start a sandbox anywhere.
