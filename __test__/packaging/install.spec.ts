@@ -165,21 +165,52 @@ describe('the README quick start runs against the sandbox', () => {
   });
 });
 
-test('without its platform package, loading names the platform and the package to install', async () => {
-  const platformDir = join(app, 'node_modules', HOST_PLATFORM_PACKAGE);
-  const aside = `${platformDir}.aside`;
-  renameSync(platformDir, aside);
-  try {
-    writeFileSync(join(app, 'load.cjs'), "try { require('@authpipe/node'); } catch (err) { console.log(JSON.stringify({ code: err.code, message: err.message })); }");
-    const { code, message } = JSON.parse(await run('node', ['load.cjs'])) as { code: string; message: string };
+/** Loads @authpipe/node in the app after `setup` (JS run first), and reports how it failed. */
+async function loadFailure(setup = ''): Promise<{ code: string; message: string }> {
+  writeFileSync(join(app, 'load.cjs'), `${setup}\ntry { require('@authpipe/node'); console.log('{}'); } catch (err) { console.log(JSON.stringify({ code: err.code, message: err.message })); }`);
+  return JSON.parse(await run('node', ['load.cjs'])) as { code: string; message: string };
+}
+
+describe('when the binary cannot load, one error says why', () => {
+  const platformDir = () => join(app, 'node_modules', HOST_PLATFORM_PACKAGE);
+  const binaryName = `authpipe.${currentPlatform()}.node`;
+
+  test('its platform package is missing (--omit=optional): UNSUPPORTED_PLATFORM names the package to install', async () => {
+    const aside = `${platformDir()}.aside`;
+    renameSync(platformDir(), aside);
+    try {
+      const { code, message } = await loadFailure();
+      expect(code).toBe('UNSUPPORTED_PLATFORM');
+      expect(message).toContain(currentPlatform());
+      expect(message).toContain(`npm install ${HOST_PLATFORM_PACKAGE}`);
+      expect(message).not.toMatch(/Cannot find module|npm has a bug/);
+      // The testing entry needs no binary: an app's tests can start a sandbox anywhere.
+      writeFileSync(join(app, 'sandbox-only.cjs'), "require('@authpipe/node/testing').createSandbox({ provider: 'attio' }).then((s) => s.close()).then(() => console.log('ok'));");
+      expect(await run('node', ['sandbox-only.cjs'])).toBe('ok\n');
+    } finally {
+      renameSync(aside, platformDir());
+    }
+  });
+
+  test('no binary is built for the platform: UNSUPPORTED_PLATFORM lists the platforms there are', async () => {
+    const { code, message } = await loadFailure("Object.defineProperty(process, 'arch', { value: 'riscv64' });");
     expect(code).toBe('UNSUPPORTED_PLATFORM');
-    expect(message).toContain(currentPlatform());
-    expect(message).toContain(`npm install ${HOST_PLATFORM_PACKAGE}`);
-    expect(message).not.toMatch(/Cannot find module|npm has a bug/);
-    // The testing entry needs no binary: an app's tests can start a sandbox anywhere.
-    writeFileSync(join(app, 'sandbox-only.cjs'), "require('@authpipe/node/testing').createSandbox({ provider: 'attio' }).then((s) => s.close()).then(() => console.log('ok'));");
-    expect(await run('node', ['sandbox-only.cjs'])).toBe('ok\n');
-  } finally {
-    renameSync(aside, platformDir);
-  }
+    expect(message).toMatch(/no binary for \S+-riscv64/);
+    expect(message).toContain('linux-x64-gnu, linux-arm64-gnu');
+  });
+
+  test('the binary is damaged: NATIVE_LOAD_FAILED with the reason the system gave', async () => {
+    const binary = join(platformDir(), binaryName);
+    renameSync(binary, `${binary}.aside`);
+    writeFileSync(binary, 'not a shared library');
+    try {
+      const { code, message } = await loadFailure();
+      expect(code).toBe('NATIVE_LOAD_FAILED');
+      expect(message).toContain(HOST_PLATFORM_PACKAGE);
+      expect(message).toMatch(/invalid ELF header|not a mach-o file|not a valid Win32 application|file too short/i);
+    } finally {
+      renameSync(`${binary}.aside`, binary);
+    }
+    expect(await loadFailure()).toEqual({});
+  });
 });
