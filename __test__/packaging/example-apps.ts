@@ -91,21 +91,28 @@ export async function stopServer(child: ChildProcess | undefined): Promise<void>
   await exited;
 }
 
+/** How the user consents at the provider: from its authorize URL to the app's callback URL. */
+export type Consent = (authorizeUrl: URL) => Promise<string>;
+
+/** The Attio sandbox's consent page, answered by following its Allow link. */
+export const allowOnSandboxPage: Consent = async (authorize) => {
+  const page = await (await fetch(authorize)).text();
+  const allow = /id="allow" href="([^"]+)"/.exec(page)?.[1]?.replace(/&#(\d+);/g, (_, code: string) => String.fromCharCode(Number(code)));
+  if (!allow) throw new Error(`no Allow link on the consent page:\n${page}`);
+  const decided = await fetch(new URL(allow, authorize), { redirect: 'manual' });
+  return decided.headers.get('location') ?? '';
+};
+
 /**
- * A browser without JavaScript through the connect flow: the app's connect route, the sandbox's
- * consent page (Allow), then the callback page.
+ * A browser without JavaScript through the connect flow: the app's connect route, the
+ * provider's consent, then the callback page.
  * @returns the result the callback page hands to the opener window or the `returnTo` redirect
  */
-export async function connectWithoutJavaScript(appOrigin: string, session: string): Promise<{ status: number; result: Record<string, unknown> }> {
-  const start = await fetch(`${appOrigin}/authpipe/connect/attio?session=${encodeURIComponent(session)}`, { redirect: 'manual' });
+export async function connectWithoutJavaScript(appOrigin: string, provider: string, session: string, consent: Consent): Promise<{ status: number; result: Record<string, unknown> }> {
+  const start = await fetch(`${appOrigin}/authpipe/connect/${provider}?session=${encodeURIComponent(session)}`, { redirect: 'manual' });
   if (start.status !== 302) throw new Error(`connect answered ${start.status}: ${await start.text()}`);
   const cookies = start.headers.getSetCookie().map((cookie) => cookie.split(';')[0]).join('; ');
-  const authorize = new URL(start.headers.get('location')!);
-  const consent = await (await fetch(authorize)).text();
-  const allow = /id="allow" href="([^"]+)"/.exec(consent)?.[1]?.replace(/&#(\d+);/g, (_, code: string) => String.fromCharCode(Number(code)));
-  if (!allow) throw new Error(`no Allow link on the consent page:\n${consent}`);
-  const decided = await fetch(new URL(allow, authorize), { redirect: 'manual' });
-  const callback = decided.headers.get('location')!;
+  const callback = await consent(new URL(start.headers.get('location')!));
   if (!callback.startsWith(`${appOrigin}/authpipe/callback`)) throw new Error(`consent sent the browser to ${callback}`);
   const page = await fetch(callback, { headers: { cookie: cookies }, redirect: 'manual' });
   const html = await page.text();

@@ -9,7 +9,8 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { currentPlatform } from '../../lib/platform';
 import { ROOT, startLocalRegistry, type LocalRegistry } from '../support/local-registry';
-import { connectWithoutJavaScript, frameworkVersions, freePort, runToEnd, startServer, stageExample, stopServer } from './example-apps';
+import { followUntil, startOidcProvider, type OidcProvider } from '../support/oidc';
+import { allowOnSandboxPage, connectWithoutJavaScript, frameworkVersions, freePort, runToEnd, startServer, stageExample, stopServer } from './example-apps';
 
 let registry: LocalRegistry;
 beforeAll(async () => {
@@ -25,42 +26,68 @@ function filesUnder(dir: string, prefix = ''): string[] {
   });
 }
 
-async function expectConnectedThroughApp(appOrigin: string, session: string) {
-  const before = await (await fetch(`${appOrigin}/api/connection`)).json();
-  expect(before).toEqual({ connected: false });
+/** oidc-provider, as the app's second provider (OIDC_ISSUER and friends, as the examples read them). */
+async function startOidcFor(appOrigin: string): Promise<{ oidc: OidcProvider; env: NodeJS.ProcessEnv }> {
+  const oidc = await startOidcProvider({ redirectUris: [`${appOrigin}/authpipe/callback/oidc`] });
+  const { scopes } = oidc.providerConfig(`${appOrigin}/authpipe/callback/oidc`);
+  return { oidc, env: { OIDC_ISSUER: oidc.issuer, OIDC_CLIENT_ID: oidc.clientId, OIDC_CLIENT_SECRET: oidc.clientSecret, OIDC_SCOPES: scopes.join(' ') } };
+}
 
-  const { status, result } = await connectWithoutJavaScript(appOrigin, session);
+/** Connects `provider` through the app's routes, and sees the app serve its credential. */
+async function expectConnectedThroughApp(appOrigin: string, provider: 'attio' | 'oidc', session: string) {
+  const connection = () => fetch(`${appOrigin}/api/connection?provider=${provider}`).then((r) => r.json());
+  expect(await connection()).toEqual({ connected: false });
+
+  const consent = provider === 'attio' ? allowOnSandboxPage : (authorize: URL) => followUntil(authorize.href, appOrigin);
+  const { status, result } = await connectWithoutJavaScript(appOrigin, provider, session, consent);
   expect(status).toBe(200);
-  expect(result).toMatchObject({ type: 'authpipe:connect', ok: true, connection: { provider: 'attio', tenantId: 'org_acme', userId: 'user_123', status: 'active' } });
+  expect(result).toMatchObject({ type: 'authpipe:connect', ok: true, connection: { provider, tenantId: 'org_acme', userId: 'user_123', status: 'active' } });
 
-  const after = await (await fetch(`${appOrigin}/api/connection`)).json();
-  expect(after).toEqual({ connected: true, status: 'active', account: { id: expect.any(String), name: 'Acme Sandbox' }, credential: { type: 'oauth2', expiresAt: null } });
+  if (provider === 'attio') {
+    expect(await connection()).toEqual({ connected: true, status: 'active', account: { id: expect.any(String), name: 'Acme Sandbox' }, credential: { type: 'oauth2', expiresAt: null } });
+  } else {
+    // oidc-provider's tokens expire: getCredential served one with its expiry.
+    expect(await connection()).toMatchObject({ connected: true, status: 'active', credential: { type: 'oauth2', expiresAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) } });
+  }
 }
 
 describe('examples/express', () => {
   let server: ChildProcess | undefined;
-  afterAll(() => stopServer(server));
+  let oidc: OidcProvider | undefined;
+  afterAll(async () => {
+    await stopServer(server);
+    await oidc?.close();
+  });
 
-  test('node server.js: the connect flow through the Express handler, then getCredential', async () => {
+  test('node server.js: the connect flow through the Express handler, with the Attio sandbox and oidc-provider, then getCredential', async () => {
     const { dir, manifest } = await stageExample('express', registry);
     for (const dep of frameworkVersions(manifest)) expect(dep).toMatchObject({ satisfied: true });
     const port = await freePort();
-    server = await startServer(process.execPath, ['server.js'], { cwd: dir, env: { PORT: String(port) }, ready: /listening on/ });
     const appOrigin = `http://127.0.0.1:${port}`;
+    const started = await startOidcFor(appOrigin);
+    oidc = started.oidc;
+    server = await startServer(process.execPath, ['server.js'], { cwd: dir, env: { PORT: String(port), ...started.env }, ready: /listening on/ });
 
-    // The page carries a connect session in a plain form (no front-end build).
-    const page = await (await fetch(`${appOrigin}/`)).text();
-    expect(page).toContain('<form method="post" action="/authpipe/connect/attio">');
-    const session = /name="session" value="([^"]+)"/.exec(page)![1]!;
-    await expectConnectedThroughApp(appOrigin, session);
+    // The page carries a connect session in a plain form (no front-end build); each load a new one.
+    const session = async () => {
+      const page = await (await fetch(`${appOrigin}/`)).text();
+      expect(page).toContain('<form method="post" action="/authpipe/connect/attio">');
+      return /name="session" value="([^"]+)"/.exec(page)![1]!;
+    };
+    await expectConnectedThroughApp(appOrigin, 'attio', await session());
+    await expectConnectedThroughApp(appOrigin, 'oidc', await session());
   });
 });
 
 describe('examples/nextjs', () => {
   let server: ChildProcess | undefined;
-  afterAll(() => stopServer(server));
+  let oidc: OidcProvider | undefined;
+  afterAll(async () => {
+    await stopServer(server);
+    await oidc?.close();
+  });
 
-  test('next build, then next start: the App Router route handler, then getCredential', async () => {
+  test('next build, then next start: the App Router route handler, with the Attio sandbox and oidc-provider, then getCredential', async () => {
     const { dir, manifest } = await stageExample('nextjs', registry);
     for (const dep of frameworkVersions(manifest)) expect(dep).toMatchObject({ satisfied: true });
     const next = join(ROOT, 'node_modules', 'next', 'dist', 'bin', 'next');
@@ -79,13 +106,16 @@ describe('examples/nextjs', () => {
 
     const port = await freePort();
     const appOrigin = `http://127.0.0.1:${port}`;
-    server = await startServer(process.execPath, [next, 'start', '-H', '127.0.0.1', '-p', String(port)], { cwd: dir, env: { APP_ORIGIN: appOrigin, NEXT_TELEMETRY_DISABLED: '1' }, ready: /Ready in/ });
+    const started = await startOidcFor(appOrigin);
+    oidc = started.oidc;
+    server = await startServer(process.execPath, [next, 'start', '-H', '127.0.0.1', '-p', String(port)], { cwd: dir, env: { APP_ORIGIN: appOrigin, NEXT_TELEMETRY_DISABLED: '1', ...started.env }, ready: /Ready in/ });
 
     // The page renders on the server, ConnectButton included.
     const page = await (await fetch(`${appOrigin}/`)).text();
     expect(page).toMatch(/<button[^>]*>Connect Attio<\/button>/);
 
-    const { token } = (await (await fetch(`${appOrigin}/api/connect-session`, { method: 'POST' })).json()) as { token: string };
-    await expectConnectedThroughApp(appOrigin, token);
+    const session = async () => ((await (await fetch(`${appOrigin}/api/connect-session`, { method: 'POST' })).json()) as { token: string }).token;
+    await expectConnectedThroughApp(appOrigin, 'attio', await session());
+    await expectConnectedThroughApp(appOrigin, 'oidc', await session());
   }, 300_000);
 });

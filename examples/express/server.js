@@ -1,7 +1,9 @@
 // An Express app whose users connect their Attio workspace. `node server.js`, then open
 // http://127.0.0.1:3000/. With ATTIO_CLIENT_ID and ATTIO_CLIENT_SECRET it connects real Attio
 // (register http://127.0.0.1:3000/authpipe/callback/attio as the redirect URI); without them the
-// offline Attio sandbox stands in, so it runs as cloned.
+// offline Attio sandbox stands in, so it runs as cloned. OIDC_ISSUER (with OIDC_CLIENT_ID and
+// OIDC_CLIENT_SECRET) adds any OpenID Connect or OAuth 2 server as a second provider, `oidc`, its
+// endpoints discovered from the issuer.
 'use strict';
 const express = require('express');
 const { Authpipe, AuthpipeError } = require('@authpipe/node');
@@ -9,29 +11,35 @@ const { createSandbox } = require('@authpipe/node/testing');
 
 const port = Number(process.env.PORT ?? 3000);
 const appOrigin = process.env.APP_ORIGIN ?? `http://127.0.0.1:${port}`;
-const redirectUri = `${appOrigin}/authpipe/callback/attio`;
+const callback = (provider) => `${appOrigin}/authpipe/callback/${provider}`;
 
 /** The signed-in user. A real app reads its own session here. */
 const currentUser = (_req) => ({ tenantId: 'org_acme', userId: 'user_123' });
 
 async function main() {
-  const { ATTIO_CLIENT_ID: clientId, ATTIO_CLIENT_SECRET: clientSecret } = process.env;
-  const sandbox = clientId && clientSecret ? null : await createSandbox({ provider: 'attio', consentPage: true });
-  const attio = sandbox ? sandbox.providerConfig({ redirectUri }) : { clientId, clientSecret, redirectUri };
+  const env = process.env;
+  const sandbox = env.ATTIO_CLIENT_ID && env.ATTIO_CLIENT_SECRET ? null : await createSandbox({ provider: 'attio', consentPage: true });
+  const providers = {
+    attio: sandbox ? sandbox.providerConfig({ redirectUri: callback('attio') }) : { clientId: env.ATTIO_CLIENT_ID, clientSecret: env.ATTIO_CLIENT_SECRET, redirectUri: callback('attio') },
+  };
+  if (env.OIDC_ISSUER) {
+    providers.oidc = { issuer: env.OIDC_ISSUER, clientId: env.OIDC_CLIENT_ID, clientSecret: env.OIDC_CLIENT_SECRET, redirectUri: callback('oidc'), scopes: env.OIDC_SCOPES?.split(' ') };
+  }
   const authpipe = new Authpipe({
-    store: process.env.AUTHPIPE_STORE ?? (clientId ? undefined : ':memory:'),
-    masterKey: process.env.AUTHPIPE_MASTER_KEY,
-    providers: { attio },
+    store: env.AUTHPIPE_STORE ?? (sandbox ? ':memory:' : undefined),
+    masterKey: env.AUTHPIPE_MASTER_KEY,
+    providers,
   });
 
   const app = express();
-  // /authpipe/connect/attio and /authpipe/callback/attio; after the callback, back to /.
+  // /authpipe/connect/:provider and /authpipe/callback/:provider; after the callback, back to /.
   app.use('/authpipe', authpipe.handler({ appOrigin, returnTo: `${appOrigin}/` }));
 
+  // What the server knows about the user's connection (`?provider=`, default attio).
   app.get('/api/connection', async (req, res, next) => {
-    const ref = { provider: 'attio', ...currentUser(req) };
+    const ref = { provider: typeof req.query.provider === 'string' ? req.query.provider : 'attio', ...currentUser(req) };
     try {
-      // The credential is for calls to Attio's API from here; it never goes to the browser.
+      // The credential is for calls to the provider's API from here; it never goes to the browser.
       const { type, expiresAt } = await authpipe.getCredential(ref);
       const connection = await authpipe.getConnection(ref);
       res.json({ connected: true, account: connection.account, status: connection.status, credential: { type, expiresAt } });
@@ -43,7 +51,7 @@ async function main() {
 
   // A plain form: the connect session names the user's tenant, so the browser never does.
   app.get('/', async (req, res) => {
-    const { token } = await authpipe.createConnectSession({ ...currentUser(req), providers: ['attio'] });
+    const { token } = await authpipe.createConnectSession(currentUser(req));
     const outcome = req.query.authpipe === 'connected' ? '<p>Connected.</p>' : req.query.authpipe === 'error' ? `<p role="alert">Not connected (${escapeHtml(String(req.query.authpipe_error))}).</p>` : '';
     res.type('html').send(`<!doctype html><title>Authpipe with Express</title>
 <h1>Your CRM</h1>${outcome}

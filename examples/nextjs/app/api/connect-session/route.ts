@@ -3,5 +3,5 @@ import { currentUser, getAuthpipe } from '../../../lib/authpipe';
 
 export async function POST(): Promise<Response> {
   const authpipe = await getAuthpipe();
-  return Response.json(await authpipe.createConnectSession({ ...currentUser(), providers: ['attio'] }));
+  return Response.json(await authpipe.createConnectSession(currentUser()));
 }

@@ -1,13 +1,14 @@
-// What the server knows about the user's Attio connection: metadata, and whether a credential is
-// served. The credential itself goes to Attio's API, never to the browser.
+// What the server knows about the user's connection (`?provider=`, default attio): metadata, and
+// whether a credential is served. The credential itself goes to the provider's API, never to the
+// browser.
 import { AuthpipeError } from '@authpipe/node';
 import { currentUser, getAuthpipe } from '../../../lib/authpipe';
 
 export const dynamic = 'force-dynamic';
 
-export async function GET(): Promise<Response> {
+export async function GET(request: Request): Promise<Response> {
   const authpipe = await getAuthpipe();
-  const ref = { provider: 'attio', ...currentUser() };
+  const ref = { provider: new URL(request.url).searchParams.get('provider') ?? 'attio', ...currentUser() };
   try {
     const { type, expiresAt } = await authpipe.getCredential(ref);
     const connection = await authpipe.getConnection(ref);
