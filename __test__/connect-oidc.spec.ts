@@ -1,7 +1,12 @@
 // End to end against a real, certified authorization server (panva's oidc-provider, run in a
 // child process on loopback): discovery, code + PKCE (required by the server), RFC 9207 `iss`,
-// client_secret_basic, then credentials the server's introspection accepts.
-import { createServer, type Server } from 'node:http';
+// client_secret_basic, then credentials the server's introspection accepts; and the handler in
+// Express, Hono (fetchHandler) and Fastify through the same flow.
+import { getRequestListener } from '@hono/node-server';
+import express from 'express';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { Hono } from 'hono';
+import { createServer, type RequestListener, type Server } from 'node:http';
 import { Authpipe, type ConnectResultMessage } from '..';
 import { closeServer, listenOnLoopback, newKey, rejection, testStore } from './helpers';
 import { followUntil, startOidcProvider, type OidcProvider } from './support/oidc';
@@ -138,4 +143,67 @@ test('discovery stops reading a metadata document past 1 MiB', async () => {
   expect(written).toBeLessThan(16 * 1024 * 1024);
   await bad.close();
   await closeServer(endless);
+});
+
+describe('the handler in each stack, against oidc-provider, to a token it accepts', () => {
+  // Each stack on its own port, all registered with one oidc-provider before it starts.
+  type Mount = (authpipe: Authpipe, origin: string) => RequestListener;
+  const stacks: Record<string, Mount> = {
+    express: (instance, origin) => express().use('/authpipe', instance.handler({ appOrigin: origin })),
+    hono: (instance, origin) => {
+      const handle = instance.fetchHandler({ appOrigin: origin });
+      return getRequestListener(new Hono().all('/authpipe/*', (c) => handle(c.req.raw)).fetch);
+    },
+  };
+  const servers = new Map<string, { server: Server; origin: string }>();
+  let fastify: FastifyInstance;
+  let fastifyOrigin: string;
+  let fastifyHandler: ReturnType<Authpipe['handler']> | undefined;
+  let provider: OidcProvider;
+
+  beforeAll(async () => {
+    for (const name of Object.keys(stacks)) {
+      const server = createServer();
+      servers.set(name, { server, origin: await listenOnLoopback(server) });
+    }
+    // Fastify owns its server: the handler gets the raw request and response after hijack().
+    fastify = Fastify({ logger: false });
+    fastify.all('/authpipe/*', (request, reply) => {
+      reply.hijack();
+      fastifyHandler!(request.raw, reply.raw);
+    });
+    fastifyOrigin = (await fastify.listen({ port: 0, host: '127.0.0.1' })).replace('localhost', '127.0.0.1');
+    const origins = [...[...servers.values()].map((s) => s.origin), fastifyOrigin];
+    provider = await startOidcProvider({ redirectUris: origins.map((origin) => `${origin}/authpipe/callback/oidc`) });
+  });
+  afterAll(async () => {
+    for (const { server } of servers.values()) await closeServer(server);
+    await fastify.close();
+    await provider.close();
+  });
+
+  async function connectThrough(instance: Authpipe, origin: string, userId: string) {
+    const { token } = await instance.createConnectSession({ tenantId: 'org_stack', userId });
+    const start = await fetch(`${origin}/authpipe/connect/oidc?session=${token}`, { redirect: 'manual' });
+    expect(start.status).toBe(302);
+    const cookie = start.headers.getSetCookie()[0]!.split(';')[0]!;
+    const callback = await followUntil(start.headers.get('location')!, origin);
+    const page = await (await fetch(callback, { headers: { cookie } })).text();
+    const result = JSON.parse(/var result = (\{.*?\});\n/s.exec(page)![1]!) as ConnectResultMessage;
+    expect(result).toMatchObject({ ok: true, connection: { provider: 'oidc', tenantId: 'org_stack', userId } });
+    const { credential } = await instance.getCredential({ provider: 'oidc', tenantId: 'org_stack', userId });
+    expect(await provider.introspect(credential)).toMatchObject({ active: true });
+  }
+
+  test.each(['express', 'hono', 'fastify'])('%s', async (name) => {
+    const origin = name === 'fastify' ? fastifyOrigin : servers.get(name)!.origin;
+    const instance = new Authpipe({ store: testStore(), masterKey: newKey(), providers: { oidc: provider.providerConfig(`${origin}/authpipe/callback/oidc`) } });
+    try {
+      if (name === 'fastify') fastifyHandler = instance.handler({ appOrigin: origin });
+      else servers.get(name)!.server.on('request', stacks[name]!(instance, origin));
+      await connectThrough(instance, origin, name);
+    } finally {
+      await instance.close();
+    }
+  });
 });
