@@ -45,6 +45,12 @@ if (prebuilt) {
   run('npx', ['napi', 'build', '--platform', '--release', '--strip', '--output-dir', binaries, '--js', 'binding.js', '--dts', 'binding.d.ts']);
 }
 
+// lib/ compiles against the generated binding types at the root; a checkout installed with
+// --ignore-scripts (the release workflow's) has none until the build's are copied there.
+for (const file of ['binding.js', 'binding.d.ts']) {
+  if (!existsSync(join(root, file)) && existsSync(join(binaries, file))) copyFileSync(join(binaries, file), join(root, file));
+}
+
 step('compiling lib/ to dist/ (from clean, so no file of a removed module ships)');
 rmSync(join(root, 'dist'), { recursive: true, force: true });
 run('npx', ['tsc', '-p', 'lib']);
