@@ -403,9 +403,13 @@ describe('the handler in Express and Fastify, and with resolveUser', () => {
   test('Fastify: reply.hijack() and the raw request', async () => {
     const fastify = Fastify({ logger: false });
     const holder: { handle?: ReturnType<Authpipe['handler']> } = {};
-    fastify.all('/authpipe/*', (request, reply) => {
-      reply.hijack();
-      holder.handle!(request.raw, reply.raw);
+    // As the README mounts it: form bodies pass unparsed to the handler, in this scope only.
+    await fastify.register(async (scope) => {
+      scope.addContentTypeParser('application/x-www-form-urlencoded', (_request, _payload, done) => done(null));
+      scope.all('/authpipe/*', (request, reply) => {
+        reply.hijack();
+        holder.handle!(request.raw, reply.raw);
+      });
     });
     const address = await fastify.listen({ port: 0, host: '127.0.0.1' });
     const origin = address.replace('localhost', '127.0.0.1');

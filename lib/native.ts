@@ -51,17 +51,18 @@ function load(): typeof Binding {
     }
     // The binary is there but did not load (a libc too old, a damaged file): say why, from the
     // binary itself rather than from the loader's summary.
-    let reason: unknown = cause;
+    const binary = existsSync(local) ? local : pkg;
+    let reason: unknown;
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
-      require(existsSync(local) ? local : pkg);
+      require(binary);
+      reason = new Error(`the binary loads, but the generated loader refused it: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
     } catch (err) {
       reason = err;
     }
     throw loadError(
       'NATIVE_LOAD_FAILED',
-      `@authpipe/node could not load its binary for ${platform} (${existsSync(local) ? local : pkg}) in Node ${process.version}: ` +
-        (reason instanceof Error ? reason.message : String(reason)),
+      `@authpipe/node could not load its binary for ${platform} (${binary}) in Node ${process.version}: ${reason instanceof Error ? reason.message : String(reason)}`,
       reason,
     );
   }

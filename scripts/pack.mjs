@@ -30,6 +30,7 @@ const PUBLISHED_KEYS = ['name', 'version', 'description', 'license', 'keywords',
 const args = process.argv.slice(2);
 const binariesFlag = args.indexOf('--binaries');
 const prebuilt = binariesFlag >= 0 ? args[binariesFlag + 1] : undefined;
+if (binariesFlag >= 0 && (!prebuilt || !existsSync(prebuilt))) fail('--binaries needs the directory that holds the prebuilt authpipe.<platform>.node files');
 
 rmSync(out, { recursive: true, force: true });
 rmSync(staging, { recursive: true, force: true });

@@ -5,7 +5,7 @@
  * node_modules, at versions that must satisfy the ranges the example declares.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { cpSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { ROOT, type LocalRegistry } from '../support/local-registry';
@@ -58,25 +58,39 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Starts a server process and resolves once its output shows `ready`; rejects if it exits first. */
-export function startServer(command: string, args: string[], options: { cwd: string; env: NodeJS.ProcessEnv; ready: RegExp }): Promise<ChildProcess> {
+/**
+ * Starts a server process and resolves once its output shows `ready`. Rejects, with the output,
+ * if it exits first or is not ready within `timeoutMs` (then it is killed: no process outlives
+ * the test).
+ */
+export function startServer(command: string, args: string[], options: { cwd: string; env: NodeJS.ProcessEnv; ready: RegExp; timeoutMs?: number }): Promise<ChildProcess> {
   const child = spawn(command, args, { cwd: options.cwd, env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   return new Promise((resolve, reject) => {
+    const fail = (why: string) => {
+      clearTimeout(timer);
+      child.kill('SIGKILL');
+      reject(new Error(`${command} ${args.join(' ')} ${why}:\n${output}`));
+    };
+    const timer = setTimeout(() => fail('was not ready in time'), options.timeoutMs ?? 60_000);
     const onData = (chunk: Buffer) => {
       output += chunk.toString();
-      if (options.ready.test(output)) resolve(child);
+      if (options.ready.test(output)) {
+        clearTimeout(timer);
+        resolve(child);
+      }
     };
     child.stdout!.on('data', onData);
     child.stderr!.on('data', onData);
-    child.once('exit', (code, signal) => reject(new Error(`${command} ${args.join(' ')} exited (${code ?? signal}) before it was ready:\n${output}`)));
+    child.once('exit', (code, signal) => fail(`exited (${code ?? signal}) before it was ready`));
   });
 }
 
 /** Runs a command to its end, with its output. */
 export function runToEnd(command: string, args: string[], options: { cwd: string; env?: NodeJS.ProcessEnv }): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve) => {
-    const child = spawn(command, args, { cwd: options.cwd, env: { ...process.env, ...options.env } });
+    // npm is npm.cmd on Windows, which only a shell runs.
+    const child = spawn(command, args, { cwd: options.cwd, env: { ...process.env, ...options.env }, shell: process.platform === 'win32' });
     let output = '';
     child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
     child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
@@ -104,19 +118,42 @@ export const allowOnSandboxPage: Consent = async (authorize) => {
 };
 
 /**
- * A browser without JavaScript through the connect flow: the app's connect route, the
- * provider's consent, then the callback page.
- * @returns the result the callback page hands to the opener window or the `returnTo` redirect
+ * A browser without JavaScript through the connect flow: the app's connect route (a link, or a
+ * form POST with `form`'s extra fields, as a page's button sends), the provider's consent, then
+ * the callback page, whose result `posted()` and `redirectedTo()` (helpers.ts) read.
  */
-export async function connectWithoutJavaScript(appOrigin: string, provider: string, session: string, consent: Consent): Promise<{ status: number; result: Record<string, unknown> }> {
-  const start = await fetch(`${appOrigin}/authpipe/connect/${provider}?session=${encodeURIComponent(session)}`, { redirect: 'manual' });
+export async function connectWithoutJavaScript(appOrigin: string, provider: string, session: string, consent: Consent, form?: Record<string, string>): Promise<{ status: number; html: string }> {
+  const connectUrl = `${appOrigin}/authpipe/connect/${provider}`;
+  const start = form
+    ? await fetch(connectUrl, { method: 'POST', body: new URLSearchParams({ session, ...form }), redirect: 'manual' })
+    : await fetch(`${connectUrl}?session=${encodeURIComponent(session)}`, { redirect: 'manual' });
   if (start.status !== 302) throw new Error(`connect answered ${start.status}: ${await start.text()}`);
   const cookies = start.headers.getSetCookie().map((cookie) => cookie.split(';')[0]).join('; ');
   const callback = await consent(new URL(start.headers.get('location')!));
   if (!callback.startsWith(`${appOrigin}/authpipe/callback`)) throw new Error(`consent sent the browser to ${callback}`);
   const page = await fetch(callback, { headers: { cookie: cookies }, redirect: 'manual' });
-  const html = await page.text();
-  const result = /var result = (\{.*?\});\n/s.exec(html)?.[1];
-  if (!result) throw new Error(`the callback answered ${page.status} without a result:\n${html}`);
-  return { status: page.status, result: JSON.parse(result) as Record<string, unknown> };
+  return { status: page.status, html: await page.text() };
+}
+
+/**
+ * The bare module specifiers the example's sources import or require that its package.json does
+ * not declare: staged inside this repository, such an import would still resolve here, and fail
+ * in a user's copy.
+ */
+export function undeclaredImports(name: string, manifest: ExampleManifest): string[] {
+  const source = join(ROOT, 'examples', name);
+  const declared = new Set(Object.keys({ ...manifest.dependencies, ...manifest.devDependencies }));
+  const files = listFiles(source).filter((file) => /\.(c|m)?(j|t)sx?$/.test(file));
+  const specifiers = files.flatMap((file) => [...readFileSync(join(source, file), 'utf8').matchAll(/(?:from\s+|require\(|import\()\s*['"]([^'"]+)['"]/g)].map((m) => m[1]!));
+  const packageOf = (specifier: string) => specifier.split('/').slice(0, specifier.startsWith('@') ? 2 : 1).join('/');
+  return [...new Set(specifiers.filter((s) => !s.startsWith('.') && !s.startsWith('node:')).map(packageOf))].filter((pkg) => !declared.has(pkg));
+}
+
+/** Every file under `dir`, relative, skipping installs and builds. */
+export function listFiles(dir: string, prefix = ''): string[] {
+  return readdirSync(dir).flatMap((entry) => {
+    if (entry === 'node_modules' || entry === '.next') return [];
+    const path = join(dir, entry);
+    return statSync(path).isDirectory() ? listFiles(path, `${prefix}${entry}/`) : [`${prefix}${entry}`];
+  });
 }

@@ -5,26 +5,19 @@
  * with the Attio sandbox to a credential served by `getCredential`, so neither can rot.
  */
 import type { ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { currentPlatform } from '../../lib/platform';
 import { ROOT, startLocalRegistry, type LocalRegistry } from '../support/local-registry';
 import { followUntil, startOidcProvider, type OidcProvider } from '../support/oidc';
-import { allowOnSandboxPage, connectWithoutJavaScript, frameworkVersions, freePort, runToEnd, startServer, stageExample, stopServer } from './example-apps';
+import { posted, redirectedTo } from '../helpers';
+import { allowOnSandboxPage, connectWithoutJavaScript, frameworkVersions, freePort, listFiles, runToEnd, startServer, stageExample, stopServer, undeclaredImports } from './example-apps';
 
 let registry: LocalRegistry;
 beforeAll(async () => {
   registry = await startLocalRegistry();
 });
 afterAll(() => registry?.close());
-
-/** Every file under `dir`, relative. */
-function filesUnder(dir: string, prefix = ''): string[] {
-  return readdirSync(dir).flatMap((entry) => {
-    const path = join(dir, entry);
-    return statSync(path).isDirectory() ? filesUnder(path, `${prefix}${entry}/`) : [`${prefix}${entry}`];
-  });
-}
 
 /** oidc-provider, as the app's second provider (OIDC_ISSUER and friends, as the examples read them). */
 async function startOidcFor(appOrigin: string): Promise<{ oidc: OidcProvider; env: NodeJS.ProcessEnv }> {
@@ -33,15 +26,19 @@ async function startOidcFor(appOrigin: string): Promise<{ oidc: OidcProvider; en
   return { oidc, env: { OIDC_ISSUER: oidc.issuer, OIDC_CLIENT_ID: oidc.clientId, OIDC_CLIENT_SECRET: oidc.clientSecret, OIDC_SCOPES: scopes.join(' ') } };
 }
 
-/** Connects `provider` through the app's routes, and sees the app serve its credential. */
-async function expectConnectedThroughApp(appOrigin: string, provider: 'attio' | 'oidc', session: string) {
+/**
+ * Connects `provider` through the app's routes (as a link, or as the form `form` describes), and
+ * sees the app serve its credential.
+ * @returns the callback page
+ */
+async function expectConnectedThroughApp(appOrigin: string, provider: 'attio' | 'oidc', session: string, form?: Record<string, string>): Promise<string> {
   const connection = () => fetch(`${appOrigin}/api/connection?provider=${provider}`).then((r) => r.json());
   expect(await connection()).toEqual({ connected: false });
 
   const consent = provider === 'attio' ? allowOnSandboxPage : (authorize: URL) => followUntil(authorize.href, appOrigin);
-  const { status, result } = await connectWithoutJavaScript(appOrigin, provider, session, consent);
+  const { status, html } = await connectWithoutJavaScript(appOrigin, provider, session, consent, form);
   expect(status).toBe(200);
-  expect(result).toMatchObject({ type: 'authpipe:connect', ok: true, connection: { provider, tenantId: 'org_acme', userId: 'user_123', status: 'active' } });
+  expect(posted(html)).toMatchObject({ type: 'authpipe:connect', ok: true, connection: { provider, tenantId: 'org_acme', userId: 'user_123', status: 'active' } });
 
   if (provider === 'attio') {
     expect(await connection()).toEqual({ connected: true, status: 'active', account: { id: expect.any(String), name: 'Acme Sandbox' }, credential: { type: 'oauth2', expiresAt: null } });
@@ -49,6 +46,7 @@ async function expectConnectedThroughApp(appOrigin: string, provider: 'attio' | 
     // oidc-provider's tokens expire: getCredential served one with its expiry.
     expect(await connection()).toMatchObject({ connected: true, status: 'active', credential: { type: 'oauth2', expiresAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) } });
   }
+  return html;
 }
 
 describe('examples/express', () => {
@@ -62,21 +60,29 @@ describe('examples/express', () => {
   test('node server.js: the connect flow through the Express handler, with the Attio sandbox and oidc-provider, then getCredential', async () => {
     const { dir, manifest } = await stageExample('express', registry);
     for (const dep of frameworkVersions(manifest)) expect(dep).toMatchObject({ satisfied: true });
+    expect(undeclaredImports('express', manifest)).toEqual([]);
     const port = await freePort();
     const appOrigin = `http://127.0.0.1:${port}`;
     const started = await startOidcFor(appOrigin);
     oidc = started.oidc;
     server = await startServer(process.execPath, ['server.js'], { cwd: dir, env: { PORT: String(port), ...started.env }, ready: /listening on/ });
 
-    // The page carries a connect session in a plain form (no front-end build); each load a new one.
-    const session = async () => {
-      const page = await (await fetch(`${appOrigin}/`)).text();
-      expect(page).toContain('<form method="post" action="/authpipe/connect/attio">');
-      return /name="session" value="([^"]+)"/.exec(page)![1]!;
-    };
-    await expectConnectedThroughApp(appOrigin, 'attio', await session());
-    await expectConnectedThroughApp(appOrigin, 'oidc', await session());
-  });
+    // The page's Connect button is a plain form (no front-end build) with a fresh connect
+    // session on each load; submitted as the browser submits it, the flow returns to the page.
+    const page = await (await fetch(`${appOrigin}/`)).text();
+    expect(page).toContain('<form method="post" action="/authpipe/connect/attio">');
+    const fields = Object.fromEntries([...page.matchAll(/<input type="hidden" name="(\w+)" value="([^"]+)">/g)].map((m) => [m[1]!, m[2]!]));
+    expect(Object.keys(fields).sort()).toEqual(['mode', 'session']);
+    const { session, ...form } = fields;
+    const callbackPage = await expectConnectedThroughApp(appOrigin, 'attio', session!, form);
+    const back = redirectedTo(callbackPage);
+    expect(back.origin + back.pathname).toBe(`${appOrigin}/`);
+    expect(back.searchParams.get('authpipe')).toBe('connected');
+    expect(await (await fetch(back)).text()).toContain('<p>Connected.</p>');
+
+    const another = /name="session" value="([^"]+)"/.exec(await (await fetch(`${appOrigin}/`)).text())![1]!;
+    await expectConnectedThroughApp(appOrigin, 'oidc', another);
+  }, 120_000);
 });
 
 describe('examples/nextjs', () => {
@@ -90,6 +96,7 @@ describe('examples/nextjs', () => {
   test('next build, then next start: the App Router route handler, with the Attio sandbox and oidc-provider, then getCredential', async () => {
     const { dir, manifest } = await stageExample('nextjs', registry);
     for (const dep of frameworkVersions(manifest)) expect(dep).toMatchObject({ satisfied: true });
+    expect(undeclaredImports('nextjs', manifest)).toEqual([]);
     const next = join(ROOT, 'node_modules', 'next', 'dist', 'bin', 'next');
     const build = await runToEnd(process.execPath, [next, 'build'], { cwd: dir, env: { NEXT_TELEMETRY_DISABLED: '1' } });
     if (build.code !== 0) throw new Error(`next build failed:\n${build.output}`);
@@ -98,7 +105,7 @@ describe('examples/nextjs', () => {
     // serverExternalPackages: the addon is required at run time, not bundled (without it,
     // Turbopack fails: a .node file "is not placeable in ESM chunks"); the route's file trace
     // still names the binary, so `output: 'standalone'` and hosts that trace files ship it.
-    const built = filesUnder(join(dir, '.next', 'server'));
+    const built = listFiles(join(dir, '.next', 'server'));
     expect(built.filter((file) => file.endsWith('.node'))).toEqual([]);
     const trace = JSON.parse(readFileSync(join(dir, '.next', 'server', 'app', 'authpipe', '[...path]', 'route.js.nft.json'), 'utf8')) as { files: string[] };
     const platform = currentPlatform();

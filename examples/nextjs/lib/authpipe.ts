@@ -21,7 +21,7 @@ async function open(): Promise<Authpipe> {
     providers.oidc = { issuer: env.OIDC_ISSUER, clientId: env.OIDC_CLIENT_ID, clientSecret: env.OIDC_CLIENT_SECRET, redirectUri: callback('oidc'), scopes: env.OIDC_SCOPES?.split(' ') };
   }
   return new Authpipe({
-    store: env.AUTHPIPE_STORE ?? (env.ATTIO_CLIENT_ID ? undefined : ':memory:'),
+    store: env.AUTHPIPE_STORE ?? (env.ATTIO_CLIENT_ID && env.ATTIO_CLIENT_SECRET ? undefined : ':memory:'),
     masterKey: env.AUTHPIPE_MASTER_KEY,
     providers,
   });
