@@ -35,7 +35,7 @@ function load(): typeof Binding {
       throw loadError(
         'UNSUPPORTED_PLATFORM',
         `@authpipe/node has no binary for ${platform} (Node ${process.version}). Binaries exist for ${SUPPORTED_PLATFORMS.join(', ')}; ` +
-          'on another platform, build from source with a Rust toolchain (see the README).',
+          'On another platform, build the addon from source with a Rust toolchain and set NAPI_RS_NATIVE_LIBRARY_PATH to the .node file (README, Install).',
         cause,
       );
     }

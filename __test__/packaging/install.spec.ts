@@ -199,6 +199,13 @@ describe('when the binary cannot load, one error says why', () => {
     expect(code).toBe('UNSUPPORTED_PLATFORM');
     expect(message).toMatch(/no binary for \S+-riscv64/);
     expect(message).toContain('linux-x64-gnu, linux-arm64-gnu');
+    expect(message).toContain('NAPI_RS_NATIVE_LIBRARY_PATH');
+  });
+
+  test('there, a binary built from source loads through NAPI_RS_NATIVE_LIBRARY_PATH', async () => {
+    const built = join(platformDir(), binaryName); // stands in for one built on that platform
+    const setup = `process.env.NAPI_RS_NATIVE_LIBRARY_PATH = ${JSON.stringify(built)}; Object.defineProperty(process, 'arch', { value: 'riscv64' });`;
+    expect(await loadFailure(setup)).toEqual({});
   });
 
   test('the binary is damaged: NATIVE_LOAD_FAILED with the reason the system gave', async () => {
