@@ -10,8 +10,11 @@ const reactPackage = path.join(__dirname, '..', '..', 'react');
 /** @returns {Promise<string>} the page's script */
 async function bundlePage({ react = '19' } = {}) {
   const alias = { '@authpipe/react': path.join(reactPackage, 'dist', 'esm', 'index.js') };
+  // Always aliased: the repository root has a React of its own too (for the Next.js example),
+  // which page.tsx would otherwise find first, next to the package's: two Reacts break hooks.
   if (react === '18') Object.assign(alias, { react: 'react-18', 'react-dom': 'react-dom-18' });
-  else if (react !== '19') throw new Error(`react must be '18' or '19', not ${react}`);
+  else if (react === '19') Object.assign(alias, { react: path.join(reactPackage, 'node_modules', 'react'), 'react-dom': path.join(reactPackage, 'node_modules', 'react-dom') });
+  else throw new Error(`react must be '18' or '19', not ${react}`);
   const result = await esbuild.build({
     entryPoints: [path.join(__dirname, 'page.tsx')],
     bundle: true,
