@@ -8,7 +8,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { Hono } from 'hono';
 import { createServer, type RequestListener, type Server } from 'node:http';
 import { Authpipe } from '..';
-import { closeServer, listenOnLoopback, newKey, posted, rejection, testStore } from './helpers';
+import { closeServer, connectWithoutJavaScript, listenOnLoopback, newKey, posted, rejection, testStore } from './helpers';
 import { followUntil, startOidcProvider, type OidcProvider } from './support/oidc';
 
 let app: Server;
@@ -188,12 +188,8 @@ describe('the handler in each stack, against oidc-provider, to a token it accept
   /** The flow as `<ConnectButton>` starts it: a form POST of the session to the connect route. */
   async function connectThrough(instance: Authpipe, origin: string, userId: string) {
     const { token } = await instance.createConnectSession({ tenantId: 'org_stack', userId });
-    const start = await fetch(`${origin}/authpipe/connect/oidc`, { method: 'POST', body: new URLSearchParams({ session: token }), redirect: 'manual' });
-    expect(start.status).toBe(302);
-    const cookie = start.headers.getSetCookie()[0]!.split(';')[0]!;
-    const callback = await followUntil(start.headers.get('location')!, origin);
-    const page = await (await fetch(callback, { headers: { cookie } })).text();
-    expect(posted(page)).toMatchObject({ ok: true, connection: { provider: 'oidc', tenantId: 'org_stack', userId } });
+    const { html } = await connectWithoutJavaScript(origin, 'oidc', token, (authorize) => followUntil(authorize.href, origin), {});
+    expect(posted(html)).toMatchObject({ ok: true, connection: { provider: 'oidc', tenantId: 'org_stack', userId } });
     const { credential } = await instance.getCredential({ provider: 'oidc', tenantId: 'org_stack', userId });
     expect(await provider.introspect(credential)).toMatchObject({ active: true });
   }

@@ -119,6 +119,27 @@ export async function browse(url: string, cookie?: string): Promise<{ status: nu
   return { status: res.status, location: res.headers.get('location'), setCookie: res.headers.getSetCookie(), text: await res.text(), headers: res.headers };
 }
 
+/** How the user consents at the provider: from its authorize URL to the app's callback URL. */
+export type Consent = (authorizeUrl: URL) => Promise<string>;
+
+/**
+ * A browser without JavaScript through the connect flow: the app's connect route (a link, or a
+ * form POST of the session and `form`'s fields, as a page's button sends), the provider's
+ * consent, then the callback page, whose result `posted()` and `redirectedTo()` read.
+ */
+export async function connectWithoutJavaScript(appOrigin: string, provider: string, session: string, consent: Consent, form?: Record<string, string>): Promise<{ status: number; html: string }> {
+  const connectUrl = `${appOrigin}/authpipe/connect/${provider}`;
+  const start = form
+    ? await fetch(connectUrl, { method: 'POST', body: new URLSearchParams({ session, ...form }), redirect: 'manual' })
+    : await fetch(`${connectUrl}?session=${encodeURIComponent(session)}`, { redirect: 'manual' });
+  if (start.status !== 302) throw new Error(`connect answered ${start.status}: ${await start.text()}`);
+  const cookies = start.headers.getSetCookie().map((cookie) => cookie.split(';')[0]).join('; ');
+  const callback = await consent(new URL(start.headers.get('location')!));
+  if (!callback.startsWith(`${appOrigin}/authpipe/callback`)) throw new Error(`consent sent the browser to ${callback}`);
+  const page = await browse(callback, cookies);
+  return { status: page.status, html: page.text };
+}
+
 /** The result a handler page posts to its opener. */
 export function posted(page: string): ConnectResultMessage {
   const match = /var result = (\{.*?\});\n/s.exec(page);

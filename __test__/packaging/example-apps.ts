@@ -7,11 +7,15 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
+import type { Consent } from '../helpers';
 import { ROOT, type LocalRegistry } from '../support/local-registry';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const semver = require('semver') as { satisfies(version: string, range: string): boolean };
+
+/** What an example's directory may hold that is not its source: installs and builds. */
+const NOT_SOURCE = new Set(['node_modules', '.next']);
 
 interface ExampleManifest {
   dependencies: Record<string, string>;
@@ -24,7 +28,7 @@ export async function stageExample(name: string, registry: LocalRegistry): Promi
   const dir = join(ROOT, 'target', 'example-apps', name);
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
-  cpSync(source, dir, { recursive: true, filter: (path) => !/[/\\](node_modules|\.next)$/.test(path) });
+  cpSync(source, dir, { recursive: true, filter: (path) => !NOT_SOURCE.has(basename(path)) });
   const manifest = JSON.parse(readFileSync(join(source, 'package.json'), 'utf8')) as ExampleManifest;
   const ours = Object.fromEntries(Object.entries(manifest.dependencies).filter(([dep]) => dep.startsWith('@authpipe/')));
   writeFileSync(join(dir, 'package.json'), JSON.stringify({ ...manifest, dependencies: ours, devDependencies: {} }, null, 2));
@@ -105,9 +109,6 @@ export async function stopServer(child: ChildProcess | undefined): Promise<void>
   await exited;
 }
 
-/** How the user consents at the provider: from its authorize URL to the app's callback URL. */
-export type Consent = (authorizeUrl: URL) => Promise<string>;
-
 /** The Attio sandbox's consent page, answered by following its Allow link. */
 export const allowOnSandboxPage: Consent = async (authorize) => {
   const page = await (await fetch(authorize)).text();
@@ -116,24 +117,6 @@ export const allowOnSandboxPage: Consent = async (authorize) => {
   const decided = await fetch(new URL(allow, authorize), { redirect: 'manual' });
   return decided.headers.get('location') ?? '';
 };
-
-/**
- * A browser without JavaScript through the connect flow: the app's connect route (a link, or a
- * form POST with `form`'s extra fields, as a page's button sends), the provider's consent, then
- * the callback page, whose result `posted()` and `redirectedTo()` (helpers.ts) read.
- */
-export async function connectWithoutJavaScript(appOrigin: string, provider: string, session: string, consent: Consent, form?: Record<string, string>): Promise<{ status: number; html: string }> {
-  const connectUrl = `${appOrigin}/authpipe/connect/${provider}`;
-  const start = form
-    ? await fetch(connectUrl, { method: 'POST', body: new URLSearchParams({ session, ...form }), redirect: 'manual' })
-    : await fetch(`${connectUrl}?session=${encodeURIComponent(session)}`, { redirect: 'manual' });
-  if (start.status !== 302) throw new Error(`connect answered ${start.status}: ${await start.text()}`);
-  const cookies = start.headers.getSetCookie().map((cookie) => cookie.split(';')[0]).join('; ');
-  const callback = await consent(new URL(start.headers.get('location')!));
-  if (!callback.startsWith(`${appOrigin}/authpipe/callback`)) throw new Error(`consent sent the browser to ${callback}`);
-  const page = await fetch(callback, { headers: { cookie: cookies }, redirect: 'manual' });
-  return { status: page.status, html: await page.text() };
-}
 
 /**
  * The bare module specifiers the example's sources import or require that its package.json does
@@ -149,11 +132,11 @@ export function undeclaredImports(name: string, manifest: ExampleManifest): stri
   return [...new Set(specifiers.filter((s) => !s.startsWith('.') && !s.startsWith('node:')).map(packageOf))].filter((pkg) => !declared.has(pkg));
 }
 
-/** Every file under `dir`, relative, skipping installs and builds. */
-export function listFiles(dir: string, prefix = ''): string[] {
+/** Every file under `dir`, relative, skipping directories named in `skip` (by default installs and builds). */
+export function listFiles(dir: string, skip: ReadonlySet<string> = NOT_SOURCE, prefix = ''): string[] {
   return readdirSync(dir).flatMap((entry) => {
-    if (entry === 'node_modules' || entry === '.next') return [];
+    if (skip.has(entry)) return [];
     const path = join(dir, entry);
-    return statSync(path).isDirectory() ? listFiles(path, `${prefix}${entry}/`) : [`${prefix}${entry}`];
+    return statSync(path).isDirectory() ? listFiles(path, skip, `${prefix}${entry}/`) : [`${prefix}${entry}`];
   });
 }

@@ -4,14 +4,13 @@
  * addon kept out of the bundle by `serverExternalPackages`). Each goes through the connect flow
  * with the Attio sandbox to a credential served by `getCredential`, so neither can rot.
  */
-import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { currentPlatform } from '../../lib/platform';
 import { ROOT, startLocalRegistry, type LocalRegistry } from '../support/local-registry';
-import { followUntil, startOidcProvider, type OidcProvider } from '../support/oidc';
-import { posted, redirectedTo } from '../helpers';
-import { allowOnSandboxPage, connectWithoutJavaScript, frameworkVersions, freePort, listFiles, runToEnd, startServer, stageExample, stopServer, undeclaredImports } from './example-apps';
+import { followUntil, startOidcProvider } from '../support/oidc';
+import { connectWithoutJavaScript, posted, redirectedTo } from '../helpers';
+import { allowOnSandboxPage, frameworkVersions, freePort, listFiles, runToEnd, startServer, stageExample, stopServer, undeclaredImports } from './example-apps';
 
 let registry: LocalRegistry;
 beforeAll(async () => {
@@ -19,11 +18,38 @@ beforeAll(async () => {
 });
 afterAll(() => registry?.close());
 
-/** oidc-provider, as the app's second provider (OIDC_ISSUER and friends, as the examples read them). */
-async function startOidcFor(appOrigin: string): Promise<{ oidc: OidcProvider; env: NodeJS.ProcessEnv }> {
-  const oidc = await startOidcProvider({ redirectUris: [`${appOrigin}/authpipe/callback/oidc`] });
-  const { scopes } = oidc.providerConfig(`${appOrigin}/authpipe/callback/oidc`);
-  return { oidc, env: { OIDC_ISSUER: oidc.issuer, OIDC_CLIENT_ID: oidc.clientId, OIDC_CLIENT_SECRET: oidc.clientSecret, OIDC_SCOPES: scopes.join(' ') } };
+/** What a test started, stopped after it, newest first (the app before its providers). */
+const running: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  for (const stop of running.splice(0).reverse()) await stop();
+});
+
+/** examples/<name>, staged and installed, with its framework versions and imports checked. */
+async function stage(name: string): Promise<string> {
+  const { dir, manifest } = await stageExample(name, registry);
+  for (const dep of frameworkVersions(manifest)) expect(dep).toMatchObject({ satisfied: true });
+  expect(undeclaredImports(name, manifest)).toEqual([]);
+  return dir;
+}
+
+/**
+ * A port for the app, and oidc-provider started as its second provider, with the settings the
+ * examples read (OIDC_ISSUER and friends).
+ */
+async function appPortWithOidc(): Promise<{ port: number; appOrigin: string; oidcEnv: NodeJS.ProcessEnv }> {
+  const port = await freePort();
+  const appOrigin = `http://127.0.0.1:${port}`;
+  const redirectUri = `${appOrigin}/authpipe/callback/oidc`;
+  const oidc = await startOidcProvider({ redirectUris: [redirectUri] });
+  running.push(() => oidc.close());
+  const { scopes } = oidc.providerConfig(redirectUri);
+  return { port, appOrigin, oidcEnv: { OIDC_ISSUER: oidc.issuer, OIDC_CLIENT_ID: oidc.clientId, OIDC_CLIENT_SECRET: oidc.clientSecret, OIDC_SCOPES: scopes.join(' ') } };
+}
+
+/** Starts the app's server process, stopped after the test. */
+async function startApp(...args: Parameters<typeof startServer>): Promise<void> {
+  const server = await startServer(...args);
+  running.push(() => stopServer(server));
 }
 
 /**
@@ -50,22 +76,10 @@ async function expectConnectedThroughApp(appOrigin: string, provider: 'attio' | 
 }
 
 describe('examples/express', () => {
-  let server: ChildProcess | undefined;
-  let oidc: OidcProvider | undefined;
-  afterAll(async () => {
-    await stopServer(server);
-    await oidc?.close();
-  });
-
   test('node server.js: the connect flow through the Express handler, with the Attio sandbox and oidc-provider, then getCredential', async () => {
-    const { dir, manifest } = await stageExample('express', registry);
-    for (const dep of frameworkVersions(manifest)) expect(dep).toMatchObject({ satisfied: true });
-    expect(undeclaredImports('express', manifest)).toEqual([]);
-    const port = await freePort();
-    const appOrigin = `http://127.0.0.1:${port}`;
-    const started = await startOidcFor(appOrigin);
-    oidc = started.oidc;
-    server = await startServer(process.execPath, ['server.js'], { cwd: dir, env: { PORT: String(port), ...started.env }, ready: /listening on/ });
+    const dir = await stage('express');
+    const { port, appOrigin, oidcEnv } = await appPortWithOidc();
+    await startApp(process.execPath, ['server.js'], { cwd: dir, env: { PORT: String(port), ...oidcEnv }, ready: /listening on/ });
 
     // The page's Connect button is a plain form (no front-end build) with a fresh connect
     // session on each load; submitted as the browser submits it, the flow returns to the page.
@@ -86,17 +100,8 @@ describe('examples/express', () => {
 });
 
 describe('examples/nextjs', () => {
-  let server: ChildProcess | undefined;
-  let oidc: OidcProvider | undefined;
-  afterAll(async () => {
-    await stopServer(server);
-    await oidc?.close();
-  });
-
   test('next build, then next start: the App Router route handler, with the Attio sandbox and oidc-provider, then getCredential', async () => {
-    const { dir, manifest } = await stageExample('nextjs', registry);
-    for (const dep of frameworkVersions(manifest)) expect(dep).toMatchObject({ satisfied: true });
-    expect(undeclaredImports('nextjs', manifest)).toEqual([]);
+    const dir = await stage('nextjs');
     const next = join(ROOT, 'node_modules', 'next', 'dist', 'bin', 'next');
     const build = await runToEnd(process.execPath, [next, 'build'], { cwd: dir, env: { NEXT_TELEMETRY_DISABLED: '1' } });
     if (build.code !== 0) throw new Error(`next build failed:\n${build.output}`);
@@ -105,17 +110,14 @@ describe('examples/nextjs', () => {
     // serverExternalPackages: the addon is required at run time, not bundled (without it,
     // Turbopack fails: a .node file "is not placeable in ESM chunks"); the route's file trace
     // still names the binary, so `output: 'standalone'` and hosts that trace files ship it.
-    const built = listFiles(join(dir, '.next', 'server'));
+    const built = listFiles(join(dir, '.next', 'server'), new Set()); // everything, node_modules included
     expect(built.filter((file) => file.endsWith('.node'))).toEqual([]);
     const trace = JSON.parse(readFileSync(join(dir, '.next', 'server', 'app', 'authpipe', '[...path]', 'route.js.nft.json'), 'utf8')) as { files: string[] };
     const platform = currentPlatform();
     expect(trace.files).toEqual(expect.arrayContaining([expect.stringContaining(`node_modules/@authpipe/node-${platform}/authpipe.${platform}.node`)]));
 
-    const port = await freePort();
-    const appOrigin = `http://127.0.0.1:${port}`;
-    const started = await startOidcFor(appOrigin);
-    oidc = started.oidc;
-    server = await startServer(process.execPath, [next, 'start', '-H', '127.0.0.1', '-p', String(port)], { cwd: dir, env: { APP_ORIGIN: appOrigin, NEXT_TELEMETRY_DISABLED: '1', ...started.env }, ready: /Ready in/ });
+    const { port, appOrigin, oidcEnv } = await appPortWithOidc();
+    await startApp(process.execPath, [next, 'start', '-H', '127.0.0.1', '-p', String(port)], { cwd: dir, env: { APP_ORIGIN: appOrigin, NEXT_TELEMETRY_DISABLED: '1', ...oidcEnv }, ready: /Ready in/ });
 
     // The page renders on the server, ConnectButton included.
     const page = await (await fetch(`${appOrigin}/`)).text();

@@ -50,19 +50,10 @@ export interface LocalRegistry {
 export async function startLocalRegistry(): Promise<LocalRegistry> {
   const { version, packages } = readPackManifest();
   const tarballs = new Map<string, Buffer>();
-  const manifests = new Map<string, Record<string, unknown> & { dist?: unknown }>();
-  for (const pkg of packages) {
-    const bytes = readFileSync(join(PACK_DIR, pkg.file));
-    tarballs.set(pkg.file, bytes);
-    manifests.set(pkg.name, { ...pkg.manifest, dist: distOf(pkg.file, bytes) });
-  }
-  for (const platform of readdirSync(join(ROOT, 'npm'))) {
-    const manifest = JSON.parse(readFileSync(join(ROOT, 'npm', platform, 'package.json'), 'utf8')) as Record<string, unknown> & { name: string };
-    if (!manifests.has(manifest.name)) manifests.set(manifest.name, { ...manifest, version, dist: { tarball: '{origin}/-/not-built-here.tgz' } });
-  }
-
+  /** Package name -> its packument (the registry's JSON for it), once the origin is known. */
+  const packuments = new Map<string, string>();
   const requested: string[] = [];
-  let origin = '';
+
   const server: Server = createServer((req, res) => {
     const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname).slice(1);
     const tarball = path.startsWith('-/') ? tarballs.get(path.slice(2)) : undefined;
@@ -71,17 +62,25 @@ export async function startLocalRegistry(): Promise<LocalRegistry> {
       return;
     }
     requested.push(path);
-    const manifest = manifests.get(path);
-    if (!manifest) {
-      res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":"not found"}');
-      return;
-    }
-    const dist = manifest.dist as { tarball: string };
-    const served = { ...manifest, dist: { ...dist, tarball: dist.tarball.replace('{origin}', origin) } };
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ name: path, 'dist-tags': { latest: version }, versions: { [version]: served } }));
+    const packument = packuments.get(path);
+    if (packument) res.writeHead(200, { 'content-type': 'application/json' }).end(packument);
+    else res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":"not found"}');
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+
+  const publish = (name: string, manifest: Record<string, unknown>) =>
+    packuments.set(name, JSON.stringify({ name, 'dist-tags': { latest: version }, versions: { [version]: manifest } }));
+  for (const pkg of packages) {
+    const bytes = readFileSync(join(PACK_DIR, pkg.file));
+    tarballs.set(pkg.file, bytes);
+    publish(pkg.name, { ...pkg.manifest, dist: distOf(`${origin}/-/${pkg.file}`, bytes) });
+  }
+  for (const platform of readdirSync(join(ROOT, 'npm'))) {
+    const manifest = JSON.parse(readFileSync(join(ROOT, 'npm', platform, 'package.json'), 'utf8')) as Record<string, unknown> & { name: string };
+    if (!packuments.has(manifest.name)) publish(manifest.name, { ...manifest, version, dist: { tarball: `${origin}/-/not-built-here.tgz` } });
+  }
+
   return {
     url: `${origin}/`,
     requested,
@@ -89,9 +88,9 @@ export async function startLocalRegistry(): Promise<LocalRegistry> {
   };
 }
 
-function distOf(file: string, bytes: Buffer) {
+function distOf(tarball: string, bytes: Buffer) {
   return {
-    tarball: `{origin}/-/${file}`,
+    tarball,
     shasum: createHash('sha1').update(bytes).digest('hex'),
     integrity: `sha512-${createHash('sha512').update(bytes).digest('base64')}`,
   };
