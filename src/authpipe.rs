@@ -9,12 +9,12 @@ use crate::convert::{
     SessionOutput, StartConnectInput, StartedOutput, StatsOutput, TenantDeletionOutput,
 };
 use crate::generation_pages::{page_buffer, PageBuffer};
-use authpipe_core::client::{encode_cursor, Client, ListFilter};
-use authpipe_core::connect::{Callback, Revocation, StartRequest};
-use authpipe_core::engine::DevKeyNotice;
-use authpipe_core::engine::RefreshReason;
-use authpipe_core::ids::{ConnectionKey, TenantId, UserId};
-use authpipe_core::providers::CallbackMethod;
+use authpipe_core::CallbackMethod;
+use authpipe_core::DevKeyNotice;
+use authpipe_core::RefreshReason;
+use authpipe_core::{encode_cursor, Client, ListFilter};
+use authpipe_core::{Callback, Revocation, StartRequest};
+use authpipe_core::{ConnectionKey, TenantId, UserId};
 use authpipe_core::{Error, ErrorCode};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Env;
@@ -339,7 +339,7 @@ impl NativeAuthpipe {
 
     #[napi]
     pub async fn delete_tenant(&self, tenant_id: String) -> napi::Result<TenantDeletionOutput> {
-        let tenant = authpipe_core::ids::TenantId::parse(tenant_id).napi()?;
+        let tenant = authpipe_core::TenantId::parse(tenant_id).napi()?;
         self.client()?
             .engine()
             .delete_tenant(&tenant)
@@ -389,7 +389,7 @@ impl NativeAuthpipe {
     pub fn subscribe(&self, listener: EventListener) -> napi::Result<()> {
         let mut receiver = self.client()?.engine().subscribe();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let deliver = move |event: authpipe_core::events::Event| {
+        let deliver = move |event: authpipe_core::Event| {
             listener.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking);
         };
         let task = napi::bindgen_prelude::spawn(async move {

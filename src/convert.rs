@@ -1,12 +1,12 @@
 //! JS shapes in and out of the binding, and core errors into JS errors. Only conversions live
 //! here: every rule about what is valid belongs to `authpipe-core`.
 
-use authpipe_core::client::Client;
-use authpipe_core::engine::input::{ImportFields, ImportRequest};
-use authpipe_core::engine::{Credential, EngineStats, Rotation};
 use authpipe_core::records::ConnectionRecord;
 use authpipe_core::store::TenantDeletion;
+use authpipe_core::Client;
+use authpipe_core::{Credential, EngineStats, Rotation};
 use authpipe_core::{Error, ErrorCode};
+use authpipe_core::{ImportFields, ImportRequest};
 use napi_derive::napi;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -322,8 +322,8 @@ pub struct EventOutput {
     pub next_retry_at: Option<f64>,
 }
 
-impl From<authpipe_core::events::Event> for EventOutput {
-    fn from(e: authpipe_core::events::Event) -> Self {
+impl From<authpipe_core::Event> for EventOutput {
+    fn from(e: authpipe_core::Event) -> Self {
         Self {
             kind: e.kind.as_str().to_owned(),
             provider: e.key.provider.to_string(),
@@ -347,8 +347,8 @@ pub struct HealthOutput {
     pub by_provider: std::collections::HashMap<String, std::collections::HashMap<String, u32>>,
 }
 
-impl From<authpipe_core::engine::Health> for HealthOutput {
-    fn from(h: authpipe_core::engine::Health) -> Self {
+impl From<authpipe_core::Health> for HealthOutput {
+    fn from(h: authpipe_core::Health) -> Self {
         let count = |m: std::collections::BTreeMap<String, u64>| {
             m.into_iter().map(|(k, v)| (k, v as u32)).collect()
         };

@@ -8,7 +8,7 @@
 //! same page, so we create the views ourselves. The page stays alive until the last view is
 //! collected: each view's finalizer owns an `Arc` to it.
 
-use authpipe_core::generations::{GenerationPage, PAGE_SLOTS};
+use authpipe_core::{GenerationPage, PAGE_SLOTS};
 use napi::bindgen_prelude::{ToNapiValue, TypeName, ValidateNapiValue};
 use napi::{sys, Env, ValueType};
 use napi_derive::napi;

@@ -7,10 +7,10 @@ mod convert;
 mod generation_pages;
 
 use authpipe::NativeAuthpipe;
-use authpipe_core::client::{Client, Connector};
-use authpipe_core::engine::{open_shared, EngineOptions, MasterKeySource, StoreLocation};
-use authpipe_core::providers::Catalog;
-use authpipe_core::vault::MasterKeyConfig;
+use authpipe_core::Catalog;
+use authpipe_core::MasterKeyConfig;
+use authpipe_core::{open_shared, EngineOptions, MasterKeySource, StoreLocation};
+use authpipe_core::{Client, Connector};
 use convert::{IntoNapi, OpenInput};
 use napi_derive::napi;
 use secrecy::SecretString;
@@ -100,7 +100,7 @@ fn options(
 #[napi(catch_unwind)]
 pub fn check_options(input: OpenInput) -> napi::Result<()> {
     let (options, providers, _) = options(input).napi()?;
-    authpipe_core::engine::check_options(&options).napi()?;
+    authpipe_core::check_options(&options).napi()?;
     Catalog::check(&providers).napi()
 }
 
@@ -108,7 +108,7 @@ pub fn check_options(input: OpenInput) -> napi::Result<()> {
 #[napi]
 pub async fn open(input: OpenInput) -> napi::Result<NativeAuthpipe> {
     let (options, providers, connector) = options(input).napi()?;
-    let http = authpipe_core::connect::http::client(connector.timeout).napi()?;
+    let http = authpipe_core::http_client(connector.timeout).napi()?;
     let catalog = Catalog::discover(providers, &http).await.napi()?;
     let opened = open_shared(options).await.napi()?;
     let connector = Connector::new(

@@ -2,7 +2,8 @@
 //! times and error codes, never a secret.
 
 use crate::ids::ConnectionKey;
-use crate::records::{ConnectionStatus, LastError};
+use crate::records::{ConnectionRecord, ConnectionStatus, LastError};
+use tokio::sync::broadcast;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -56,5 +57,39 @@ impl Event {
             attempt: None,
             next_retry_at: None,
         }
+    }
+}
+
+impl Event {
+    /// An event about `record` as it stands: its status, expiry and last error.
+    pub fn about(kind: EventKind, record: &ConnectionRecord, at: i64) -> Self {
+        let mut event = Self::new(kind, &record.key, at);
+        event.status = Some(record.status);
+        event.expires_at = record.expires_at;
+        event.error = record.last_error.clone();
+        event
+    }
+}
+
+/// Events buffered per subscriber before a slow one starts missing them.
+const EVENT_BUFFER: usize = 4096;
+
+/// Where an engine's events go: every subscribed instance gets each one.
+pub struct EventBus(broadcast::Sender<Event>);
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self(broadcast::channel(EVENT_BUFFER).0)
+    }
+}
+
+impl EventBus {
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.0.subscribe()
+    }
+
+    /// Sends to the subscribers there are (none is fine).
+    pub fn emit(&self, event: Event) {
+        let _ = self.0.send(event);
     }
 }

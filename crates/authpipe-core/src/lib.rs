@@ -2,39 +2,65 @@
 //! cache that serves credentials without I/O. Plain Rust with no Node types, so it is tested
 //! with `cargo test` alone; the napi binding at the repository root only converts.
 //!
-//! Map of the crate, one concern per module:
+//! Map of the crate, one concern per module, each depending only on those below it:
 //!
-//! | module        | owns                                                                  |
-//! |---------------|-----------------------------------------------------------------------|
-//! | [`ids`]       | validated tenant, user, provider and secret ids                       |
-//! | [`records`]   | what the store persists (secret fields already sealed)                |
-//! | [`vault`]     | master keyring, per-tenant data keys, the sealed record format        |
-//! | [`store`]     | the `Store` trait (records, leases, change feed); SQLite, PostgreSQL  |
-//! | [`cache`]     | sealed connections in memory, and [`generations`] for the JS memo     |
-//! | [`scheduler`] | one timer queue per engine: memo invalidation, refreshes, probes      |
-//! | [`maintenance`] | refresh timing and backoff (the procedures: `engine/maintain.rs`)   |
-//! | [`events`]    | connection events broadcast to every instance                          |
-//! | [`providers`] | provider definitions (endpoints, quirks) and the app's settings        |
-//! | [`connect`]   | the connect flow: PKCE, state, callback, code exchange, identity, revoke |
-//! | [`engine`]    | ties store, vault and cache together; one per store per process;     |
-//! |               | refreshes and probes under store leases, follows other processes     |
-//! | [`client`]    | one `new Authpipe()`: an engine plus that instance's configuration   |
-//! | [`error`]     | `Error` with a stable `ErrorCode`                                     |
+//! | module          | owns                                                                   |
+//! |-----------------|------------------------------------------------------------------------|
+//! | `client`        | one `new Authpipe()`: an engine plus that instance's [`Connector`]     |
+//! | `connect`       | the connect flow: state, callback phases, sessions, deletion + revoke  |
+//! | `engine`        | ties store, vault and cache together; one per store per process;       |
+//! |                 | serves credentials, refreshes (`engine/refresh/`) and probes           |
+//! |                 | (`engine/probe.rs`) under store leases, follows other processes        |
+//! | `protocol`      | OAuth on the wire: authorize URL, code exchange, refresh grant,        |
+//! |                 | identity probe, revocation, the HTTP client (no engine, no store)      |
+//! | `providers`     | provider definitions (endpoints, quirks) and the app's settings        |
+//! | `input`         | what callers hand the engine (imports), validated                       |
+//! | `events`        | connection events, broadcast to every instance                          |
+//! | `scheduler`     | one timer queue per engine: memo invalidation, refreshes, probes        |
+//! | `maintenance`   | refresh timing and backoff                                             |
+//! | `cache`         | sealed connections in memory, and `generations` for the JS memo        |
+//! | [`store`]       | the `Store` trait (records, leases, change feed); SQLite, PostgreSQL   |
+//! | `vault`         | master keyring, per-tenant data keys, the sealed record format         |
+//! | [`records`]     | what the store persists (secret fields already sealed)                 |
+//! | `ids`, `error`  | validated ids; [`Error`] with a stable [`ErrorCode`]                    |
+//!
+//! The modules are private: what callers use is re-exported here. `store` and `records` stay
+//! public as modules, since a store implementation (and its conformance tests) speaks them.
 
-pub mod cache;
-pub mod client;
-pub mod clock;
-pub mod connect;
-pub mod engine;
-pub mod error;
-pub mod events;
-pub mod generations;
-pub mod ids;
-pub mod maintenance;
-pub mod providers;
+#![forbid(unsafe_code)]
+
+mod cache;
+mod client;
+mod clock;
+mod connect;
+mod engine;
+mod error;
+mod events;
+mod generations;
+mod ids;
+mod input;
+mod maintenance;
+mod protocol;
+mod providers;
 pub mod records;
-pub mod scheduler;
+mod scheduler;
 pub mod store;
-pub mod vault;
+mod vault;
 
+pub use client::{encode_cursor, Client, ListFilter, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use connect::{Callback, Deletion, Revocation, SessionGrant, StartRequest, Started};
+pub use engine::{
+    check_options, open_shared, open_unshared, ConnectionPage, ConnectionSecrets, Credential,
+    DevKeyNotice, Engine, EngineOptions, EngineStats, Health, MasterKeySource, Opened,
+    RefreshReason, Rotation, StoreLocation,
+};
 pub use error::{Error, ErrorCode, Result};
+pub use events::{Event, EventKind};
+pub use generations::{GenerationPage, PAGE_SLOTS};
+pub use ids::{ConnectionKey, ProviderId, SecretName, TenantId, UserId};
+pub use input::{ImportFields, ImportRequest, ImportedCredential};
+pub use protocol::http::client as http_client;
+pub use protocol::Connector;
+pub use providers::{CallbackMethod, Catalog, ProviderSettings};
+pub use vault::MasterKeyConfig;

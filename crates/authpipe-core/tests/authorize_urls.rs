@@ -3,10 +3,10 @@
 
 mod common;
 
-use authpipe_core::client::{Client, Connector};
-use authpipe_core::connect::{http, StartRequest};
-use authpipe_core::ids::ConnectionKey;
-use authpipe_core::providers::Catalog;
+use authpipe_core::Catalog;
+use authpipe_core::ConnectionKey;
+use authpipe_core::StartRequest;
+use authpipe_core::{Client, Connector};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,7 +31,7 @@ async fn client() -> Client {
         settings.insert(id.to_owned(), s);
     }
     let catalog = Catalog::from_settings(&settings).unwrap();
-    let http = http::client(Duration::from_secs(5)).unwrap();
+    let http = authpipe_core::http_client(Duration::from_secs(5)).unwrap();
     Client::new(
         engine,
         Connector::new(catalog, http, Duration::from_secs(10), 4, None),

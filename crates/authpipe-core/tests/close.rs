@@ -5,13 +5,12 @@
 
 mod common;
 
-use authpipe_core::client::{Client, Connector};
-use authpipe_core::connect::http;
-use authpipe_core::engine::input::{ImportFields, ImportRequest};
-use authpipe_core::engine::RefreshReason;
-use authpipe_core::ids::ConnectionKey;
-use authpipe_core::providers::Catalog;
 use authpipe_core::records::ConnectionStatus;
+use authpipe_core::Catalog;
+use authpipe_core::ConnectionKey;
+use authpipe_core::RefreshReason;
+use authpipe_core::{Client, Connector};
+use authpipe_core::{ImportFields, ImportRequest};
 use secrecy::SecretString;
 use serde_json::json;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,7 +24,7 @@ async fn a_closed_client_starts_no_refresh_while_its_settings_are_still_held() {
     // the connection.
     let connector = Connector::new(
         catalog,
-        http::client(Duration::from_secs(2)).unwrap(),
+        authpipe_core::http_client(Duration::from_secs(2)).unwrap(),
         Duration::from_secs(2),
         4,
         None,

@@ -2,7 +2,7 @@
 
 mod processes;
 
-use authpipe_core::engine::open_unshared;
+use authpipe_core::open_unshared;
 use authpipe_core::ErrorCode;
 use processes::{conn, eventually, import, key, token, Backend, HeldFeed, K1};
 use std::time::Duration;

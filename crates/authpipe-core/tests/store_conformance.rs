@@ -3,7 +3,6 @@
 //! uses its own schema and drops it. Without a reachable server the PostgreSQL half is skipped,
 //! except under CI, where it must run.
 
-use authpipe_core::ids::{ConnectionKey, ProviderId, SecretName, TenantId};
 use authpipe_core::records::{
     ConnectionRecord, ConnectionStatus, CredentialKind, FlowRecord, MasterKeyRecord,
     ProviderAccount, Sealed, SecretRecord, SessionRecord, TenantKeyRecord,
@@ -15,6 +14,7 @@ use authpipe_core::store::{
     ENDED_RETENTION_MS, MAX_PENDING_FLOWS_PER_USER,
 };
 use authpipe_core::ErrorCode;
+use authpipe_core::{ConnectionKey, ProviderId, SecretName, TenantId};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -394,7 +394,7 @@ async fn conformance(store: Arc<dyn Store>) {
     let session = SessionRecord {
         token_hash: "s1".into(),
         tenant: TenantId::parse("t1").unwrap(),
-        user: authpipe_core::ids::UserId::parse("u1").unwrap(),
+        user: authpipe_core::UserId::parse("u1").unwrap(),
         providers: vec!["attio".into()],
         created_at: 1,
         expires_at: 2,

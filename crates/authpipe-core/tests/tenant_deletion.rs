@@ -4,13 +4,13 @@
 
 mod processes;
 
-use authpipe_core::client::{Client, Connector};
-use authpipe_core::connect::{http, Callback, StartRequest};
-use authpipe_core::engine::{open_unshared, Engine, RefreshReason};
-use authpipe_core::ids::{ConnectionKey, ProviderId, SecretName, UserId};
-use authpipe_core::providers::Catalog;
 use authpipe_core::store::{FlowTake, SecretKey};
+use authpipe_core::Catalog;
 use authpipe_core::ErrorCode;
+use authpipe_core::{open_unshared, Engine, RefreshReason};
+use authpipe_core::{Callback, StartRequest};
+use authpipe_core::{Client, Connector};
+use authpipe_core::{ConnectionKey, ProviderId, SecretName, UserId};
 use processes::{all_open, conn, eventually, import, key, tenant, token, Backend, HeldFeed, K1};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn client(engine: Arc<Engine>, settings: serde_json::Value) -> Client {
     let catalog = Catalog::from_settings(settings.as_object().unwrap()).unwrap();
-    let http = http::client(Duration::from_secs(5)).unwrap();
+    let http = authpipe_core::http_client(Duration::from_secs(5)).unwrap();
     Client::new(
         engine,
         Connector::new(catalog, http, Duration::from_secs(10), 4, None),

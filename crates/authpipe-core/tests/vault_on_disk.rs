@@ -1,11 +1,11 @@
 //! The vault's guarantees against someone with write access to the store file: moved, altered
 //! or restored ciphertexts fail to decrypt, with the right error, even with the master key.
 
-use authpipe_core::engine::input::{ImportFields, ImportRequest};
-use authpipe_core::engine::{open_shared, Engine, EngineOptions, MasterKeySource, StoreLocation};
-use authpipe_core::ids::{ConnectionKey, TenantId};
-use authpipe_core::vault::MasterKeyConfig;
 use authpipe_core::ErrorCode;
+use authpipe_core::MasterKeyConfig;
+use authpipe_core::{open_shared, Engine, EngineOptions, MasterKeySource, StoreLocation};
+use authpipe_core::{ConnectionKey, TenantId};
+use authpipe_core::{ImportFields, ImportRequest};
 use rusqlite::Connection;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::Path;

@@ -9,7 +9,7 @@ use crate::ids::ConnectionKey;
 use crate::records::ConnectionRecord;
 use crate::store::{Change, ChangeFeed};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -27,6 +27,16 @@ impl Drop for FollowTask {
 
 /// How many recent follow lags [`Lags`] keeps.
 pub const LAG_SAMPLES: usize = 4096;
+
+/// What following has done, for `stats()`.
+#[derive(Default)]
+pub(super) struct FollowStats {
+    /// Cache entries changed because another process changed the store.
+    pub remote_changes: AtomicU64,
+    /// Full reloads after the change feed may have missed changes.
+    pub resyncs: AtomicU64,
+    pub lags: Lags,
+}
 
 /// The most recent lags between another process's write and our cache update (ms).
 #[derive(Default)]
@@ -158,7 +168,7 @@ impl Engine {
                 self.follow_stored(&entry.record.key, None);
             }
         }
-        self.resyncs.fetch_add(1, Ordering::Relaxed);
+        self.follow_stats.resyncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -184,23 +194,26 @@ impl Engine {
                     .as_ref()
                     .is_some_and(|b| b.record.credential != record.credential)
                 {
-                    self.retries.remove(&key.cache_key());
+                    self.refreshes.succeeded(key);
                 }
                 let after = self.cache_put_from(record, super::Refresher::Elsewhere);
                 let changed = before.is_none_or(|b| !Arc::ptr_eq(&b, &after));
                 if changed {
-                    self.follow_lags
+                    self.follow_stats
+                        .lags
                         .record((self.now_ms() - written_at).max(0) as u64);
                 }
                 changed
             }
             None => {
-                self.retries.remove(&key.cache_key());
+                self.refreshes.succeeded(key);
                 self.cache.remove(key)
             }
         };
         if changed {
-            self.remote_changes.fetch_add(1, Ordering::Relaxed);
+            self.follow_stats
+                .remote_changes
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }

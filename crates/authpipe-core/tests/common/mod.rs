@@ -1,7 +1,7 @@
 //! What the integration tests share.
 
-use authpipe_core::engine::{open_shared, Engine, EngineOptions, MasterKeySource, StoreLocation};
-use authpipe_core::vault::MasterKeyConfig;
+use authpipe_core::MasterKeyConfig;
+use authpipe_core::{open_shared, Engine, EngineOptions, MasterKeySource, StoreLocation};
 use secrecy::SecretString;
 use std::sync::Arc;
 

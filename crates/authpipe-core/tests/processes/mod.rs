@@ -7,9 +7,6 @@
 #![allow(dead_code)] // each test file uses its own part
 
 use async_trait::async_trait;
-use authpipe_core::engine::input::{ImportFields, ImportRequest};
-use authpipe_core::engine::{open_unshared, Engine};
-use authpipe_core::ids::{ConnectionKey, TenantId};
 use authpipe_core::records::{
     ConnectionRecord, FlowRecord, MasterKeyRecord, SecretRecord, SessionRecord, TenantKeyRecord,
 };
@@ -19,8 +16,11 @@ use authpipe_core::store::{
     Change, ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
     TenantDeletion,
 };
-use authpipe_core::vault::MasterKeyConfig;
+use authpipe_core::MasterKeyConfig;
 use authpipe_core::Result;
+use authpipe_core::{open_unshared, Engine};
+use authpipe_core::{ConnectionKey, TenantId};
+use authpipe_core::{ImportFields, ImportRequest};
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::sync::Arc;

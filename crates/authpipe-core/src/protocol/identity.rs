@@ -10,7 +10,6 @@ use crate::records::ProviderAccount;
 use reqwest::header::AUTHORIZATION;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
-use url::Url;
 use zeroize::Zeroizing;
 
 /// What the probe found.
@@ -32,11 +31,12 @@ fn text(value: Option<&Value>) -> Option<String> {
     }
 }
 
-/// Calls the probe at `url` (already filled from the connection's values).
+/// Calls the provider's identity probe, its URL filled from `values` (the connection's stored
+/// extras, or what the callback and token response supplied).
 pub async fn probe(
     http_client: &reqwest::Client,
     provider: &Provider,
-    url: Url,
+    values: &[&Map<String, Value>],
     access_token: &SecretString,
 ) -> Result<Identity> {
     let probe = provider
@@ -44,6 +44,11 @@ pub async fn probe(
         .identity
         .as_ref()
         .ok_or_else(|| Error::internal("no identity probe"))?;
+    let url = provider
+        .definition
+        .fill("identity.url", &probe.url, &|name| {
+            provider.template_value(values, name)
+        })?;
     let purpose = format!("{} identity endpoint", provider.definition.display_name);
     let answer: Answer = match probe.style {
         ProbeStyle::Bearer => {

@@ -1,0 +1,292 @@
+//! Health probes: the provider's identity probe, run on a schedule (one process per interval,
+//! under a store lease as long as the interval) or on demand with `checkConnection()`, decides
+//! whether a connection is alive (`revoked` otherwise) and still has its required scopes.
+
+use super::Engine;
+use crate::error::{ErrorCode, Result};
+use crate::events::{Event, EventKind};
+use crate::ids::ConnectionKey;
+use crate::maintenance;
+use crate::protocol::identity;
+use crate::providers::Provider;
+use crate::records::{ConnectionRecord, ConnectionStatus, CredentialKind, LastError};
+use crate::scheduler::Job;
+use crate::store::{Lease, LeasePurpose, LeaseTake};
+use dashmap::DashMap;
+
+/// Connections with a scheduled probe under way in this process.
+#[derive(Default)]
+pub(super) struct Probes(DashMap<String, ()>);
+
+impl Probes {
+    /// This connection's turn to be probed, unless a probe of it is under way already.
+    fn start(&self, key: &ConnectionKey) -> Option<ProbeTurn<'_>> {
+        let cache_key = key.cache_key();
+        self.0
+            .insert(cache_key.clone(), ())
+            .is_none()
+            .then(|| ProbeTurn(self, cache_key))
+    }
+}
+
+/// Marks a scheduled probe of a connection as under way while alive.
+struct ProbeTurn<'a>(&'a Probes, String);
+
+impl Drop for ProbeTurn<'_> {
+    fn drop(&mut self) {
+        (self.0).0.remove(&self.1);
+    }
+}
+
+impl Engine {
+    /// Schedules the next health probe of a connection, spread over the interval by its key.
+    pub(super) fn schedule_check(&self, record: &ConnectionRecord) {
+        let Some(connector) = self.connector() else {
+            return;
+        };
+        let Some(interval) = connector.health_interval_ms else {
+            return;
+        };
+        // Only connections Authpipe can speak for: OAuth, of a provider the app configured.
+        let probe = connector
+            .catalog
+            .get(&record.key.provider)
+            .is_some_and(|p| p.definition.identity.is_some() && p.require_client().is_ok());
+        if !probe
+            || record.kind != CredentialKind::OAuth2
+            || record.status == ConnectionStatus::Revoked
+        {
+            return;
+        }
+        let due = match record.last_check_at {
+            Some(last) => last + interval,
+            // First probe: a stable offset inside the interval, so probes spread evenly.
+            None => {
+                self.now_ms() + (spread(&record.key.cache_key()) % interval.max(1) as u64) as i64
+            }
+        };
+        self.scheduler.at(due, Job::Check(record.key.cache_key()));
+    }
+
+    /// A scheduled probe: run by whichever process takes the connection's probe lease for
+    /// this interval; the others skip it, and learn its result through the change feed.
+    pub(super) async fn scheduled_check(&self, key: &ConnectionKey, interval: i64) -> Result<()> {
+        // One probe per connection at a time in this process (jobs for the same moment pile up;
+        // the lease would let them all through, since it is ours).
+        let Some(_probing) = self.probes.start(key) else {
+            return Ok(());
+        };
+        let now = self.now_ms();
+        let lease = Lease {
+            key,
+            purpose: LeasePurpose::Check,
+            owner: &self.owner,
+            until: now + interval,
+        };
+        match self.store.try_lease(lease, now).await? {
+            LeaseTake::Acquired => {
+                let record = self.load(key).await?;
+                let probed_meanwhile = record
+                    .last_check_at
+                    .is_some_and(|last| now - last < interval / 2);
+                // A token about to be refreshed says little; its refresh will tell, and the
+                // probe comes after it (the refreshed record schedules it).
+                let refreshing =
+                    record.refresh_token.is_some() && maintenance::is_stale(&record, now);
+                if refreshing {
+                    let _ = self
+                        .store
+                        .release_lease(key, LeasePurpose::Check, &self.owner)
+                        .await;
+                } else if !probed_meanwhile {
+                    self.check(key).await?;
+                }
+            }
+            // Should its holder die before probing, this process probes after the lease ends.
+            LeaseTake::HeldUntil(until) => {
+                self.scheduler.at(until + 1, Job::Check(key.cache_key()))
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes a connection's health now: the provider's identity probe decides whether it is
+    /// alive (`revoked` otherwise) and still has its required scopes.
+    pub async fn check(&self, key: &ConnectionKey) -> Result<ConnectionRecord> {
+        let record = self.load(key).await?;
+        let Some(connector) = self.connector() else {
+            return Ok(self.cache_put(record).record.clone());
+        };
+        let Some(provider) = connector.catalog.get(&key.provider).cloned() else {
+            return Ok(self.cache_put(record).record.clone());
+        };
+        if provider.definition.identity.is_none() || record.status == ConnectionStatus::Revoked {
+            return Ok(self.cache_put(record).record.clone());
+        }
+        let secrets = self.secrets_of(&record).await?;
+        let values = secrets.values();
+        let outcome = {
+            let _permit = connector.permit(&key.provider).await;
+            identity::probe(&connector.http, &provider, &[&values], &secrets.credential).await
+        };
+        let now = self.now_ms();
+        let Verdict {
+            status,
+            error,
+            event: kind,
+        } = verdict(
+            &record,
+            outcome,
+            Context {
+                // A token near its end may already be dead at the provider (expiry is known to
+                // the second only): "inactive" then proves nothing, and its refresh will tell.
+                near_end: maintenance::is_stale(&record, now),
+                refresh_failing: self.refreshes.failing(key),
+                provider: &provider,
+            },
+        )?;
+        let checked = |base: &ConnectionRecord| ConnectionRecord {
+            status,
+            last_error: error.clone(),
+            last_check_at: Some(now),
+            updated_at: now,
+            ..base.clone()
+        };
+        // Another writer may have got there first: a refresh, most often, which moots what the
+        // probe said of the old token. Its row stands, with the probe's time on it, so that the
+        // next probe comes an interval from now and not at once (probing again and again while
+        // refreshes keep winning). A status change found on the same token is still applied.
+        let (stored, changed_from) = match self
+            .store
+            .update_connection(checked(&record), record.version)
+            .await?
+        {
+            Some(stored) => (stored, Some(record.status)),
+            None => {
+                let newer = self.load(key).await?;
+                let applies = kind.is_some() && newer.credential == record.credential;
+                let rewritten = if applies {
+                    checked(&newer)
+                } else {
+                    ConnectionRecord {
+                        last_check_at: Some(now),
+                        updated_at: now,
+                        ..newer.clone()
+                    }
+                };
+                match self
+                    .store
+                    .update_connection(rewritten, newer.version)
+                    .await?
+                {
+                    Some(stored) => (stored, applies.then_some(newer.status)),
+                    None => (self.load(key).await?, None),
+                }
+            }
+        };
+        let stored = self.cache_put(stored).record.clone();
+        let kind = kind.filter(|_| changed_from.is_some_and(|from| from != status));
+        if let Some(kind) = kind {
+            let mut event = Event::about(kind, &stored, now);
+            event.error = error;
+            self.events.emit(event);
+        }
+        Ok(stored)
+    }
+}
+
+/// A stable spread of keys over an interval (FNV-1a).
+fn spread(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// What a probe's answer means for a connection.
+#[derive(Debug, PartialEq)]
+pub(super) struct Verdict {
+    pub status: ConnectionStatus,
+    pub error: Option<LastError>,
+    /// The event to emit if the status changes.
+    pub event: Option<EventKind>,
+}
+
+/// What besides the answer decides a verdict.
+pub(super) struct Context<'a> {
+    /// The token is past its stale point: an "inactive" answer may only mean it expired.
+    pub near_end: bool,
+    /// Its last refresh failed: a live identity does not make it active again (the refresh
+    /// will, when it succeeds).
+    pub refresh_failing: bool,
+    pub provider: &'a Provider,
+}
+
+/// The probe's state machine: alive with the required scopes is `active`; dead is `revoked`;
+/// alive without a required scope is `insufficient_scope`; an unreachable or failing provider
+/// is `degraded` (the token stays in service). A configuration error is ours, not the
+/// connection's, and is returned.
+pub(super) fn verdict(
+    record: &ConnectionRecord,
+    outcome: Result<identity::Identity>,
+    context: Context<'_>,
+) -> Result<Verdict> {
+    let unchanged = || Verdict {
+        status: record.status,
+        error: record.last_error.clone(),
+        event: None,
+    };
+    let provider = context.provider;
+    Ok(match outcome {
+        Ok(identity) if !identity.active && context.near_end => unchanged(),
+        Ok(identity) if !identity.active => Verdict {
+            status: ConnectionStatus::Revoked,
+            error: Some(LastError {
+                code: "inactive".into(),
+                message: format!(
+                    "{} reports the token inactive (revoked or uninstalled)",
+                    provider.definition.display_name
+                ),
+            }),
+            event: Some(EventKind::Revoked),
+        },
+        Ok(identity) => {
+            let missing = identity
+                .scopes
+                .as_deref()
+                .map(|granted| provider.missing_scopes(granted))
+                .unwrap_or_default();
+            if !missing.is_empty() {
+                Verdict {
+                    status: ConnectionStatus::InsufficientScope,
+                    error: Some(LastError {
+                        code: ErrorCode::InsufficientScope.as_str().into(),
+                        message: format!(
+                            "the connection lost required scope(s) {}",
+                            missing.join(", ")
+                        ),
+                    }),
+                    event: Some(EventKind::Degraded),
+                }
+            } else if context.refresh_failing {
+                unchanged()
+            } else {
+                let recovered = record.status != ConnectionStatus::Active;
+                Verdict {
+                    status: ConnectionStatus::Active,
+                    error: None,
+                    event: recovered.then_some(EventKind::Recovered),
+                }
+            }
+        }
+        // Our configuration, not the connection's health.
+        Err(e) if e.code == ErrorCode::InvalidArgument => return Err(e),
+        Err(e) => Verdict {
+            status: ConnectionStatus::Degraded,
+            error: Some(LastError {
+                code: e.code.as_str().into(),
+                message: e.message,
+            }),
+            event: (record.status == ConnectionStatus::Active).then_some(EventKind::Degraded),
+        },
+    })
+}

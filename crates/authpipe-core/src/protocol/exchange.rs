@@ -1,0 +1,66 @@
+//! Redeeming an authorization code at the token endpoint (RFC 6749 §4.1.3).
+
+use super::http::{self, ClientCredentials};
+use super::token::{self, TokenSet};
+use crate::error::{Error, ErrorCode, Result};
+use crate::providers::Provider;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+
+/// What a code exchange sends besides the client's credentials.
+pub struct CodeGrant<'a> {
+    pub code: &'a str,
+    pub redirect_uri: &'a str,
+    pub verifier: Option<&'a SecretString>,
+    /// Values the provider sent with the callback, for the token URL's template (Zoho's
+    /// `accounts-server`).
+    pub callback_values: &'a Map<String, Value>,
+}
+
+/// Exchanges the code, once: a refusal is `CODE_EXCHANGE_FAILED`, anything else unexpected
+/// `PROVIDER_ERROR`.
+pub async fn exchange_code(
+    http_client: &reqwest::Client,
+    provider: &Provider,
+    grant: CodeGrant<'_>,
+) -> Result<TokenSet> {
+    let definition = &provider.definition;
+    let token_url = definition.fill("tokenUrl", &definition.token_url, &|name| {
+        provider.template_value(&[grant.callback_values], name)
+    })?;
+    let (client_id, client_secret) = provider.require_client()?;
+    let credentials = ClientCredentials {
+        auth: definition.client_auth,
+        id: client_id,
+        secret: client_secret,
+    };
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", grant.code),
+        ("redirect_uri", grant.redirect_uri),
+    ];
+    if let Some(v) = grant.verifier {
+        form.push(("code_verifier", v.expose_secret()));
+    }
+    let purpose = format!("{} token endpoint", definition.display_name);
+    let answer = http::post_form(http_client, &purpose, token_url, form, &credentials).await?;
+    let refused = (400..500)
+        .contains(&answer.status)
+        .then(|| http::oauth_error(&answer))
+        .flatten();
+    match answer.json_object() {
+        Some(body) if answer.is_success() => token::parse(definition, &body),
+        _ if refused.is_some() => Err(Error::new(
+            ErrorCode::CodeExchangeFailed,
+            format!(
+                "the {purpose} refused the authorization code: {}",
+                refused.unwrap_or_default()
+            ),
+        )),
+        None if answer.is_success() => Err(Error::new(
+            ErrorCode::ProviderError,
+            format!("the {purpose} answered with something that is not JSON"),
+        )),
+        _ => Err(http::unexpected(&purpose, &answer)),
+    }
+}

@@ -1,0 +1,82 @@
+//! Token revocation (RFC 7009), where the provider has an endpoint for it.
+
+use super::http::{self, ClientCredentials};
+use crate::error::Result;
+use crate::providers::definition::TokenIn;
+use crate::providers::Provider;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+
+/// What a revocation at the provider came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revocation {
+    /// The provider confirmed (RFC 7009: 200 also for an already invalid token).
+    Revoked,
+    /// The provider has no revocation endpoint (Attio, Copper, Microsoft).
+    NotSupported,
+    /// No client credentials are configured, so it could not be attempted.
+    NotAttempted,
+    /// The provider did not confirm; the message says why. The local copy is deleted anyway.
+    Failed(String),
+}
+
+impl Revocation {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::NotSupported => "not_supported",
+            Self::NotAttempted => "not_attempted",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The tokens of the grant to revoke.
+pub struct GrantTokens<'a> {
+    pub access_token: &'a SecretString,
+    pub refresh_token: Option<&'a SecretString>,
+    /// The connection's stored extras, for the revocation URL's template.
+    pub values: &'a Map<String, Value>,
+}
+
+/// Revokes the grant: its refresh token, or the access token if it has none (RFC 7009 §2.1).
+pub async fn revoke(
+    http_client: &reqwest::Client,
+    provider: &Provider,
+    tokens: GrantTokens<'_>,
+) -> Result<Revocation> {
+    let definition = &provider.definition;
+    let Some(revoke) = &definition.revoke else {
+        return Ok(Revocation::NotSupported);
+    };
+    let Ok((client_id, client_secret)) = provider.require_client() else {
+        return Ok(Revocation::NotAttempted);
+    };
+    let mut url = definition.fill("revoke.url", &revoke.url, &|name| {
+        provider.template_value(&[tokens.values], name)
+    })?;
+    let (token, hint) = match tokens.refresh_token {
+        Some(rt) => (rt, "refresh_token"),
+        None => (tokens.access_token, "access_token"),
+    };
+    let mut form = vec![("token_type_hint", hint)];
+    match revoke.token_in {
+        TokenIn::Body => form.push(("token", token.expose_secret())),
+        TokenIn::Query => {
+            url.query_pairs_mut()
+                .append_pair("token", token.expose_secret());
+        }
+    }
+    let purpose = format!("{} revocation endpoint", definition.display_name);
+    let credentials = ClientCredentials {
+        auth: definition.client_auth,
+        id: client_id,
+        secret: client_secret,
+    };
+    let answer = http::post_form(http_client, &purpose, url, form, &credentials).await?;
+    Ok(if answer.is_success() {
+        Revocation::Revoked
+    } else {
+        Revocation::Failed(http::unexpected(&purpose, &answer).message)
+    })
+}
