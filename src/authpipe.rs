@@ -11,11 +11,12 @@ use crate::convert::{
 use crate::generation_pages::{page_buffer, PageBuffer};
 use authpipe_core::CallbackMethod;
 use authpipe_core::DevKeyNotice;
-use authpipe_core::RefreshReason;
 use authpipe_core::{encode_cursor, Client, ListFilter};
 use authpipe_core::{Callback, Revocation, StartRequest};
 use authpipe_core::{ConnectionKey, TenantId, UserId};
 use authpipe_core::{Error, ErrorCode};
+use authpipe_core::{Lookup, RefreshReason};
+use napi::bindgen_prelude::{Either, PromiseRaw};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Env;
 use napi_derive::napi;
@@ -83,43 +84,39 @@ impl NativeAuthpipe {
         })
     }
 
-    /// Serves a credential from the cache, or `null` when only the store can answer.
-    #[napi(catch_unwind)]
-    pub fn cached_credential(
+    /// Serves a credential: at once from the cache, or (a miss: a stale token, or nothing
+    /// cached) as a promise that reads the store or waits for the refresh. One call either way,
+    /// so a miss validates the ids and looks at the cache once.
+    #[napi(
+        catch_unwind,
+        ts_return_type = "CredentialOutput | Promise<CredentialOutput>"
+    )]
+    pub fn credential<'env>(
         &self,
+        env: &'env Env,
         provider: String,
         tenant_id: String,
         user_id: String,
-    ) -> napi::Result<Option<CredentialOutput>> {
+    ) -> napi::Result<Either<CredentialOutput, PromiseRaw<'env, CredentialOutput>>> {
         let client = self.client()?;
-        match client
-            .engine()
-            .cached_credential(&provider, &tenant_id, &user_id)
-            .napi()?
-        {
-            Some(credential) => Ok(Some(credential.into())),
-            // A miss: validate now, so bad input gets its proper error before any I/O.
-            None => client
-                .connection_key(&provider, &tenant_id, &user_id)
-                .map(|_| None)
-                .napi(),
+        let engine = client.engine().clone();
+        match engine.lookup(&provider, &tenant_id, &user_id).napi()? {
+            Lookup::Hit(credential) => Ok(Either::A(credential.into())),
+            Lookup::Pending(pending) => {
+                // Validated before any I/O, so bad input gets its proper error.
+                let key = client
+                    .connection_key(&provider, &tenant_id, &user_id)
+                    .napi()?;
+                let served = async move {
+                    engine
+                        .resolve(&key, pending)
+                        .await
+                        .map(CredentialOutput::from)
+                        .napi()
+                };
+                Ok(Either::B(env.spawn_future(served)?))
+            }
         }
-    }
-
-    #[napi]
-    pub async fn credential(
-        &self,
-        provider: String,
-        tenant_id: String,
-        user_id: String,
-    ) -> napi::Result<CredentialOutput> {
-        let (client, key) = self.connection_key(&provider, &tenant_id, &user_id)?;
-        client
-            .engine()
-            .credential(&key)
-            .await
-            .map(Into::into)
-            .napi()
     }
 
     #[napi]
@@ -237,7 +234,7 @@ impl NativeAuthpipe {
         tenant_id: String,
         user_id: String,
         providers: Option<Vec<String>>,
-        ttl_seconds: Option<u32>,
+        ttl_seconds: Option<i64>,
     ) -> napi::Result<SessionOutput> {
         let client = self.client()?;
         let tenant = TenantId::parse(tenant_id).napi()?;

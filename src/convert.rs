@@ -49,11 +49,11 @@ pub struct OpenInput {
     /// The `providers` option as JSON: provider id -> settings (custom providers included).
     pub providers: String,
     /// Timeout of each call to a provider, in milliseconds.
-    pub http_timeout_ms: Option<u32>,
+    pub http_timeout_ms: Option<i64>,
     /// Most token and probe requests in flight per provider.
-    pub provider_concurrency: Option<u32>,
+    pub provider_concurrency: Option<i64>,
     /// Interval of scheduled health probes, ms; 0 turns them off.
-    pub health_check_interval_ms: Option<f64>,
+    pub health_check_interval_ms: Option<i64>,
 }
 
 #[napi(object)]
@@ -171,7 +171,7 @@ pub struct ListInput {
     pub tenant_id: Option<String>,
     pub provider: Option<String>,
     pub status: Option<String>,
-    pub limit: Option<u32>,
+    pub limit: Option<i64>,
     pub cursor: Option<String>,
 }
 

@@ -10,24 +10,10 @@ use authpipe::NativeAuthpipe;
 use authpipe_core::Catalog;
 use authpipe_core::MasterKeyConfig;
 use authpipe_core::{open_shared, EngineOptions, MasterKeySource, StoreLocation};
-use authpipe_core::{Client, Connector};
+use authpipe_core::{Client, Connector, ConnectorOptions, ConnectorSettings};
 use convert::{IntoNapi, OpenInput};
 use napi_derive::napi;
 use secrecy::SecretString;
-use std::time::Duration;
-
-/// Default timeout of a call to a provider.
-const DEFAULT_HTTP_TIMEOUT_MS: u32 = 15_000;
-/// Default limit of concurrent calls per provider, and default health-probe interval.
-const DEFAULT_PROVIDER_CONCURRENCY: u32 = 8;
-const DEFAULT_HEALTH_CHECK_INTERVAL_MS: f64 = 3_600_000.0;
-
-/// The instance's way to providers, from its options.
-struct ConnectorOptions {
-    timeout: Duration,
-    concurrency: usize,
-    health_interval_ms: Option<i64>,
-}
 
 /// The core's view of `new Authpipe()` options; the provider settings stay JSON.
 fn options(
@@ -35,7 +21,7 @@ fn options(
 ) -> authpipe_core::Result<(
     EngineOptions,
     serde_json::Map<String, serde_json::Value>,
-    ConnectorOptions,
+    ConnectorSettings,
 )> {
     let store = StoreLocation::parse(
         input
@@ -66,25 +52,11 @@ fn options(
         }
     };
     let connector = ConnectorOptions {
-        timeout: Duration::from_millis(
-            input
-                .http_timeout_ms
-                .unwrap_or(DEFAULT_HTTP_TIMEOUT_MS)
-                .clamp(1, 120_000)
-                .into(),
-        ),
-        concurrency: input
-            .provider_concurrency
-            .unwrap_or(DEFAULT_PROVIDER_CONCURRENCY)
-            .max(1) as usize,
-        health_interval_ms: match input
-            .health_check_interval_ms
-            .unwrap_or(DEFAULT_HEALTH_CHECK_INTERVAL_MS)
-        {
-            ms if ms >= 1.0 && ms.is_finite() => Some(ms as i64),
-            _ => None,
-        },
-    };
+        http_timeout_ms: input.http_timeout_ms,
+        provider_concurrency: input.provider_concurrency,
+        health_check_interval_ms: input.health_check_interval_ms,
+    }
+    .validate()?;
     Ok((
         EngineOptions {
             store,
@@ -111,13 +83,7 @@ pub async fn open(input: OpenInput) -> napi::Result<NativeAuthpipe> {
     let http = authpipe_core::http_client(connector.timeout).napi()?;
     let catalog = Catalog::discover(providers, &http).await.napi()?;
     let opened = open_shared(options).await.napi()?;
-    let connector = Connector::new(
-        catalog,
-        http,
-        connector.timeout,
-        connector.concurrency,
-        connector.health_interval_ms,
-    );
+    let connector = Connector::new(catalog, http, connector);
     Ok(NativeAuthpipe::new(
         Client::new(opened.engine, connector),
         opened.dev_key,

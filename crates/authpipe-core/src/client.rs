@@ -22,7 +22,8 @@ pub struct ListFilter<'a> {
     pub tenant: Option<&'a str>,
     pub provider: Option<&'a str>,
     pub status: Option<&'a str>,
-    pub limit: Option<u32>,
+    /// As the caller gave it (a JS number); checked here.
+    pub limit: Option<i64>,
     pub cursor: Option<&'a str>,
 }
 
@@ -105,12 +106,15 @@ impl Client {
 
     /// A validated page request.
     pub fn list_query(&self, filter: &ListFilter<'_>) -> Result<ListQuery> {
-        let limit = filter.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-            return Err(Error::invalid_argument(format!(
-                "limit must be between 1 and {MAX_PAGE_SIZE}"
-            )));
-        }
+        let limit = match filter.limit {
+            None => DEFAULT_PAGE_SIZE,
+            Some(limit) if (1..=i64::from(MAX_PAGE_SIZE)).contains(&limit) => limit as u32,
+            Some(_) => {
+                return Err(Error::invalid_argument(format!(
+                    "limit must be between 1 and {MAX_PAGE_SIZE}"
+                )))
+            }
+        };
         let status = filter
             .status
             .map(|s| {

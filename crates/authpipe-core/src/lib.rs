@@ -52,8 +52,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use connect::{Callback, Deletion, Revocation, SessionGrant, StartRequest, Started};
 pub use engine::{
     check_options, open_shared, open_unshared, ConnectionPage, ConnectionSecrets, Credential,
-    DevKeyNotice, Engine, EngineOptions, EngineStats, Health, MasterKeySource, Opened,
-    RefreshReason, Rotation, StoreLocation,
+    DevKeyNotice, Engine, EngineOptions, EngineStats, Health, Lookup, MasterKeySource, Opened,
+    Pending, RefreshReason, Rotation, StoreLocation,
 };
 pub use error::{Error, ErrorCode, Result};
 pub use events::{Event, EventKind};
@@ -61,6 +61,6 @@ pub use generations::{GenerationPage, PAGE_SLOTS};
 pub use ids::{ConnectionKey, ProviderId, SecretName, TenantId, UserId};
 pub use input::{ImportFields, ImportRequest, ImportedCredential};
 pub use protocol::http::client as http_client;
-pub use protocol::Connector;
+pub use protocol::{Connector, ConnectorOptions, ConnectorSettings};
 pub use providers::{CallbackMethod, Catalog, ProviderSettings};
 pub use vault::MasterKeyConfig;

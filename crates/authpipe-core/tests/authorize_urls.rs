@@ -6,7 +6,7 @@ mod common;
 use authpipe_core::Catalog;
 use authpipe_core::ConnectionKey;
 use authpipe_core::StartRequest;
-use authpipe_core::{Client, Connector};
+use authpipe_core::{Client, Connector, ConnectorSettings};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -34,7 +34,15 @@ async fn client() -> Client {
     let http = authpipe_core::http_client(Duration::from_secs(5)).unwrap();
     Client::new(
         engine,
-        Connector::new(catalog, http, Duration::from_secs(10), 4, None),
+        Connector::new(
+            catalog,
+            http,
+            ConnectorSettings {
+                timeout: Duration::from_secs(10),
+                concurrency: 4,
+                health_interval_ms: None,
+            },
+        ),
     )
 }
 

@@ -9,7 +9,7 @@ use authpipe_core::records::ConnectionStatus;
 use authpipe_core::Catalog;
 use authpipe_core::ConnectionKey;
 use authpipe_core::RefreshReason;
-use authpipe_core::{Client, Connector};
+use authpipe_core::{Client, Connector, ConnectorSettings};
 use authpipe_core::{ImportFields, ImportRequest};
 use secrecy::SecretString;
 use serde_json::json;
@@ -25,9 +25,11 @@ async fn a_closed_client_starts_no_refresh_while_its_settings_are_still_held() {
     let connector = Connector::new(
         catalog,
         authpipe_core::http_client(Duration::from_secs(2)).unwrap(),
-        Duration::from_secs(2),
-        4,
-        None,
+        ConnectorSettings {
+            timeout: Duration::from_secs(2),
+            concurrency: 4,
+            health_interval_ms: None,
+        },
     );
     let client = Client::new(engine.clone(), connector);
     let key = ConnectionKey::parse("hubspot", "t", "u").unwrap();

@@ -9,7 +9,7 @@ use authpipe_core::Catalog;
 use authpipe_core::ErrorCode;
 use authpipe_core::{open_unshared, Engine, RefreshReason};
 use authpipe_core::{Callback, StartRequest};
-use authpipe_core::{Client, Connector};
+use authpipe_core::{Client, Connector, ConnectorSettings};
 use authpipe_core::{ConnectionKey, ProviderId, SecretName, UserId};
 use processes::{all_open, conn, eventually, import, key, tenant, token, Backend, HeldFeed, K1};
 use secrecy::{ExposeSecret, SecretString};
@@ -24,7 +24,15 @@ fn client(engine: Arc<Engine>, settings: serde_json::Value) -> Client {
     let http = authpipe_core::http_client(Duration::from_secs(5)).unwrap();
     Client::new(
         engine,
-        Connector::new(catalog, http, Duration::from_secs(10), 4, None),
+        Connector::new(
+            catalog,
+            http,
+            ConnectorSettings {
+                timeout: Duration::from_secs(10),
+                concurrency: 4,
+                health_interval_ms: None,
+            },
+        ),
     )
 }
 

@@ -26,17 +26,17 @@ impl Client {
         tenant: TenantId,
         user: UserId,
         providers: Vec<ProviderId>,
-        ttl_seconds: Option<u32>,
+        ttl_seconds: Option<i64>,
     ) -> Result<SessionGrant> {
-        let ttl = ttl_seconds.unwrap_or(DEFAULT_SESSION_TTL_S);
-        if !(1..=MAX_SESSION_TTL_S).contains(&ttl) {
+        let ttl = ttl_seconds.unwrap_or(DEFAULT_SESSION_TTL_S.into());
+        if !(1..=i64::from(MAX_SESSION_TTL_S)).contains(&ttl) {
             return Err(Error::invalid_argument(format!(
                 "ttlSeconds must be between 1 and {MAX_SESSION_TTL_S}"
             )));
         }
         let token = CsrfToken::new_random_len(32);
         let now = self.engine().now_ms();
-        let expires_at = now + i64::from(ttl) * 1000;
+        let expires_at = now + ttl * 1000;
         self.engine()
             .put_session(SessionRecord {
                 token_hash: sha256_hex(token.secret()),

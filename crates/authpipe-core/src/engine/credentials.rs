@@ -9,6 +9,7 @@ use crate::maintenance;
 use crate::records::{ConnectionStatus, CredentialKind};
 use crate::vault::sealed_generation;
 use secrecy::SecretString;
+use std::sync::Arc;
 
 /// A credential on its way out to a caller, with what the JS memo needs to know when it goes
 /// stale: the connection's generation slot and the generation this value belongs to.
@@ -36,6 +37,17 @@ impl std::fmt::Debug for Credential {
 /// serves what it has while that is usable.
 const STALE_ON_ARRIVAL_REFRESHES: usize = 2;
 
+/// What [`Engine::lookup`] found.
+pub enum Lookup {
+    Hit(Credential),
+    /// Only I/O can answer: pass this to [`Engine::resolve`].
+    Pending(Pending),
+}
+
+/// What the cache held for a credential it could not serve (nothing, a stale token, or one
+/// whose tenant key is not in memory yet).
+pub struct Pending(Option<Arc<CachedConnection>>);
+
 /// What the cache can do for a credential request.
 enum Reveal {
     Credential(Credential),
@@ -46,32 +58,43 @@ enum Reveal {
 }
 
 impl Engine {
-    /// The hot path: serves a credential from the cache without I/O. `Ok(None)` means the
-    /// cache cannot answer (not cached, its tenant key is not in memory, or the token is stale
-    /// and must be refreshed first); then call [`Engine::credential`].
-    pub fn cached_credential(
-        &self,
-        provider: &str,
-        tenant: &str,
-        user: &str,
-    ) -> Result<Option<Credential>> {
+    /// The hot path: serves a credential from the cache without I/O, or says what the cache
+    /// had ([`Lookup::Pending`]) for [`Engine::resolve`] to finish with I/O. The ids are not
+    /// validated here: only valid ones are ever cached, so a hit proves them; `resolve` takes
+    /// the validated key.
+    pub fn lookup(&self, provider: &str, tenant: &str, user: &str) -> Result<Lookup> {
         match self.cache.get(provider, tenant, user) {
             Some(entry) => match self.reveal(&entry, false)? {
-                Reveal::Credential(credential) => Ok(Some(credential)),
-                Reveal::NeedsKey | Reveal::NeedsRefresh => Ok(None),
+                Reveal::Credential(credential) => Ok(Lookup::Hit(credential)),
+                Reveal::NeedsKey | Reveal::NeedsRefresh => {
+                    Ok(Lookup::Pending(Pending(Some(entry))))
+                }
             },
-            None => Ok(None),
+            None => Ok(Lookup::Pending(Pending(None))),
         }
     }
 
-    /// Serves a credential: reads the store on a cache miss, and waits for the (single) refresh
-    /// of a stale token. If that refresh fails, the token is served as long as it is usable.
+    /// Serves a credential, with I/O where needed: reads the store on a cache miss, and waits
+    /// for the (single) refresh of a stale token. If that refresh fails, the token is served as
+    /// long as it is usable.
     pub async fn credential(&self, key: &ConnectionKey) -> Result<Credential> {
+        let entry = self.cache.get_key(key);
+        self.resolve(key, Pending(entry)).await
+    }
+
+    /// [`Engine::credential`], going on from what [`Engine::lookup`] found for `key`, so that a
+    /// miss looks at the cache once.
+    pub async fn resolve(&self, key: &ConnectionKey, pending: Pending) -> Result<Credential> {
         let mut allow_stale = false;
         let mut refreshes = 0;
+        let mut looked_up = Some(pending.0);
         // A cache miss, a tenant key to load, the refreshes, and the serving.
         for _ in 0..(3 + STALE_ON_ARRIVAL_REFRESHES) {
-            let entry = match self.cache.get_key(key) {
+            let cached = match looked_up.take() {
+                Some(found) => found,
+                None => self.cache.get_key(key),
+            };
+            let entry = match cached {
                 Some(entry) => entry,
                 None => {
                     let record = self.load(key).await?;

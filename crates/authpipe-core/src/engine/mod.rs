@@ -23,7 +23,7 @@ mod probe;
 mod refresh;
 
 pub use connections::{ConnectionPage, ConnectionSecrets};
-pub use credentials::Credential;
+pub use credentials::{Credential, Lookup, Pending};
 pub use health::Health;
 pub use keys::Rotation;
 pub use refresh::RefreshReason;

@@ -1,5 +1,6 @@
 //! How one `Authpipe` instance talks to providers: the settings and limits its calls share.
 
+use crate::error::{Error, Result};
 use crate::ids::ProviderId;
 use crate::providers::Catalog;
 use dashmap::DashMap;
@@ -27,24 +28,86 @@ pub struct Connector {
     closed: AtomicBool,
 }
 
+/// `new Authpipe()`'s options for provider calls, as the caller gave them (JS numbers);
+/// [`ConnectorOptions::validate`] is the one place they are checked and defaulted.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectorOptions {
+    pub http_timeout_ms: Option<i64>,
+    pub provider_concurrency: Option<i64>,
+    /// `0` turns scheduled probes off.
+    pub health_check_interval_ms: Option<i64>,
+}
+
+/// The defaults and limits of [`ConnectorOptions`].
+pub const DEFAULT_HTTP_TIMEOUT_MS: i64 = 15_000;
+pub const MAX_HTTP_TIMEOUT_MS: i64 = 120_000;
+pub const DEFAULT_PROVIDER_CONCURRENCY: i64 = 8;
+pub const MAX_PROVIDER_CONCURRENCY: i64 = 1024;
+pub const DEFAULT_HEALTH_CHECK_INTERVAL_MS: i64 = 3_600_000;
+
+/// Validated [`ConnectorOptions`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectorSettings {
+    pub timeout: std::time::Duration,
+    pub concurrency: usize,
+    /// `None`: no scheduled probes.
+    pub health_interval_ms: Option<i64>,
+}
+
+impl ConnectorOptions {
+    pub fn validate(&self) -> Result<ConnectorSettings> {
+        let within = |value: Option<i64>, default: i64, min: i64, max: i64, name: &str| match value
+        {
+            None => Ok(default),
+            Some(v) if (min..=max).contains(&v) => Ok(v),
+            Some(_) => Err(Error::invalid_argument(format!(
+                "{name} must be between {min} and {max}"
+            ))),
+        };
+        let timeout_ms = within(
+            self.http_timeout_ms,
+            DEFAULT_HTTP_TIMEOUT_MS,
+            1,
+            MAX_HTTP_TIMEOUT_MS,
+            "httpTimeoutMs",
+        )?;
+        let concurrency = within(
+            self.provider_concurrency,
+            DEFAULT_PROVIDER_CONCURRENCY,
+            1,
+            MAX_PROVIDER_CONCURRENCY,
+            "providerConcurrency",
+        )?;
+        let health_interval_ms = match self.health_check_interval_ms {
+            None => Some(DEFAULT_HEALTH_CHECK_INTERVAL_MS),
+            Some(0) => None,
+            Some(ms) if ms > 0 => Some(ms),
+            Some(_) => {
+                return Err(Error::invalid_argument(
+                    "healthCheckIntervalMs must not be negative (0 turns probes off)",
+                ))
+            }
+        };
+        Ok(ConnectorSettings {
+            timeout: std::time::Duration::from_millis(timeout_ms as u64),
+            concurrency: concurrency as usize,
+            health_interval_ms,
+        })
+    }
+}
+
 /// What a refresh needs besides its token request: reading and writing the store.
 const REFRESH_LEASE_MARGIN_MS: i64 = 5_000;
 
 impl Connector {
-    /// `request_timeout` must be the timeout `http` was built with.
-    pub fn new(
-        catalog: Catalog,
-        http: reqwest::Client,
-        request_timeout: std::time::Duration,
-        concurrency: usize,
-        health_interval_ms: Option<i64>,
-    ) -> Self {
+    /// `http` must have been built with `settings.timeout` ([`super::http::client`]).
+    pub fn new(catalog: Catalog, http: reqwest::Client, settings: ConnectorSettings) -> Self {
         Self {
             catalog,
             http,
-            concurrency: concurrency.max(1),
-            health_interval_ms,
-            refresh_lease_ms: request_timeout.as_millis() as i64 + REFRESH_LEASE_MARGIN_MS,
+            concurrency: settings.concurrency.max(1),
+            health_interval_ms: settings.health_interval_ms,
+            refresh_lease_ms: settings.timeout.as_millis() as i64 + REFRESH_LEASE_MARGIN_MS,
             limits: DashMap::new(),
             closed: AtomicBool::new(false),
         }

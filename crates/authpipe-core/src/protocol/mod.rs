@@ -14,5 +14,5 @@ pub mod token;
 
 mod connector;
 
-pub use connector::Connector;
+pub use connector::{Connector, ConnectorOptions, ConnectorSettings};
 pub use revoke::Revocation;
