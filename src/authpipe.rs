@@ -12,7 +12,7 @@ use crate::generation_pages::{page_buffer, PageBuffer};
 use authpipe_core::CallbackMethod;
 use authpipe_core::DevKeyNotice;
 use authpipe_core::{encode_cursor, Client, ListFilter};
-use authpipe_core::{Callback, Revocation, StartRequest};
+use authpipe_core::{BrowserBinding, Callback, Revocation, StartRequest};
 use authpipe_core::{ConnectionKey, TenantId, UserId};
 use authpipe_core::{Error, ErrorCode};
 use authpipe_core::{Lookup, RefreshReason};
@@ -198,7 +198,7 @@ impl NativeAuthpipe {
                 key,
                 scopes: input.scopes,
                 redirect_uri: input.redirect_uri,
-                browser_binding: input.browser_binding.map(SecretString::from),
+                browser_binding: input.browser_binding.map(BrowserBinding::from),
             })
             .await
             .napi()?;
@@ -219,7 +219,7 @@ impl NativeAuthpipe {
         let callback = Callback {
             params: input.params.into_iter().collect(),
             provider: input.provider,
-            browser_binding: input.browser_binding.map(SecretString::from),
+            browser_binding: input.browser_binding.map(BrowserBinding::from),
         };
         client
             .handle_callback(callback)

@@ -4,9 +4,9 @@
 use authpipe_core::records::ConnectionRecord;
 use authpipe_core::store::TenantDeletion;
 use authpipe_core::Client;
+use authpipe_core::{AccessToken, ApiKey, ImportFields, ImportRequest, RefreshToken};
 use authpipe_core::{Credential, EngineStats, Rotation};
 use authpipe_core::{Error, ErrorCode};
-use authpipe_core::{ImportFields, ImportRequest};
 use napi_derive::napi;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -80,14 +80,13 @@ pub struct ImportInput {
 impl ImportInput {
     pub fn into_request(self, client: &Client) -> authpipe_core::Result<ImportRequest> {
         let key = client.connection_key(&self.provider, &self.tenant_id, &self.user_id)?;
-        let secret = |s: String| SecretString::from(s);
         let fields = ImportFields {
-            access_token: self.access_token.map(secret),
-            refresh_token: self.refresh_token.map(secret),
+            access_token: self.access_token.map(AccessToken::from),
+            refresh_token: self.refresh_token.map(RefreshToken::from),
             expires_at_ms: self.expires_at,
-            api_key: self.api_key.map(secret),
+            api_key: self.api_key.map(ApiKey::from),
             scopes: self.scopes.unwrap_or_default(),
-            extras_json: self.extras.map(secret),
+            extras_json: self.extras.map(SecretString::from),
         };
         ImportRequest::new(key, fields)
     }

@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::ids::ConnectionKey;
 use crate::records::ProviderAccount;
+use crate::secrets::{AccessToken, ApiKey, RefreshToken};
 use secrecy::{ExposeSecret, SecretString};
 
 /// Longest access token, refresh token, API key or secret value, in bytes. Real tokens are at
@@ -20,12 +21,12 @@ const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_000;
 /// The secret part of an imported connection.
 pub enum ImportedCredential {
     OAuth2 {
-        access_token: SecretString,
-        refresh_token: Option<SecretString>,
+        access_token: AccessToken,
+        refresh_token: Option<RefreshToken>,
         expires_at: Option<i64>,
     },
     ApiKey {
-        api_key: SecretString,
+        api_key: ApiKey,
     },
 }
 
@@ -43,11 +44,11 @@ pub struct ImportRequest {
 /// The fields of an import as callers pass them; [`ImportRequest::new`] decides what they mean.
 #[derive(Default)]
 pub struct ImportFields {
-    pub access_token: Option<SecretString>,
-    pub refresh_token: Option<SecretString>,
+    pub access_token: Option<AccessToken>,
+    pub refresh_token: Option<RefreshToken>,
     /// Milliseconds since the epoch (a JS number).
     pub expires_at_ms: Option<f64>,
-    pub api_key: Option<SecretString>,
+    pub api_key: Option<ApiKey>,
     pub scopes: Vec<String>,
     /// `extras` serialized as JSON.
     pub extras_json: Option<SecretString>,
@@ -124,7 +125,7 @@ impl ImportRequest {
     }
 }
 
-pub fn check_secret(field: &str, value: &SecretString) -> Result<()> {
+pub fn check_secret(field: &str, value: &impl ExposeSecret<str>) -> Result<()> {
     let value = value.expose_secret();
     if value.is_empty() {
         return Err(Error::invalid_argument(format!(
@@ -207,7 +208,7 @@ mod tests {
         ImportRequest {
             key: ConnectionKey::parse("attio", "t", "u").unwrap(),
             credential: ImportedCredential::OAuth2 {
-                access_token: s(token),
+                access_token: AccessToken::new(token),
                 refresh_token: None,
                 expires_at: None,
             },
@@ -255,7 +256,7 @@ mod tests {
 
         let mut req = oauth("t");
         req.credential = ImportedCredential::OAuth2 {
-            access_token: s("t"),
+            access_token: AccessToken::new("t"),
             refresh_token: None,
             expires_at: Some(42),
         };

@@ -22,6 +22,7 @@
 //! | [`store`]       | the `Store` trait (records, leases, change feed); SQLite, PostgreSQL   |
 //! | `vault`         | master keyring, per-tenant data keys, the sealed record format         |
 //! | [`records`]     | what the store persists (secret fields already sealed)                 |
+//! | `secrets`       | one type per secret role (access token, state, ...), none printable    |
 //! | `ids`, `error`  | validated ids; [`Error`] with a stable [`ErrorCode`]                    |
 //!
 //! The modules are private: what callers use is re-exported here. `store` and `records` stay
@@ -44,6 +45,7 @@ mod protocol;
 mod providers;
 pub mod records;
 mod scheduler;
+mod secrets;
 pub mod store;
 mod vault;
 
@@ -63,4 +65,7 @@ pub use input::{ImportFields, ImportRequest, ImportedCredential};
 pub use protocol::http::client as http_client;
 pub use protocol::{Connector, ConnectorOptions, ConnectorSettings};
 pub use providers::{CallbackMethod, Catalog, ProviderSettings};
+pub use secrets::{
+    AccessToken, ApiKey, BrowserBinding, ClientSecret, RefreshToken, SessionToken, StateToken,
+};
 pub use vault::MasterKeyConfig;

@@ -9,9 +9,8 @@ use authpipe_core::records::ConnectionStatus;
 use authpipe_core::Catalog;
 use authpipe_core::ConnectionKey;
 use authpipe_core::RefreshReason;
+use authpipe_core::{AccessToken, ImportFields, ImportRequest, RefreshToken};
 use authpipe_core::{Client, Connector, ConnectorSettings};
-use authpipe_core::{ImportFields, ImportRequest};
-use secrecy::SecretString;
 use serde_json::json;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,8 +39,8 @@ async fn a_closed_client_starts_no_refresh_while_its_settings_are_still_held() {
     let import = ImportRequest::new(
         key.clone(),
         ImportFields {
-            access_token: Some(SecretString::from("access")),
-            refresh_token: Some(SecretString::from("refresh")),
+            access_token: Some(AccessToken::new("access")),
+            refresh_token: Some(RefreshToken::new("refresh")),
             expires_at_ms: Some(now + 3_600_000.0),
             ..Default::default()
         },

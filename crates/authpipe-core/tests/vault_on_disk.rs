@@ -4,8 +4,8 @@
 use authpipe_core::ErrorCode;
 use authpipe_core::MasterKeyConfig;
 use authpipe_core::{open_shared, Engine, EngineOptions, MasterKeySource, StoreLocation};
+use authpipe_core::{AccessToken, ImportFields, ImportRequest};
 use authpipe_core::{ConnectionKey, TenantId};
-use authpipe_core::{ImportFields, ImportRequest};
 use rusqlite::Connection;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::Path;
@@ -35,7 +35,7 @@ fn key(tenant: &str, user: &str) -> ConnectionKey {
 
 async fn import(engine: &Engine, tenant: &str, user: &str, token: &str) {
     let fields = ImportFields {
-        access_token: Some(SecretString::from(token)),
+        access_token: Some(AccessToken::new(token)),
         ..Default::default()
     };
     engine

@@ -32,6 +32,7 @@ use crate::protocol::token::TokenSet;
 use crate::protocol::{http, identity};
 use crate::providers::Provider;
 use crate::records::{ConnectionRecord, CredentialKind, FlowRecord};
+use crate::secrets::{BrowserBinding, StateToken};
 use crate::store::FlowTake;
 use oauth2::CsrfToken;
 use secrecy::{ExposeSecret, SecretString};
@@ -48,13 +49,13 @@ pub struct StartRequest {
     pub scopes: Option<Vec<String>>,
     pub redirect_uri: Option<String>,
     /// A secret the HTTP handler also put in a cookie; the callback must present it again.
-    pub browser_binding: Option<SecretString>,
+    pub browser_binding: Option<BrowserBinding>,
 }
 
 /// A started flow: send the browser to `url`.
 pub struct Started {
     pub url: String,
-    pub state: SecretString,
+    pub state: StateToken,
     pub expires_at: i64,
     /// How the provider will call back (a cross-site POST needs a `SameSite=None` cookie).
     pub callback_method: crate::providers::CallbackMethod,
@@ -66,7 +67,7 @@ pub struct Started {
 pub struct Callback {
     pub params: BTreeMap<String, String>,
     pub provider: Option<String>,
-    pub browser_binding: Option<SecretString>,
+    pub browser_binding: Option<BrowserBinding>,
 }
 
 /// `deleteConnection`'s result.
@@ -87,10 +88,6 @@ fn browser_mismatch() -> Error {
         ErrorCode::BrowserMismatch,
         "the callback did not come from the browser that started the flow (its cookie is missing or different)",
     )
-}
-
-pub(crate) fn secure(value: &str) -> SecretString {
-    SecretString::from(value.to_owned())
 }
 
 impl Client {
@@ -146,11 +143,12 @@ impl Client {
             expires_at: now + FLOW_TTL_MS,
             consumed_at: None,
         };
-        let verifier = authorization.verifier.as_ref().map(|v| v.secret().as_str());
-        engine.put_flow(flow, verifier).await?;
+        engine
+            .put_flow(flow, authorization.verifier.as_ref())
+            .await?;
         Ok(Started {
             url: authorization.url.into(),
-            state: secure(state.secret()),
+            state: StateToken::new(state.secret().as_str()),
             expires_at: now + FLOW_TTL_MS,
             callback_method: provider.definition.callback_method,
         })
@@ -302,7 +300,7 @@ impl Client {
         let verifier = match &flow.verifier {
             Some(sealed) => Some(
                 self.engine()
-                    .open_flow_secret(&flow.key, &flow.state_hash, sealed)
+                    .open_flow_verifier(&flow.key, &flow.state_hash, sealed)
                     .await?,
             ),
             None => None,

@@ -1,13 +1,13 @@
 //! Connect sessions: a short-lived, single-use token that lets a browser start one flow for a
 //! (tenant, user) the app's backend chose, without the browser naming them.
 
-use super::{secure, sha256_hex};
+use super::sha256_hex;
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, ProviderId, TenantId, UserId};
 use crate::records::SessionRecord;
+use crate::secrets::SessionToken;
 use oauth2::CsrfToken;
-use secrecy::SecretString;
 
 /// Connect sessions: default and longest lifetime, in seconds.
 pub const DEFAULT_SESSION_TTL_S: u32 = 600;
@@ -15,7 +15,7 @@ pub const MAX_SESSION_TTL_S: u32 = 3600;
 
 /// A connect session: the token the browser carries, and when it expires.
 pub struct SessionGrant {
-    pub token: SecretString,
+    pub token: SessionToken,
     pub expires_at: i64,
 }
 
@@ -48,7 +48,7 @@ impl Client {
             })
             .await?;
         Ok(SessionGrant {
-            token: secure(token.secret()),
+            token: SessionToken::new(token.secret().as_str()),
             expires_at,
         })
     }

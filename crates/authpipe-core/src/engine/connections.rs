@@ -9,14 +9,16 @@ use crate::events::{Event, EventKind};
 use crate::ids::{ConnectionKey, TenantId};
 use crate::input::{ImportRequest, ImportedCredential};
 use crate::records::{ConnectionRecord, ConnectionStatus, CredentialKind, Sealed};
+use crate::secrets::RefreshToken;
 use crate::store::ListQuery;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
 /// The decrypted secret fields of one connection.
 pub struct ConnectionSecrets {
+    /// The access token (or API key, as the connection's kind says).
     pub credential: SecretString,
-    pub refresh_token: Option<SecretString>,
+    pub refresh_token: Option<RefreshToken>,
     /// Provider extras as a JSON object.
     pub extras: Option<SecretString>,
 }
@@ -110,7 +112,7 @@ impl Engine {
         let tenant_key = self
             .tenant_key(&key.tenant, use_key == TenantKeyUse::CreateIfMissing)
             .await?;
-        let seal = |field: &str, value: &SecretString| {
+        let seal = |field: &str, value: &dyn ExposeSecret<str>| {
             self.vault.seal(
                 &tenant_key,
                 &connection_place(key, field),
@@ -182,7 +184,7 @@ impl Engine {
             refresh_token: record
                 .refresh_token
                 .as_ref()
-                .map(|s| open(FIELD_REFRESH_TOKEN, s))
+                .map(|s| open(FIELD_REFRESH_TOKEN, s).map(|t| RefreshToken::new(t.expose_secret())))
                 .transpose()?,
             extras: record
                 .extras

@@ -4,14 +4,14 @@ use super::http::{self, ClientCredentials};
 use super::token::{self, TokenSet};
 use crate::error::{Error, ErrorCode, Result};
 use crate::providers::Provider;
-use secrecy::{ExposeSecret, SecretString};
+use oauth2::PkceCodeVerifier;
 use serde_json::{Map, Value};
 
 /// What a code exchange sends besides the client's credentials.
 pub struct CodeGrant<'a> {
     pub code: &'a str,
     pub redirect_uri: &'a str,
-    pub verifier: Option<&'a SecretString>,
+    pub verifier: Option<&'a PkceCodeVerifier>,
     /// Values the provider sent with the callback, for the token URL's template (Zoho's
     /// `accounts-server`).
     pub callback_values: &'a Map<String, Value>,
@@ -40,7 +40,7 @@ pub async fn exchange_code(
         ("redirect_uri", grant.redirect_uri),
     ];
     if let Some(v) = grant.verifier {
-        form.push(("code_verifier", v.expose_secret()));
+        form.push(("code_verifier", v.secret().as_str()));
     }
     let purpose = format!("{} token endpoint", definition.display_name);
     let answer = http::post_form(http_client, &purpose, token_url, form, &credentials).await?;

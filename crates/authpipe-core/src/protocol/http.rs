@@ -8,10 +8,11 @@
 use super::scrub::Sent;
 use crate::error::{Error, ErrorCode, Result};
 use crate::providers::ClientAuth;
+use crate::secrets::ClientSecret;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use std::time::Duration;
 use url::form_urlencoded::byte_serialize;
 use url::Url;
@@ -48,7 +49,7 @@ fn build_client(timeout: Duration, pool_idle: Duration) -> Result<reqwest::Clien
 pub struct ClientCredentials<'a> {
     pub auth: ClientAuth,
     pub id: &'a str,
-    pub secret: &'a SecretString,
+    pub secret: &'a ClientSecret,
 }
 
 /// A provider's answer: status, (bounded) body, `Retry-After` if it sent one, and what the
@@ -366,7 +367,7 @@ mod tests {
     #[test]
     fn a_form_request_marks_its_secrets_and_remembers_every_value_it_sent() {
         let client = reqwest::Client::new();
-        let secret = SecretString::from("s3cret value".to_owned());
+        let secret = ClientSecret::new("s3cret value");
         let credentials = ClientCredentials {
             auth: ClientAuth::Basic,
             id: "client id",

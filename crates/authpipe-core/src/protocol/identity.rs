@@ -8,7 +8,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::providers::{ProbeStyle, Provider};
 use crate::records::ProviderAccount;
 use reqwest::header::AUTHORIZATION;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
@@ -37,7 +37,7 @@ pub async fn probe(
     http_client: &reqwest::Client,
     provider: &Provider,
     values: &[&Map<String, Value>],
-    access_token: &SecretString,
+    access_token: &impl ExposeSecret<str>,
 ) -> Result<Identity> {
     let probe = provider
         .definition

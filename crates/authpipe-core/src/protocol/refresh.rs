@@ -6,7 +6,8 @@
 use super::http::{self, Answer, ClientCredentials};
 use super::token::{self, TokenSet};
 use crate::providers::Provider;
-use secrecy::{ExposeSecret, SecretString};
+use crate::secrets::RefreshToken;
+use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 
 /// Why a refresh did not produce tokens.
@@ -64,7 +65,7 @@ pub fn retry_after_ms(value: &str, now_ms: i64) -> Option<i64> {
 pub async fn refresh(
     http_client: &reqwest::Client,
     provider: &Provider,
-    refresh_token: &SecretString,
+    refresh_token: &RefreshToken,
     values: &Map<String, Value>,
     now_ms: i64,
 ) -> Result<TokenSet, RefreshFailure> {

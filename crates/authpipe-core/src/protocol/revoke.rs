@@ -4,6 +4,7 @@ use super::http::{self, ClientCredentials};
 use crate::error::Result;
 use crate::providers::definition::TokenIn;
 use crate::providers::Provider;
+use crate::secrets::RefreshToken;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
@@ -33,8 +34,9 @@ impl Revocation {
 
 /// The tokens of the grant to revoke.
 pub struct GrantTokens<'a> {
+    /// The connection's credential (its access token).
     pub access_token: &'a SecretString,
-    pub refresh_token: Option<&'a SecretString>,
+    pub refresh_token: Option<&'a RefreshToken>,
     /// The connection's stored extras, for the revocation URL's template.
     pub values: &'a Map<String, Value>,
 }
@@ -56,15 +58,14 @@ pub async fn revoke(
         provider.template_value(&[tokens.values], name)
     })?;
     let (token, hint) = match tokens.refresh_token {
-        Some(rt) => (rt, "refresh_token"),
-        None => (tokens.access_token, "access_token"),
+        Some(rt) => (rt.expose_secret(), "refresh_token"),
+        None => (tokens.access_token.expose_secret(), "access_token"),
     };
     let mut form = vec![("token_type_hint", hint)];
     match revoke.token_in {
-        TokenIn::Body => form.push(("token", token.expose_secret())),
+        TokenIn::Body => form.push(("token", token)),
         TokenIn::Query => {
-            url.query_pairs_mut()
-                .append_pair("token", token.expose_secret());
+            url.query_pairs_mut().append_pair("token", token);
         }
     }
     let purpose = format!("{} revocation endpoint", definition.display_name);

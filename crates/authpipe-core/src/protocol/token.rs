@@ -4,13 +4,13 @@
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::providers::ProviderDefinition;
-use secrecy::SecretString;
+use crate::secrets::{AccessToken, RefreshToken};
 use serde_json::{Map, Value};
 
 /// What a token endpoint granted.
 pub struct TokenSet {
-    pub access_token: SecretString,
-    pub refresh_token: Option<SecretString>,
+    pub access_token: AccessToken,
+    pub refresh_token: Option<RefreshToken>,
     /// Seconds, from `expires_in` or the provider's documented default.
     pub expires_in: Option<u64>,
     /// Granted scopes, when the response says.
@@ -70,7 +70,7 @@ pub fn scope_list(value: &Value) -> Option<Vec<String>> {
 pub fn parse(definition: &ProviderDefinition, body: &Map<String, Value>) -> Result<TokenSet> {
     let access_token = match body.get("access_token") {
         Some(Value::String(t)) if !t.is_empty() && !t.chars().any(char::is_control) => {
-            SecretString::from(t.clone())
+            AccessToken::new(t.clone())
         }
         _ => return Err(garbage("has no usable access_token")),
     };
@@ -98,7 +98,7 @@ pub fn parse(definition: &ProviderDefinition, body: &Map<String, Value>) -> Resu
         Some(_) => return Err(garbage("has a bad expires_in")),
     };
     let refresh_token = match body.get("refresh_token") {
-        Some(Value::String(t)) if !t.is_empty() => Some(SecretString::from(t.clone())),
+        Some(Value::String(t)) if !t.is_empty() => Some(RefreshToken::new(t.clone())),
         _ => None,
     };
     let scopes = body

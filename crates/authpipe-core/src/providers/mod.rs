@@ -14,7 +14,7 @@ pub use definition::{
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::ProviderId;
-use secrecy::SecretString;
+use crate::secrets::ClientSecret;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
@@ -50,8 +50,8 @@ fn needs_discovery(id: &str, settings: &serde_json::Value) -> bool {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProviderSettings {
     pub client_id: Option<String>,
-    /// A `SecretString` from the moment it is parsed, so `Debug` (derived) prints no secret.
-    pub client_secret: Option<SecretString>,
+    /// A [`ClientSecret`] from the moment it is parsed, so `Debug` (derived) prints no secret.
+    pub client_secret: Option<ClientSecret>,
     /// The redirect URI(s) registered with the provider; the first is the default.
     pub redirect_uri: Option<String>,
     #[serde(default)]
@@ -86,7 +86,7 @@ pub struct Provider {
     pub id: ProviderId,
     pub definition: ProviderDefinition,
     pub client_id: Option<String>,
-    pub client_secret: Option<SecretString>,
+    pub client_secret: Option<ClientSecret>,
     pub redirect_uris: Vec<String>,
     pub scopes: Vec<String>,
     pub required_scopes: Vec<String>,
@@ -261,7 +261,7 @@ impl Provider {
     }
 
     /// The client id, or an error saying how to configure it.
-    pub fn require_client(&self) -> Result<(&str, &SecretString)> {
+    pub fn require_client(&self) -> Result<(&str, &ClientSecret)> {
         match (&self.client_id, &self.client_secret) {
             (Some(id), Some(secret)) => Ok((id, secret)),
             _ => Err(Error::invalid_argument(format!(

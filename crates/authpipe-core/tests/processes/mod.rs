@@ -19,8 +19,8 @@ use authpipe_core::store::{
 use authpipe_core::MasterKeyConfig;
 use authpipe_core::Result;
 use authpipe_core::{open_unshared, Engine};
+use authpipe_core::{AccessToken, ImportFields, ImportRequest, RefreshToken};
 use authpipe_core::{ConnectionKey, TenantId};
-use authpipe_core::{ImportFields, ImportRequest};
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -137,8 +137,8 @@ pub fn tenant(id: &str) -> TenantId {
 
 pub async fn import(engine: &Engine, key: &ConnectionKey, token: &str) -> Result<()> {
     let fields = ImportFields {
-        access_token: Some(SecretString::from(token)),
-        refresh_token: Some(SecretString::from(format!("{token}-refresh"))),
+        access_token: Some(AccessToken::new(token)),
+        refresh_token: Some(RefreshToken::new(format!("{token}-refresh"))),
         expires_at_ms: Some((now_ms() + 3_600_000) as f64),
         ..Default::default()
     };

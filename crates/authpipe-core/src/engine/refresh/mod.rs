@@ -270,13 +270,13 @@ impl Engine {
         let values = secrets.values();
         let refresh_token = secrets
             .refresh_token
-            .clone()
+            .as_ref()
             .ok_or_else(|| Error::internal("refresh token vanished"))?;
         let requested_at = self.now_ms();
         let answer = grant::refresh(
             &connector.http,
             provider,
-            &refresh_token,
+            refresh_token,
             &values,
             requested_at,
         )
