@@ -4,6 +4,7 @@
 //! `FOR UPDATE`, advisory locks) where SQLite has one writer at a time, the lease statement, and
 //! the schema ([`schema`]) and change feed ([`feed`]: LISTEN/NOTIFY).
 
+mod driver;
 mod feed;
 mod schema;
 
@@ -12,7 +13,7 @@ pub use schema::check_schema;
 use super::postgres_tls::{PostgresTls, TlsConnector};
 use super::row::{
     connection_from_row, flow_from_row, master_key_from_row, session_from_row, tenant_key_from_row,
-    FromColumn, SqlRow, SqlValue, CONNECTION_COLUMNS,
+    SqlRow, CONNECTION_COLUMNS,
 };
 use super::sql::{self, Params, Placeholders::Postgres, Statement};
 use super::{
@@ -26,30 +27,12 @@ use crate::records::{
     TenantKeyRecord,
 };
 use async_trait::async_trait;
-use bytes::BytesMut;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use driver::{
+    execute, execute_cached, pg, pool_error, prepared, query_one, query_opt, query_opt_cached,
+};
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio_postgres::types::{IsNull, ToSql, Type};
-
-pub(super) fn pg(context: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
-    // The database's own message (a constraint, a missing table) names no secret: values are
-    // sent as parameters, never printed.
-    move |e| {
-        Error::store(
-            &format!("PostgreSQL: {context}"),
-            e.as_db_error()
-                .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
-        )
-    }
-}
-
-fn pool_error(tls: &PostgresTls, e: deadpool_postgres::PoolError) -> Error {
-    match e {
-        deadpool_postgres::PoolError::Backend(e) => tls.connect_error(&e),
-        e => Error::store("PostgreSQL: no connection from the pool", e),
-    }
-}
 
 /// The PostgreSQL store.
 #[derive(Debug)]
@@ -122,72 +105,6 @@ impl PostgresStore {
     }
 }
 
-/// `sql` from the pooled connection's statement cache: parsed and planned by the server once per
-/// connection instead of on every call. (For the statements a refresh runs, that parsing cost
-/// PostgreSQL more time than running them.)
-async fn prepared(
-    client: &deadpool_postgres::Client,
-    sql: &str,
-) -> Result<tokio_postgres::Statement> {
-    client.prepare_cached(sql).await.map_err(pg("prepare"))
-}
-
-impl SqlRow for tokio_postgres::Row {
-    const INVALID_ROW_HINT: &'static str = "";
-
-    fn read<T: FromColumn>(&self, index: usize) -> Result<T> {
-        self.try_get(index).map_err(pg("read a row"))
-    }
-
-    fn generation(&self, index: usize) -> Result<u32> {
-        Ok(self.try_get::<_, i32>(index).map_err(pg("read a row"))? as u32)
-    }
-}
-
-type BoxError = Box<dyn std::error::Error + Sync + Send>;
-
-/// Each value as its Rust type would be sent; an integer for an `integer` column (a key
-/// generation) goes as 32 bits.
-impl ToSql for SqlValue {
-    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> std::result::Result<IsNull, BoxError> {
-        match self {
-            SqlValue::Null => Ok(IsNull::Yes),
-            SqlValue::Int(v) if *ty == Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
-            SqlValue::Int(v) => v.to_sql(ty, out),
-            SqlValue::Text(s) => s.to_sql(ty, out),
-            SqlValue::Blob(b) => b.to_sql(ty, out),
-        }
-    }
-
-    /// Any type: which ones a value takes depends on its variant, checked in `to_sql_checked`.
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-
-    fn to_sql_checked(
-        &self,
-        ty: &Type,
-        out: &mut BytesMut,
-    ) -> std::result::Result<IsNull, BoxError> {
-        match self {
-            SqlValue::Null => Ok(IsNull::Yes),
-            SqlValue::Int(v) if *ty == Type::INT4 => i32::try_from(*v)?.to_sql_checked(ty, out),
-            SqlValue::Int(v) => v.to_sql_checked(ty, out),
-            SqlValue::Text(s) => s.to_sql_checked(ty, out),
-            SqlValue::Blob(b) => b.to_sql_checked(ty, out),
-        }
-    }
-}
-
-/// A statement's values as tokio-postgres takes them.
-fn params(statement: &Statement) -> Vec<&(dyn ToSql + Sync)> {
-    statement
-        .values
-        .iter()
-        .map(|v| v as &(dyn ToSql + Sync))
-        .collect()
-}
-
 /// Serialises, per tenant, creating and deleting its data key (the class of a two-key advisory
 /// lock; the other key is the hash of the tenant id): a key made from a stale
 /// [`Store::deleted_generation`] is then always caught by `insert_tenant_key`'s check.
@@ -238,14 +155,10 @@ fn take_lease(lease: &Lease<'_>, now: i64) -> Statement {
 
 /// The generation of the tenant's data key as stored, for [`check_sealed_with`], locked until
 /// the transaction ends: the key cannot be deleted under the write it checks.
-async fn stored_generation(
-    tx: &tokio_postgres::Transaction<'_>,
-    tenant: &TenantId,
-) -> Result<Option<u32>> {
+async fn stored_generation(tx: &impl GenericClient, tenant: &TenantId) -> Result<Option<u32>> {
     let statement = sql::tenant_key_generation(Postgres, tenant).then("FOR SHARE");
-    tx.query_opt(&statement.sql, &params(&statement))
-        .await
-        .map_err(pg("check tenant key"))?
+    query_opt(tx, &statement, "check tenant key")
+        .await?
         .map(|r| r.generation(0))
         .transpose()
 }
@@ -253,15 +166,9 @@ async fn stored_generation(
 /// Refuses a new wrapping by a master key the store marks retired. Locks the key's row until
 /// the transaction ends, so that it cannot be retired meanwhile (`retire_master_key` locks it
 /// before it counts the tenant keys it wraps).
-async fn check_wrapping_key(
-    tx: &tokio_postgres::Transaction<'_>,
-    master_key_id: &str,
-) -> Result<()> {
+async fn check_wrapping_key(tx: &impl GenericClient, master_key_id: &str) -> Result<()> {
     let statement = sql::master_key_retired_at(Postgres, master_key_id).then("FOR SHARE");
-    let row = tx
-        .query_opt(&statement.sql, &params(&statement))
-        .await
-        .map_err(pg("check master key"))?;
+    let row = query_opt(tx, &statement, "check master key").await?;
     let Some(retired_at) = row.map(|r| r.read::<Option<i64>>(0)).transpose()?.flatten() else {
         return Ok(());
     };
@@ -296,9 +203,7 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(pg("begin"))?;
         for r in &records {
             let add = sql::add_master_key(Postgres, r);
-            tx.execute(&add.sql, &params(&add))
-                .await
-                .map_err(pg("add master keys"))?;
+            execute(&tx, &add, "add master keys").await?;
         }
         tx.commit().await.map_err(pg("commit"))
     }
@@ -311,18 +216,12 @@ impl Store for PostgresStore {
         let lock = Params::one(Postgres, id, |key| {
             format!("SELECT 1 FROM master_keys WHERE id = {key} FOR UPDATE")
         });
-        tx.execute(&lock.sql, &params(&lock))
-            .await
-            .map_err(pg("lock master key"))?;
+        execute(&tx, &lock, "lock master key").await?;
         // Block concurrent rewraps of this key's tenants until we decide.
         let count = Params::one(Postgres, id, |key| {
             format!("SELECT count(*) FROM (SELECT 1 FROM tenant_keys WHERE master_key_id = {key} FOR UPDATE) t")
         });
-        let in_use: i64 = tx
-            .query_one(&count.sql, &params(&count))
-            .await
-            .map_err(pg("count tenant keys"))?
-            .read(0)?;
+        let in_use: i64 = query_one(&tx, &count, "count tenant keys").await?.read(0)?;
         if in_use > 0 {
             return Err(Error::new(
                 ErrorCode::KeyInUse,
@@ -330,9 +229,7 @@ impl Store for PostgresStore {
             ));
         }
         let retire = sql::retire_master_key(Postgres, id, now);
-        tx.execute(&retire.sql, &params(&retire))
-            .await
-            .map_err(pg("retire master key"))?;
+        execute(&tx, &retire, "retire master key").await?;
         tx.commit().await.map_err(pg("commit"))
     }
 
@@ -348,23 +245,13 @@ impl Store for PostgresStore {
 
     async fn tenant_key(&self, tenant: &TenantId) -> Result<Option<TenantKeyRecord>> {
         let statement = sql::tenant_key(Postgres, tenant);
-        let row = self
-            .client()
-            .await?
-            .query_opt(&statement.sql, &params(&statement))
-            .await
-            .map_err(pg("read tenant key"))?;
+        let row = query_opt(&self.client().await?, &statement, "read tenant key").await?;
         row.as_ref().map(tenant_key_from_row).transpose()
     }
 
     async fn deleted_generation(&self, tenant: &TenantId) -> Result<Option<u32>> {
         let statement = sql::deleted_generation(Postgres, tenant);
-        let row = self
-            .client()
-            .await?
-            .query_opt(&statement.sql, &params(&statement))
-            .await
-            .map_err(pg("read deleted tenant key"))?;
+        let row = query_opt(&self.client().await?, &statement, "read deleted tenant key").await?;
         row.map(|r| r.generation(0)).transpose()
     }
 
@@ -373,30 +260,20 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(pg("begin"))?;
         // Each statement after the lock sees every creation and deletion committed before it.
         let lock = tenant_key_lock(&record.tenant);
-        tx.execute(&lock.sql, &params(&lock))
-            .await
-            .map_err(pg("lock tenant key"))?;
+        execute(&tx, &lock, "lock tenant key").await?;
         let existing = sql::tenant_key(Postgres, &record.tenant);
-        if let Some(row) = tx
-            .query_opt(&existing.sql, &params(&existing))
-            .await
-            .map_err(pg("read tenant key"))?
-        {
+        if let Some(row) = query_opt(&tx, &existing, "read tenant key").await? {
             return tenant_key_from_row(&row);
         }
         check_wrapping_key(&tx, &record.master_key_id).await?;
         let deleted = sql::deleted_generation(Postgres, &record.tenant);
-        let deleted = tx
-            .query_opt(&deleted.sql, &params(&deleted))
-            .await
-            .map_err(pg("read deleted tenant key"))?
+        let deleted = query_opt(&tx, &deleted, "read deleted tenant key")
+            .await?
             .map(|r| r.generation(0))
             .transpose()?;
         check_after_deleted(&record, deleted)?;
         let insert = sql::insert_tenant_key(Postgres, &record);
-        tx.execute(&insert.sql, &params(&insert))
-            .await
-            .map_err(pg("insert tenant key"))?;
+        execute(&tx, &insert, "insert tenant key").await?;
         tx.commit().await.map_err(pg("commit"))?;
         Ok(record)
     }
@@ -410,10 +287,7 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(pg("begin"))?;
         check_wrapping_key(&tx, &record.master_key_id).await?;
         let rewrap = sql::rewrap_tenant_key(Postgres, &record, expected_master_key_id);
-        let changed = tx
-            .execute(&rewrap.sql, &params(&rewrap))
-            .await
-            .map_err(pg("rewrap tenant key"))?;
+        let changed = execute(&tx, &rewrap, "rewrap tenant key").await?;
         tx.commit().await.map_err(pg("commit"))?;
         Ok(changed == 1)
     }
@@ -422,23 +296,14 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
         let lock = tenant_key_lock(tenant);
-        tx.execute(&lock.sql, &params(&lock))
-            .await
-            .map_err(pg("lock tenant key"))?;
+        execute(&tx, &lock, "lock tenant key").await?;
         // First the key (its trigger keeps its generation and tells the listeners).
         let delete = sql::delete_tenant_rows(Postgres, "tenant_keys", tenant);
-        let had_key = tx
-            .execute(&delete.sql, &params(&delete))
-            .await
-            .map_err(pg("delete tenant"))?
-            > 0;
+        let had_key = execute(&tx, &delete, "delete tenant").await? > 0;
         let mut counts = [0u64; sql::TENANT_TABLES.len()];
         for (count, table) in counts.iter_mut().zip(sql::TENANT_TABLES) {
             let delete = sql::delete_tenant_rows(Postgres, table, tenant);
-            *count = tx
-                .execute(&delete.sql, &params(&delete))
-                .await
-                .map_err(pg("delete tenant"))?;
+            *count = execute(&tx, &delete, "delete tenant").await?;
         }
         tx.commit().await.map_err(pg("commit"))?;
         let [connections, secrets, sessions, flows, _leases] = counts;
@@ -472,10 +337,7 @@ impl Store for PostgresStore {
             };
             check_sealed_with(&r.key.tenant, generation, r.sealed_fields())?;
             let upsert = sql::upsert_connection(Postgres, &r)?;
-            let row = tx
-                .query_one(&upsert.sql, &params(&upsert))
-                .await
-                .map_err(pg("store connection"))?;
+            let row = query_one(&tx, &upsert, "store connection").await?;
             r.created_at = row.read(0)?;
             r.version = row.read(1)?;
             stored.push(r);
@@ -492,10 +354,7 @@ impl Store for PostgresStore {
         let generation = connection_generation(&record)?;
         let update = sql::update_connection(Postgres, &record, expected_version, generation)?;
         let client = self.client().await?;
-        let row = client
-            .query_opt(&prepared(&client, &update.sql).await?, &params(&update))
-            .await
-            .map_err(pg("update connection"))?;
+        let row = query_opt_cached(&client, &update, "update connection").await?;
         if let Some(row) = row {
             return Ok(Some(ConnectionRecord {
                 version: row.read(0)?,
@@ -505,10 +364,8 @@ impl Store for PostgresStore {
         // Lost to another writer, or refused by the key check: which one, reported.
         let tenant = &record.key.tenant;
         let check = sql::tenant_key_generation(Postgres, tenant);
-        let stored = client
-            .query_opt(&check.sql, &params(&check))
-            .await
-            .map_err(pg("check tenant key"))?
+        let stored = query_opt(&client, &check, "check tenant key")
+            .await?
             .map(|r| r.generation(0))
             .transpose()?;
         check_sealed_with(tenant, stored, record.sealed_fields())?;
@@ -543,13 +400,7 @@ impl Store for PostgresStore {
     async fn connection(&self, key: &ConnectionKey) -> Result<Option<ConnectionRecord>> {
         let statement = sql::connection(Postgres, key);
         let client = self.client().await?;
-        let row = client
-            .query_opt(
-                &prepared(&client, &statement.sql).await?,
-                &params(&statement),
-            )
-            .await
-            .map_err(pg("read connection"))?;
+        let row = query_opt_cached(&client, &statement, "read connection").await?;
         row.as_ref().map(connection_from_row).transpose()
     }
 
@@ -565,23 +416,13 @@ impl Store for PostgresStore {
 
     async fn list_connections(&self, query: &ListQuery) -> Result<Vec<ConnectionRecord>> {
         let statement = sql::list_connections(Postgres, query);
-        let rows = self
-            .client()
-            .await?
-            .query(&statement.sql, &params(&statement))
-            .await
-            .map_err(pg("list connections"))?;
+        let rows = driver::query(&self.client().await?, &statement, "list connections").await?;
         rows.iter().map(connection_from_row).collect()
     }
 
     async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool> {
         let statement = sql::delete_connection(Postgres, key);
-        let n = self
-            .client()
-            .await?
-            .execute(&statement.sql, &params(&statement))
-            .await
-            .map_err(pg("delete connection"))?;
+        let n = execute(&self.client().await?, &statement, "delete connection").await?;
         Ok(n > 0)
     }
 
@@ -591,20 +432,13 @@ impl Store for PostgresStore {
         let generation = stored_generation(&tx, &record.tenant).await?;
         check_sealed_with(&record.tenant, generation, [&record.value])?;
         let put = sql::put_secret(Postgres, &record);
-        tx.execute(&put.sql, &params(&put))
-            .await
-            .map_err(pg("store secret"))?;
+        execute(&tx, &put, "store secret").await?;
         tx.commit().await.map_err(pg("commit"))
     }
 
     async fn secret(&self, key: &SecretKey) -> Result<Option<SecretRecord>> {
         let statement = sql::secret(Postgres, key);
-        let row = self
-            .client()
-            .await?
-            .query_opt(&statement.sql, &params(&statement))
-            .await
-            .map_err(pg("read secret"))?;
+        let row = query_opt(&self.client().await?, &statement, "read secret").await?;
         let Some(r) = row else { return Ok(None) };
         Ok(Some(SecretRecord {
             tenant: key.tenant.clone(),
@@ -618,12 +452,7 @@ impl Store for PostgresStore {
 
     async fn delete_secret(&self, key: &SecretKey) -> Result<bool> {
         let statement = sql::delete_secret(Postgres, key);
-        let n = self
-            .client()
-            .await?
-            .execute(&statement.sql, &params(&statement))
-            .await
-            .map_err(pg("delete secret"))?;
+        let n = execute(&self.client().await?, &statement, "delete secret").await?;
         Ok(n > 0)
     }
 
@@ -635,15 +464,10 @@ impl Store for PostgresStore {
             let generation = stored_generation(&tx, &flow.key.tenant).await?;
             check_sealed_with(&flow.key.tenant, generation, [verifier])?;
         }
-        tx.execute(&insert.sql, &params(&insert))
-            .await
-            .map_err(pg("store connect flow"))?;
+        execute(&tx, &insert, "store connect flow").await?;
         tx.commit().await.map_err(pg("commit"))?;
         let prune = sql::prune_pending_flows(Postgres, &flow);
-        client
-            .execute(&prune.sql, &params(&prune))
-            .await
-            .map_err(pg("prune pending connect flows"))?;
+        execute(&client, &prune, "prune pending connect flows").await?;
         Ok(())
     }
 
@@ -656,10 +480,7 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
         let select = sql::flow(Postgres, state_hash).then("FOR UPDATE");
-        let row = tx
-            .query_opt(&select.sql, &params(&select))
-            .await
-            .map_err(pg("read connect flow"))?;
+        let row = query_opt(&tx, &select, "read connect flow").await?;
         let Some(row) = row else {
             return Ok(FlowTake::Unknown);
         };
@@ -667,9 +488,7 @@ impl Store for PostgresStore {
         let (take, consume) = FlowTake::decide(flow, browser_hash, now);
         if consume {
             let consume = sql::consume_flow(Postgres, state_hash, now);
-            tx.execute(&consume.sql, &params(&consume))
-                .await
-                .map_err(pg("consume connect flow"))?;
+            execute(&tx, &consume, "consume connect flow").await?;
             tx.commit().await.map_err(pg("commit"))?;
         }
         Ok(take)
@@ -677,58 +496,35 @@ impl Store for PostgresStore {
 
     async fn put_session(&self, session: SessionRecord) -> Result<()> {
         let insert = sql::insert_session(Postgres, &session)?;
-        self.client()
-            .await?
-            .execute(&insert.sql, &params(&insert))
-            .await
-            .map_err(pg("store connect session"))?;
+        execute(&self.client().await?, &insert, "store connect session").await?;
         Ok(())
     }
 
     async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
         let statement = sql::session(Postgres, token_hash);
-        let row = self
-            .client()
-            .await?
-            .query_opt(&statement.sql, &params(&statement))
-            .await
-            .map_err(pg("read connect session"))?;
+        let row = query_opt(&self.client().await?, &statement, "read connect session").await?;
         row.map(|r| session_from_row(token_hash, &r)).transpose()
     }
 
     async fn take_session(&self, token_hash: &str) -> Result<Option<SessionRecord>> {
         let statement = sql::take_session(Postgres, token_hash);
-        let row = self
-            .client()
-            .await?
-            .query_opt(&statement.sql, &params(&statement))
-            .await
-            .map_err(pg("take connect session"))?;
+        let row = query_opt(&self.client().await?, &statement, "take connect session").await?;
         row.map(|r| session_from_row(token_hash, &r)).transpose()
     }
 
     async fn prune_ended(&self, now: i64) -> Result<u64> {
         let client = self.client().await?;
         let prune = sql::prune_ended_flows(Postgres, now);
-        let flows = client
-            .execute(&prune.sql, &params(&prune))
-            .await
-            .map_err(pg("prune connect flows"))?;
+        let flows = execute(&client, &prune, "prune connect flows").await?;
         let prune = sql::prune_sessions(Postgres, now);
-        let sessions = client
-            .execute(&prune.sql, &params(&prune))
-            .await
-            .map_err(pg("prune connect sessions"))?;
+        let sessions = execute(&client, &prune, "prune connect sessions").await?;
         Ok(flows + sessions)
     }
 
     async fn try_lease(&self, lease: Lease<'_>, now: i64) -> Result<LeaseTake> {
         let take = take_lease(&lease, now);
         let client = self.client().await?;
-        let row = client
-            .query_opt(&prepared(&client, &take.sql).await?, &params(&take))
-            .await
-            .map_err(pg("take lease"))?;
+        let row = query_opt_cached(&client, &take, "take lease").await?;
         Ok(match row {
             Some(row) if row.read::<bool>(0)? => LeaseTake::Acquired,
             Some(row) => LeaseTake::HeldUntil(row.read(1)?),
@@ -751,10 +547,7 @@ impl Store for PostgresStore {
         let release = sql::release_lease(Postgres, key, purpose, owner)
             .then("AND set_config('synchronous_commit', 'off', true) IS NOT NULL");
         let client = self.client().await?;
-        client
-            .execute(&prepared(&client, &release.sql).await?, &params(&release))
-            .await
-            .map_err(pg("release lease"))?;
+        execute_cached(&client, &release, "release lease").await?;
         Ok(())
     }
 

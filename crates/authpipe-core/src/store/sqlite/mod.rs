@@ -14,6 +14,7 @@
 //!   every deleted tenant key to `connection_changes`, and [`Store::watch`] reads what is new
 //!   whenever `PRAGMA data_version` says another connection committed.
 
+mod driver;
 mod feed;
 mod files;
 mod migrations;
@@ -22,7 +23,7 @@ mod tests;
 
 use super::row::{
     connection_from_row, flow_from_row, master_key_from_row, session_from_row, tenant_key_from_row,
-    FromColumn, SqlRow, SqlValue,
+    SqlRow,
 };
 use super::sql::{self, Params, Placeholders::Sqlite, Statement};
 use super::{
@@ -36,11 +37,11 @@ use crate::records::{
     TenantKeyRecord,
 };
 use async_trait::async_trait;
+use driver::{execute, plain, query, query_opt};
 pub use files::canonical_path;
 use files::{create_private_dir, ensure_private_files};
 use migrations::{migrate, APPLICATION_ID};
 use parking_lot::Mutex;
-use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params_from_iter, Connection, OpenFlags, TransactionBehavior};
 use std::collections::HashMap;
 use std::path::Path;
@@ -50,12 +51,6 @@ use std::time::Duration;
 /// Statements each connection keeps prepared: every statement this store runs fits, so the
 /// hot ones (upsert, update, the tenant-key check) are never evicted by a rare one.
 const STATEMENT_CACHE: usize = 64;
-
-impl From<rusqlite::Error> for Error {
-    fn from(err: rusqlite::Error) -> Self {
-        Error::store("SQLite", err)
-    }
-}
 
 /// The embedded SQLite store.
 #[derive(Debug)]
@@ -161,67 +156,6 @@ where
     tokio::task::spawn_blocking(move || f(&mut conn.lock()))
         .await
         .map_err(|e| Error::internal(format!("store task failed: {e}")))?
-}
-
-impl SqlRow for rusqlite::Row<'_> {
-    const INVALID_ROW_HINT: &'static str = "; was the file edited by hand?";
-
-    fn read<T: FromColumn>(&self, index: usize) -> Result<T> {
-        Ok(rusqlite::Row::get(self, index)?)
-    }
-
-    fn generation(&self, index: usize) -> Result<u32> {
-        Ok(rusqlite::Row::get(self, index)?)
-    }
-}
-
-impl rusqlite::ToSql for SqlValue {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(match self {
-            SqlValue::Null => ValueRef::Null,
-            SqlValue::Int(v) => ValueRef::Integer(*v),
-            SqlValue::Text(s) => ValueRef::Text(s.as_bytes()),
-            SqlValue::Blob(b) => ValueRef::Blob(b),
-        }))
-    }
-}
-
-/// Runs `statement`; returns how many rows it changed.
-fn execute(conn: &Connection, statement: &Statement) -> Result<usize> {
-    Ok(conn
-        .prepare_cached(&statement.sql)?
-        .execute(params_from_iter(&statement.values))?)
-}
-
-/// The rows `statement` returns, each read by `decode`.
-fn query<T>(
-    conn: &Connection,
-    statement: &Statement,
-    decode: impl Fn(&rusqlite::Row<'_>) -> Result<T>,
-) -> Result<Vec<T>> {
-    let mut prepared = conn.prepare_cached(&statement.sql)?;
-    let mut rows = prepared.query(params_from_iter(&statement.values))?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(decode(row)?);
-    }
-    Ok(out)
-}
-
-/// The first row `statement` returns, if any, read by `decode`.
-fn query_opt<T>(
-    conn: &Connection,
-    statement: &Statement,
-    decode: impl Fn(&rusqlite::Row<'_>) -> Result<T>,
-) -> Result<Option<T>> {
-    let mut prepared = conn.prepare_cached(&statement.sql)?;
-    let mut rows = prepared.query(params_from_iter(&statement.values))?;
-    rows.next()?.map(decode).transpose()
-}
-
-/// A statement without parameters.
-fn plain(sql: String) -> Statement {
-    Params::new(Sqlite).statement(sql)
 }
 
 /// Take a lease if it is free, ours, or expired at `now`. Returns a row only if taken. (SQLite
