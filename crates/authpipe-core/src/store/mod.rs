@@ -15,6 +15,7 @@
 
 pub mod postgres;
 pub mod postgres_tls;
+mod row;
 mod sql;
 pub mod sqlite;
 

@@ -1,58 +1,336 @@
 //! The statements both SQL stores run, so that what an upsert keeps, what a compare-and-swap
-//! update replaces and what the tenant-key checks read is written once. Placeholders are `$n` (PostgreSQL); SQLite
-//! runs the same text as `?n` (see [`sqlite_placeholders`]), which binds by number too.
+//! update replaces, what a page of `list_connections` filters on and what the tenant-key checks
+//! read is written once. Each statement is built with its values by [`Params`], which numbers
+//! the placeholders as values are bound (`?1` for SQLite, `$1` for PostgreSQL): no index is
+//! written by hand, and text and values cannot drift apart. The same shape gives the same text,
+//! so the drivers' statement caches still hit.
 
-use std::sync::LazyLock;
+use super::row::{
+    connection_values, json, ConnectionColumn, SqlValue, CONNECTION_COLUMNS, FLOW_COLUMNS,
+    MASTER_KEY_COLUMNS, SESSION_COLUMNS, TENANT_KEY_COLUMNS,
+};
+use super::{LeasePurpose, ListQuery, SecretKey, ENDED_RETENTION_MS, MAX_PENDING_FLOWS_PER_USER};
+use crate::error::Result;
+use crate::ids::{ConnectionKey, ProviderId, TenantId};
+use crate::records::{
+    ConnectionRecord, FlowRecord, MasterKeyRecord, SecretRecord, SessionRecord, TenantKeyRecord,
+};
+use std::fmt;
 
-/// Column order of `connections`, as every `SELECT` reads it.
-pub const CONNECTION_COLUMNS: &str = "tenant_id, provider, user_id, kind, status, scopes, account_id, account_name, \
-     expires_at, created_at, updated_at, last_refresh_at, next_refresh_at, last_check_at, last_error_code, \
-     last_error_message, credential, refresh_token, extras, version, token_issued_at";
+/// How a driver writes its n-th parameter. Both bind by number, so a placeholder may be used
+/// twice in one statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placeholders {
+    /// `?1`, `?2`, ...
+    Sqlite,
+    /// `$1`, `$2`, ...
+    Postgres,
+}
 
-/// Insert or replace a connection: $1..$19 are the columns in order up to `extras`, $20 is
-/// `token_issued_at`. An existing row keeps its `created_at` and gets `version + 1`.
-pub static UPSERT_CONNECTION: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO connections ({CONNECTION_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 1, $20) \
-         ON CONFLICT (tenant_id, provider, user_id) DO UPDATE SET \
-           kind = excluded.kind, status = excluded.status, scopes = excluded.scopes, \
-           account_id = excluded.account_id, account_name = excluded.account_name, \
-           expires_at = excluded.expires_at, updated_at = excluded.updated_at, \
-           last_refresh_at = excluded.last_refresh_at, next_refresh_at = excluded.next_refresh_at, \
-           last_check_at = excluded.last_check_at, last_error_code = excluded.last_error_code, \
-           last_error_message = excluded.last_error_message, credential = excluded.credential, \
-           refresh_token = excluded.refresh_token, extras = excluded.extras, \
-           token_issued_at = excluded.token_issued_at, version = connections.version + 1 \
-         RETURNING created_at, version"
-    )
-});
+/// SQL text and the values of its placeholders, in their order.
+#[derive(Clone, Debug)]
+pub struct Statement {
+    pub sql: String,
+    pub values: Vec<SqlValue>,
+}
 
-/// Replace a connection if its version is still $20 (compare and swap) and the tenant's data key
-/// is still of generation $21, the one its values were sealed with (checked in the same
-/// statement: see `store::check_sealed_with`). The values are the upsert's without `created_at`
-/// (never updated): $1..$9, then `updated_at` $10 .. `token_issued_at` $19.
-pub const UPDATE_CONNECTION: &str = "UPDATE connections SET kind = $4, status = $5, scopes = $6, account_id = $7, \
-       account_name = $8, expires_at = $9, updated_at = $10, last_refresh_at = $11, next_refresh_at = $12, \
-       last_check_at = $13, last_error_code = $14, last_error_message = $15, credential = $16, \
-       refresh_token = $17, extras = $18, token_issued_at = $19, version = version + 1 \
-     WHERE tenant_id = $1 AND provider = $2 AND user_id = $3 AND version = $20 \
-       AND EXISTS (SELECT 1 FROM tenant_keys WHERE tenant_id = $1 AND generation = $21) \
-     RETURNING version";
+impl Statement {
+    /// This statement with `sql` appended (a locking clause, say).
+    pub fn then(mut self, sql: &str) -> Self {
+        self.sql.push(' ');
+        self.sql.push_str(sql);
+        self
+    }
+}
 
-/// The generation of tenant $1's data key (no row: it has none).
-pub const TENANT_KEY_GENERATION: &str = "SELECT generation FROM tenant_keys WHERE tenant_id = $1";
+/// The values bound so far, numbering each one's placeholder.
+pub struct Params {
+    style: Placeholders,
+    values: Vec<SqlValue>,
+}
 
-/// The generation of tenant $1's last deleted data key (no row: never deleted).
-pub const DELETED_GENERATION: &str =
-    "SELECT generation FROM deleted_tenant_keys WHERE tenant_id = $1";
+/// The placeholder of one bound value, as it goes into the SQL text.
+#[derive(Clone, Copy)]
+pub struct Placeholder {
+    style: Placeholders,
+    number: usize,
+}
 
-/// When master key $1 was retired (NULL: active; no row: unknown to the store).
-pub const MASTER_KEY_RETIRED_AT: &str = "SELECT retired_at FROM master_keys WHERE id = $1";
+impl fmt::Display for Placeholder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.style {
+            Placeholders::Sqlite => write!(f, "?{}", self.number),
+            Placeholders::Postgres => write!(f, "${}", self.number),
+        }
+    }
+}
+
+impl Params {
+    pub fn new(style: Placeholders) -> Self {
+        Self {
+            style,
+            values: Vec::new(),
+        }
+    }
+
+    pub fn bind(&mut self, value: impl Into<SqlValue>) -> Placeholder {
+        self.values.push(value.into());
+        Placeholder {
+            style: self.style,
+            number: self.values.len(),
+        }
+    }
+
+    /// `column = placeholder` for each value, joined by `AND`.
+    pub fn matching<'a>(
+        &mut self,
+        columns: impl IntoIterator<Item = (&'a str, SqlValue)>,
+    ) -> String {
+        let conditions: Vec<_> = columns
+            .into_iter()
+            .map(|(column, value)| format!("{column} = {}", self.bind(value)))
+            .collect();
+        conditions.join(" AND ")
+    }
+
+    /// The condition selecting one connection's row (or lease's, with its purpose).
+    pub fn connection_key(&mut self, key: &ConnectionKey) -> String {
+        self.matching([
+            ("tenant_id", key.tenant.as_str().into()),
+            ("provider", key.provider.as_str().into()),
+            ("user_id", key.user.as_str().into()),
+        ])
+    }
+
+    /// A statement of one value, its text made from its placeholder.
+    pub fn one(
+        style: Placeholders,
+        value: impl Into<SqlValue>,
+        sql: impl FnOnce(Placeholder) -> String,
+    ) -> Statement {
+        let mut params = Self::new(style);
+        let placeholder = params.bind(value);
+        params.statement(sql(placeholder))
+    }
+
+    pub fn statement(self, sql: impl Into<String>) -> Statement {
+        Statement {
+            sql: sql.into(),
+            values: self.values,
+        }
+    }
+}
+
+// Connections ----------------------------------------------------------------------------------
+
+pub fn all_connections() -> String {
+    format!("SELECT {CONNECTION_COLUMNS} FROM connections")
+}
+
+pub fn connection(p: Placeholders, key: &ConnectionKey) -> Statement {
+    let mut params = Params::new(p);
+    let filter = params.connection_key(key);
+    params.statement(format!("{} WHERE {filter}", all_connections()))
+}
+
+/// One page: the filters the query has, after its cursor, in key order.
+pub fn list_connections(p: Placeholders, query: &ListQuery) -> Statement {
+    let mut params = Params::new(p);
+    let mut conditions = Vec::new();
+    let filters = [
+        ("tenant_id", query.tenant.as_ref().map(TenantId::as_str)),
+        ("provider", query.provider.as_ref().map(ProviderId::as_str)),
+        ("status", query.status.map(|s| s.as_str())),
+    ];
+    for (column, value) in filters {
+        if let Some(value) = value {
+            conditions.push(format!("{column} = {}", params.bind(value)));
+        }
+    }
+    if let Some(after) = &query.after {
+        conditions.push(format!(
+            "(tenant_id, provider, user_id) > ({}, {}, {})",
+            params.bind(after.tenant.as_str()),
+            params.bind(after.provider.as_str()),
+            params.bind(after.user.as_str())
+        ));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let limit = params.bind(i64::from(query.limit));
+    params.statement(format!(
+        "{} {filter} ORDER BY tenant_id, provider, user_id LIMIT {limit}",
+        all_connections()
+    ))
+}
+
+/// Insert or replace a connection. An existing row keeps its `created_at` and gets
+/// `version + 1` (a new one starts at 1). Returns `created_at, version` as stored.
+pub fn upsert_connection(p: Placeholders, r: &ConnectionRecord) -> Result<Statement> {
+    let mut params = Params::new(p);
+    let mut values = Vec::new();
+    let mut replaced = Vec::new();
+    for (column, value) in connection_values(r)? {
+        if column == ConnectionColumn::Version {
+            values.push("1".to_owned());
+            continue;
+        }
+        values.push(params.bind(value).to_string());
+        if column.is_replaced() {
+            replaced.push(format!("{0} = excluded.{0}", column.name()));
+        }
+    }
+    Ok(params.statement(format!(
+        "INSERT INTO connections ({CONNECTION_COLUMNS}) VALUES ({}) \
+         ON CONFLICT (tenant_id, provider, user_id) DO UPDATE SET {}, version = connections.version + 1 \
+         RETURNING created_at, version",
+        values.join(", "),
+        replaced.join(", ")
+    )))
+}
+
+/// Replace a connection if its version is still `expected_version` (compare and swap) and the
+/// tenant's data key is still of `generation`, the one its values were sealed with (checked in
+/// the same statement: see `store::check_sealed_with`). `created_at` is never updated. Returns
+/// the new version.
+pub fn update_connection(
+    p: Placeholders,
+    r: &ConnectionRecord,
+    expected_version: i64,
+    generation: u32,
+) -> Result<Statement> {
+    let mut params = Params::new(p);
+    let mut key = Vec::new();
+    let mut replaced = Vec::new();
+    for (column, value) in connection_values(r)? {
+        if column.is_key() {
+            key.push((column.name(), value));
+        } else if column.is_replaced() {
+            replaced.push(format!("{} = {}", column.name(), params.bind(value)));
+        }
+    }
+    let key = params.matching(key);
+    let tenant = params.bind(r.key.tenant.as_str());
+    let (version, generation) = (params.bind(expected_version), params.bind(generation));
+    Ok(params.statement(format!(
+        "UPDATE connections SET {}, version = version + 1 \
+         WHERE {key} AND version = {version} \
+           AND EXISTS (SELECT 1 FROM tenant_keys WHERE tenant_id = {tenant} AND generation = {generation}) \
+         RETURNING version",
+        replaced.join(", ")
+    )))
+}
+
+pub fn delete_connection(p: Placeholders, key: &ConnectionKey) -> Statement {
+    let mut params = Params::new(p);
+    let filter = params.connection_key(key);
+    params.statement(format!("DELETE FROM connections WHERE {filter}"))
+}
+
+// Master keys and tenant keys -----------------------------------------------------------------
+
+pub fn master_keys() -> String {
+    format!("SELECT {MASTER_KEY_COLUMNS} FROM master_keys ORDER BY created_at, id")
+}
+
+/// Inserts a key-check record unless its id exists.
+pub fn add_master_key(p: Placeholders, r: &MasterKeyRecord) -> Statement {
+    let mut params = Params::new(p);
+    let values = [
+        params.bind(r.id.as_str()),
+        params.bind(&r.key_check),
+        params.bind(r.created_at),
+        params.bind(r.retired_at),
+    ];
+    params.statement(format!(
+        "INSERT INTO master_keys ({MASTER_KEY_COLUMNS}) VALUES ({}) ON CONFLICT (id) DO NOTHING",
+        join(&values)
+    ))
+}
+
+pub fn retire_master_key(p: Placeholders, id: &str, now: i64) -> Statement {
+    let mut params = Params::new(p);
+    let (id, now) = (params.bind(id), params.bind(now));
+    params.statement(format!(
+        "UPDATE master_keys SET retired_at = {now} WHERE id = {id} AND retired_at IS NULL"
+    ))
+}
+
+/// When master key `id` was retired (NULL: active; no row: unknown to the store).
+pub fn master_key_retired_at(p: Placeholders, id: &str) -> Statement {
+    let mut params = Params::new(p);
+    let id = params.bind(id);
+    params.statement(format!(
+        "SELECT retired_at FROM master_keys WHERE id = {id}"
+    ))
+}
 
 /// The master keys not retired, oldest first.
 pub const ACTIVE_MASTER_KEYS: &str =
     "SELECT id FROM master_keys WHERE retired_at IS NULL ORDER BY created_at, id";
+
+pub fn tenant_keys() -> String {
+    format!("SELECT {TENANT_KEY_COLUMNS} FROM tenant_keys")
+}
+
+pub fn tenant_key(p: Placeholders, tenant: &TenantId) -> Statement {
+    let mut params = Params::new(p);
+    let tenant = params.bind(tenant.as_str());
+    params.statement(format!("{} WHERE tenant_id = {tenant}", tenant_keys()))
+}
+
+pub fn insert_tenant_key(p: Placeholders, r: &TenantKeyRecord) -> Statement {
+    let mut params = Params::new(p);
+    let values = [
+        params.bind(r.tenant.as_str()),
+        params.bind(r.generation),
+        params.bind(r.master_key_id.as_str()),
+        params.bind(&r.wrapped),
+        params.bind(r.created_at),
+    ];
+    params.statement(format!(
+        "INSERT INTO tenant_keys ({TENANT_KEY_COLUMNS}) VALUES ({})",
+        join(&values)
+    ))
+}
+
+/// Replace a tenant key's wrapping if it is still of its generation and wrapped by `expected`.
+pub fn rewrap_tenant_key(p: Placeholders, r: &TenantKeyRecord, expected: &str) -> Statement {
+    let mut params = Params::new(p);
+    let (master_key_id, wrapped) = (
+        params.bind(r.master_key_id.as_str()),
+        params.bind(&r.wrapped),
+    );
+    let filter = params.matching([
+        ("tenant_id", r.tenant.as_str().into()),
+        ("master_key_id", expected.into()),
+        ("generation", r.generation.into()),
+    ]);
+    params.statement(format!(
+        "UPDATE tenant_keys SET master_key_id = {master_key_id}, wrapped = {wrapped} WHERE {filter}"
+    ))
+}
+
+/// The generation of the tenant's data key (no row: it has none).
+pub fn tenant_key_generation(p: Placeholders, tenant: &TenantId) -> Statement {
+    let mut params = Params::new(p);
+    let tenant = params.bind(tenant.as_str());
+    params.statement(format!(
+        "SELECT generation FROM tenant_keys WHERE tenant_id = {tenant}"
+    ))
+}
+
+/// The generation of the tenant's last deleted data key (no row: never deleted).
+pub fn deleted_generation(p: Placeholders, tenant: &TenantId) -> Statement {
+    let mut params = Params::new(p);
+    let tenant = params.bind(tenant.as_str());
+    params.statement(format!(
+        "SELECT generation FROM deleted_tenant_keys WHERE tenant_id = {tenant}"
+    ))
+}
 
 /// What `delete_tenant` empties of the tenant's rows besides its key, in this order (the order
 /// of the counts in `TenantDeletion`; leases are not counted).
@@ -64,42 +342,270 @@ pub const TENANT_TABLES: [&str; 5] = [
     "leases",
 ];
 
-/// Give back a lease ($1..$3, $4 purpose) if $5 still holds it.
-pub const RELEASE_LEASE: &str = "DELETE FROM leases \
-     WHERE tenant_id = $1 AND provider = $2 AND user_id = $3 AND purpose = $4 AND owner = $5";
+/// Delete the tenant's rows of `table` (`tenant_keys`, or one of [`TENANT_TABLES`]).
+pub fn delete_tenant_rows(p: Placeholders, table: &str, tenant: &TenantId) -> Statement {
+    let mut params = Params::new(p);
+    let tenant = params.bind(tenant.as_str());
+    params.statement(format!("DELETE FROM {table} WHERE tenant_id = {tenant}"))
+}
 
-/// Drop the oldest pending flows of ($1 tenant, $2 user) beyond the newest $3.
-pub const PRUNE_PENDING_FLOWS: &str = "DELETE FROM connect_flows \
-     WHERE tenant_id = $1 AND user_id = $2 AND consumed_at IS NULL AND state_hash NOT IN ( \
-       SELECT state_hash FROM connect_flows \
-       WHERE tenant_id = $1 AND user_id = $2 AND consumed_at IS NULL \
-       ORDER BY created_at DESC, state_hash LIMIT $3)";
+// Secrets ---------------------------------------------------------------------------------------
 
-/// Drop flows that ended (expired, or were consumed) before $1.
-pub const PRUNE_ENDED_FLOWS: &str =
-    "DELETE FROM connect_flows WHERE expires_at < $1 OR consumed_at < $1";
+/// A secret's `provider` column: empty for a tenant-wide secret.
+fn provider_column(provider: &Option<ProviderId>) -> &str {
+    provider.as_ref().map_or("", ProviderId::as_str)
+}
 
-/// Drop sessions that expired before $1.
-pub const PRUNE_SESSIONS: &str = "DELETE FROM connect_sessions WHERE expires_at < $1";
+fn secret_key(params: &mut Params, key: &SecretKey) -> String {
+    params.matching([
+        ("tenant_id", key.tenant.as_str().into()),
+        ("provider", provider_column(&key.provider).into()),
+        ("name", key.name.as_str().into()),
+    ])
+}
 
-/// Read the session with token hash $1.
-pub const READ_SESSION: &str = "SELECT tenant_id, user_id, providers, created_at, expires_at \
-     FROM connect_sessions WHERE token_hash = $1";
+/// Insert or replace a secret (a replaced one keeps its `created_at`).
+pub fn put_secret(p: Placeholders, r: &SecretRecord) -> Statement {
+    let mut params = Params::new(p);
+    let values = [
+        params.bind(r.tenant.as_str()),
+        params.bind(provider_column(&r.provider)),
+        params.bind(r.name.as_str()),
+        params.bind(&r.value),
+        params.bind(r.created_at),
+        params.bind(r.updated_at),
+    ];
+    params.statement(format!(
+        "INSERT INTO secrets (tenant_id, provider, name, value, created_at, updated_at) VALUES ({}) \
+         ON CONFLICT (tenant_id, provider, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        join(&values)
+    ))
+}
 
-/// Consume the session with token hash $1 (same columns as [`READ_SESSION`]).
-pub const TAKE_SESSION: &str = "DELETE FROM connect_sessions WHERE token_hash = $1 \
-     RETURNING tenant_id, user_id, providers, created_at, expires_at";
+/// The secret's `value, created_at, updated_at`.
+pub fn secret(p: Placeholders, key: &SecretKey) -> Statement {
+    let mut params = Params::new(p);
+    let filter = secret_key(&mut params, key);
+    params.statement(format!(
+        "SELECT value, created_at, updated_at FROM secrets WHERE {filter}"
+    ))
+}
 
-/// Indexes for bounding connect flows and sessions (a migration of each store).
+pub fn delete_secret(p: Placeholders, key: &SecretKey) -> Statement {
+    let mut params = Params::new(p);
+    let filter = secret_key(&mut params, key);
+    params.statement(format!("DELETE FROM secrets WHERE {filter}"))
+}
+
+// Connect flows and sessions --------------------------------------------------------------------
+
+pub fn insert_flow(p: Placeholders, flow: &FlowRecord) -> Result<Statement> {
+    let mut params = Params::new(p);
+    let values = [
+        params.bind(flow.state_hash.as_str()),
+        params.bind(flow.key.tenant.as_str()),
+        params.bind(flow.key.provider.as_str()),
+        params.bind(flow.key.user.as_str()),
+        params.bind(flow.verifier.as_ref()),
+        params.bind(flow.redirect_uri.as_str()),
+        params.bind(json(&flow.scopes)?),
+        params.bind(flow.browser_hash.as_deref()),
+        params.bind(flow.created_at),
+        params.bind(flow.expires_at),
+    ];
+    Ok(params.statement(format!(
+        "INSERT INTO connect_flows (state_hash, tenant_id, provider, user_id, verifier, redirect_uri, scopes, \
+         browser_hash, created_at, expires_at) VALUES ({})",
+        join(&values)
+    )))
+}
+
+/// Drop the oldest pending flows of the flow's (tenant, user) beyond the newest
+/// [`MAX_PENDING_FLOWS_PER_USER`].
+pub fn prune_pending_flows(p: Placeholders, flow: &FlowRecord) -> Statement {
+    let mut params = Params::new(p);
+    let (tenant, user) = (
+        params.bind(flow.key.tenant.as_str()),
+        params.bind(flow.key.user.as_str()),
+    );
+    let keep = params.bind(MAX_PENDING_FLOWS_PER_USER);
+    params.statement(format!(
+        "DELETE FROM connect_flows \
+         WHERE tenant_id = {tenant} AND user_id = {user} AND consumed_at IS NULL AND state_hash NOT IN ( \
+           SELECT state_hash FROM connect_flows \
+           WHERE tenant_id = {tenant} AND user_id = {user} AND consumed_at IS NULL \
+           ORDER BY created_at DESC, state_hash LIMIT {keep})"
+    ))
+}
+
+/// The flow with this state hash, as [`super::row::flow_from_row`] reads it.
+pub fn flow(p: Placeholders, state_hash: &str) -> Statement {
+    let mut params = Params::new(p);
+    let state_hash = params.bind(state_hash);
+    params.statement(format!(
+        "SELECT {FLOW_COLUMNS} FROM connect_flows WHERE state_hash = {state_hash}"
+    ))
+}
+
+/// Mark the flow consumed at `now` (as `FlowTake::decide` said to).
+pub fn consume_flow(p: Placeholders, state_hash: &str, now: i64) -> Statement {
+    let mut params = Params::new(p);
+    let (state_hash, now) = (params.bind(state_hash), params.bind(now));
+    params.statement(format!(
+        "UPDATE connect_flows SET consumed_at = {now} WHERE state_hash = {state_hash}"
+    ))
+}
+
+/// Drop flows that ended (expired, or were consumed) more than [`ENDED_RETENTION_MS`] before
+/// `now`.
+pub fn prune_ended_flows(p: Placeholders, now: i64) -> Statement {
+    let mut params = Params::new(p);
+    let before = params.bind(now - ENDED_RETENTION_MS);
+    params.statement(format!(
+        "DELETE FROM connect_flows WHERE expires_at < {before} OR consumed_at < {before}"
+    ))
+}
+
+/// Drop sessions that expired before `now`.
+pub fn prune_sessions(p: Placeholders, now: i64) -> Statement {
+    let mut params = Params::new(p);
+    let now = params.bind(now);
+    params.statement(format!(
+        "DELETE FROM connect_sessions WHERE expires_at < {now}"
+    ))
+}
+
+pub fn insert_session(p: Placeholders, s: &SessionRecord) -> Result<Statement> {
+    let mut params = Params::new(p);
+    let values = [
+        params.bind(s.token_hash.as_str()),
+        params.bind(s.tenant.as_str()),
+        params.bind(s.user.as_str()),
+        params.bind(json(&s.providers)?),
+        params.bind(s.created_at),
+        params.bind(s.expires_at),
+    ];
+    Ok(params.statement(format!(
+        "INSERT INTO connect_sessions (token_hash, {SESSION_COLUMNS}) VALUES ({})",
+        join(&values)
+    )))
+}
+
+/// The session with this token hash, as [`super::row::session_from_row`] reads it.
+pub fn session(p: Placeholders, token_hash: &str) -> Statement {
+    let mut params = Params::new(p);
+    let token_hash = params.bind(token_hash);
+    params.statement(format!(
+        "SELECT {SESSION_COLUMNS} FROM connect_sessions WHERE token_hash = {token_hash}"
+    ))
+}
+
+/// Consume the session with this token hash (returning what [`session`] reads).
+pub fn take_session(p: Placeholders, token_hash: &str) -> Statement {
+    let mut params = Params::new(p);
+    let token_hash = params.bind(token_hash);
+    params.statement(format!(
+        "DELETE FROM connect_sessions WHERE token_hash = {token_hash} RETURNING {SESSION_COLUMNS}"
+    ))
+}
+
+/// Indexes for bounding connect flows and sessions (a migration of each store: never edit).
 pub const FLOW_AND_SESSION_INDEXES: &str = "\
      CREATE INDEX connect_flows_by_user ON connect_flows (tenant_id, user_id, created_at); \
      CREATE INDEX connect_flows_by_expiry ON connect_flows (expires_at); \
      CREATE INDEX connect_sessions_by_expiry ON connect_sessions (expires_at);";
 
-/// Index of `created_at` among the upsert's values, which the update leaves out.
-pub const CREATED_AT_INDEX: usize = 9;
+// Leases ----------------------------------------------------------------------------------------
 
-/// The statement with SQLite's numbered placeholders.
-pub fn sqlite_placeholders(sql: &str) -> String {
-    sql.replace('$', "?")
+/// The condition selecting one lease's row.
+pub fn lease_key(params: &mut Params, key: &ConnectionKey, purpose: LeasePurpose) -> String {
+    let key = params.connection_key(key);
+    format!("{key} AND purpose = {}", params.bind(purpose.as_str()))
+}
+
+/// Give back a lease if `owner` still holds it.
+pub fn release_lease(
+    p: Placeholders,
+    key: &ConnectionKey,
+    purpose: LeasePurpose,
+    owner: &str,
+) -> Statement {
+    let mut params = Params::new(p);
+    let lease = lease_key(&mut params, key, purpose);
+    let owner = params.bind(owner);
+    params.statement(format!(
+        "DELETE FROM leases WHERE {lease} AND owner = {owner}"
+    ))
+}
+
+fn join(placeholders: &[Placeholder]) -> String {
+    let texts: Vec<_> = placeholders.iter().map(Placeholder::to_string).collect();
+    texts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::ConnectionStatus;
+
+    #[test]
+    fn placeholders_are_numbered_as_values_are_bound() {
+        let query = ListQuery {
+            tenant: Some(TenantId::parse("t").unwrap()),
+            status: Some(ConnectionStatus::Active),
+            after: Some(ConnectionKey::parse("attio", "t", "u").unwrap()),
+            limit: 5,
+            ..ListQuery::default()
+        };
+        let sqlite = list_connections(Placeholders::Sqlite, &query);
+        assert!(sqlite.sql.ends_with(
+            "WHERE tenant_id = ?1 AND status = ?2 AND (tenant_id, provider, user_id) > (?3, ?4, ?5) \
+             ORDER BY tenant_id, provider, user_id LIMIT ?6"
+        ), "{}", sqlite.sql);
+        assert_eq!(sqlite.values.len(), 6);
+        assert_eq!(sqlite.values[5], SqlValue::Int(5));
+        let postgres = list_connections(
+            Placeholders::Postgres,
+            &ListQuery {
+                limit: 1,
+                ..ListQuery::default()
+            },
+        );
+        assert!(
+            postgres
+                .sql
+                .ends_with("connections  ORDER BY tenant_id, provider, user_id LIMIT $1"),
+            "{}",
+            postgres.sql
+        );
+    }
+
+    #[test]
+    fn an_update_replaces_what_an_upsert_replaces_and_checks_the_key() {
+        let mut sealed = vec![1, 0, 0, 0, 1];
+        sealed.resize(40, 0);
+        let r = crate::cache::tests::record("u", 3, &sealed);
+        let upsert = upsert_connection(Placeholders::Postgres, &r).unwrap();
+        // Every column but `version` (a literal 1) is bound.
+        assert_eq!(upsert.values.len(), ConnectionColumn::ALL.len() - 1);
+        assert!(upsert.sql.contains("$19, 1, $20)"), "{}", upsert.sql);
+        assert!(
+            !upsert.sql.contains("created_at = excluded"),
+            "{}",
+            upsert.sql
+        );
+        let update = update_connection(Placeholders::Postgres, &r, 3, 1).unwrap();
+        // 16 replaced columns, the key, the tenant again, the version and the generation.
+        assert_eq!(update.values.len(), 16 + 3 + 3);
+        assert!(!update.sql.contains("created_at"), "{}", update.sql);
+        assert!(
+            update
+                .sql
+                .contains("tenant_id = $17 AND provider = $18 AND user_id = $19 AND version = $21"),
+            "{}",
+            update.sql
+        );
+        assert_eq!(update.values[20], SqlValue::Int(3));
+        assert_eq!(update.values[21], SqlValue::Int(1));
+    }
 }
