@@ -20,6 +20,7 @@
 //! |               | refreshes and probes under store leases, follows other processes     |
 //! | [`client`]    | one `new Authpipe()`: an engine plus that instance's configuration   |
 //! | [`error`]     | `Error` with a stable `ErrorCode`                                     |
+//! | `string_enum` | the macro behind every public string list (codes, statuses, events)  |
 
 pub mod cache;
 pub mod client;
@@ -35,6 +36,7 @@ pub mod providers;
 pub mod records;
 pub mod scheduler;
 pub mod store;
+mod string_enum;
 pub mod vault;
 
 pub use error::{Error, ErrorCode, Result};
