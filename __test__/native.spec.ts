@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { Authpipe, AuthpipeError, ERROR_CODES } from '..';
+import { Authpipe, AuthpipeError, ERROR_CODES, type AuthpipeEvents, type ConnectionEventName } from '..';
 import { newKey, open, rejection, tempDir, testStore } from './helpers';
 
 // The generated loader, internal to the package.
@@ -12,8 +12,13 @@ const { fromNative } = require('../dist/errors.js');
 const ref = { provider: 'attio', tenantId: 'org_acme', userId: 'user_1' };
 
 test('the JS error codes are exactly the core error codes', () => {
-  expect([...ERROR_CODES].sort()).toEqual([...binding.errorCodes()].sort());
+  expect([...ERROR_CODES]).toEqual([...binding.errorCodes()]);
 });
+
+// `AuthpipeEvents` is written by hand (each event's payload type); its keys must be exactly the
+// generated event names. A compile error (tsc -p __test__) otherwise.
+const eventsListEveryName: [keyof AuthpipeEvents] extends [ConnectionEventName] ? ([ConnectionEventName] extends [keyof AuthpipeEvents] ? true : false) : false = true;
+test('AuthpipeEvents has one entry per event name', () => expect(eventsListEveryName).toBe(true));
 
 // The panicking calls exist in debug builds only (the ones tests run); after `npm run build`
 // (release, as `npm run bench` leaves it) there is nothing to call.
