@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { Authpipe, AuthpipeError, ERROR_CODES, type AuthpipeEvents, type ConnectionEventName } from '..';
@@ -20,11 +21,28 @@ test('the JS error codes are exactly the core error codes', () => {
 const eventsListEveryName: [keyof AuthpipeEvents] extends [ConnectionEventName] ? ([ConnectionEventName] extends [keyof AuthpipeEvents] ? true : false) : false = true;
 test('AuthpipeEvents has one entry per event name', () => expect(eventsListEveryName).toBe(true));
 
-// The panicking calls exist in debug builds only (the ones tests run); after `npm run build`
-// (release, as `npm run bench` leaves it) there is nothing to call.
-const debugBuild = typeof binding.testOnlyPanic === 'function';
+// The panicking calls exist only with the `test-hooks` feature (`npm run build:debug`, the build
+// tests run); after `npm run build` (release, as `npm run bench` leaves it) there is nothing to call.
+const testHooks = typeof binding.testOnlyPanic === 'function';
 
-(debugBuild ? test : test.skip)('a Rust panic becomes an INTERNAL AuthpipeError, never a process abort', async () => {
+test('only the tests\' build enables the test-only calls', () => {
+  const { scripts } = JSON.parse(readFileSync(join(__dirname, '..', 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+  expect(scripts['build:debug']).toContain('--features test-hooks');
+  expect(scripts.build).not.toContain('test-hooks');
+  // What `npm run pack` and the release workflow build: release, no features.
+  const packBuild = readFileSync(join(__dirname, '..', 'scripts', 'pack.mjs'), 'utf8').match(/\['napi', 'build', [^\n]*/g);
+  expect(packBuild).toHaveLength(1);
+  expect(packBuild![0]).toContain("'--release'");
+  expect(packBuild![0]).not.toMatch(/features/);
+  const releaseBuilds = readFileSync(join(__dirname, '..', '.github', 'workflows', 'release.yml'), 'utf8').match(/napi build [^\n]*/g);
+  expect(releaseBuilds?.length).toBeGreaterThan(0);
+  for (const build of releaseBuilds!) {
+    expect(build).toContain('--release');
+    expect(build).not.toMatch(/features/);
+  }
+});
+
+(testHooks ? test : test.skip)('a Rust panic becomes an INTERNAL AuthpipeError, never a process abort', async () => {
   let thrown: unknown;
   try {
     binding.testOnlyPanic('boom in sync code');
