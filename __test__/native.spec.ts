@@ -1,6 +1,7 @@
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { Authpipe, AuthpipeError, ERROR_CODES } from '..';
+import { Authpipe, AuthpipeError, ERROR_CODES, type AuthpipeEvents, type ConnectionEventName } from '..';
 import { newKey, open, rejection, tempDir, testStore } from './helpers';
 
 // The generated loader, internal to the package.
@@ -12,14 +13,36 @@ const { fromNative } = require('../dist/errors.js');
 const ref = { provider: 'attio', tenantId: 'org_acme', userId: 'user_1' };
 
 test('the JS error codes are exactly the core error codes', () => {
-  expect([...ERROR_CODES].sort()).toEqual([...binding.errorCodes()].sort());
+  expect([...ERROR_CODES]).toEqual([...binding.errorCodes()]);
 });
 
-// The panicking calls exist in debug builds only (the ones tests run); after `npm run build`
-// (release, as `npm run bench` leaves it) there is nothing to call.
-const debugBuild = typeof binding.testOnlyPanic === 'function';
+// `AuthpipeEvents` is written by hand (each event's payload type); its keys must be exactly the
+// generated event names. A compile error (tsc -p __test__) otherwise.
+const eventsListEveryName: [keyof AuthpipeEvents] extends [ConnectionEventName] ? ([ConnectionEventName] extends [keyof AuthpipeEvents] ? true : false) : false = true;
+test('AuthpipeEvents has one entry per event name', () => expect(eventsListEveryName).toBe(true));
 
-(debugBuild ? test : test.skip)('a Rust panic becomes an INTERNAL AuthpipeError, never a process abort', async () => {
+// The panicking calls exist only with the `test-hooks` feature (`npm run build:debug`, the build
+// tests run); after `npm run build` (release, as `npm run bench` leaves it) there is nothing to call.
+const testHooks = typeof binding.testOnlyPanic === 'function';
+
+test('only the tests\' build enables the test-only calls', () => {
+  const { scripts } = JSON.parse(readFileSync(join(__dirname, '..', 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+  expect(scripts['build:debug']).toContain('--features test-hooks');
+  expect(scripts.build).not.toContain('test-hooks');
+  // What `npm run pack` and the release workflow build: release, no features.
+  const packBuild = readFileSync(join(__dirname, '..', 'scripts', 'pack.mjs'), 'utf8').match(/\['napi', 'build', [^\n]*/g);
+  expect(packBuild).toHaveLength(1);
+  expect(packBuild![0]).toContain("'--release'");
+  expect(packBuild![0]).not.toMatch(/features/);
+  const releaseBuilds = readFileSync(join(__dirname, '..', '.github', 'workflows', 'release.yml'), 'utf8').match(/napi build [^\n]*/g);
+  expect(releaseBuilds?.length).toBeGreaterThan(0);
+  for (const build of releaseBuilds!) {
+    expect(build).toContain('--release');
+    expect(build).not.toMatch(/features/);
+  }
+});
+
+(testHooks ? test : test.skip)('a Rust panic becomes an INTERNAL AuthpipeError, never a process abort', async () => {
   let thrown: unknown;
   try {
     binding.testOnlyPanic('boom in sync code');

@@ -1,5 +1,6 @@
-// @authpipe/react keeps copies of two lists it cannot import from a server package: the error
-// codes and the built-in providers' display names. Here they are held equal to the originals.
+// @authpipe/react cannot import from a server package, so it has its own copies of two lists: the
+// error codes (react/src/generated.ts, generated from the Rust core like lib/generated.ts) and the
+// built-in providers' display names (kept by hand). Here its build is held equal to the originals.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ERROR_CODES } from '..';

@@ -1,5 +1,10 @@
 /** Public types of @authpipe/node. */
 
+import type { ConnectionEventName, ConnectionStatus, CredentialType, RevocationOutcome } from './generated';
+
+// The string unions are generated from the core's enums (see ./generated.ts).
+export type { ConnectionEventName, ConnectionStatus, CredentialType };
+
 /** A master key: 32 random bytes, as base64 (44 chars) or hex (64 chars), or the raw bytes. */
 export type MasterKeyMaterial = string | Uint8Array;
 
@@ -118,10 +123,6 @@ export interface Credential {
   /** Provider fields kept with the connection (e.g. Salesforce `instance_url`); `{}` if none. */
   readonly extras: Readonly<Record<string, unknown>>;
 }
-
-export type CredentialType = 'oauth2' | 'api_key';
-
-export type ConnectionStatus = 'active' | 'degraded' | 'expired' | 'revoked' | 'insufficient_scope';
 
 /** A connection's metadata. Never contains a secret. */
 export interface Connection {
@@ -300,7 +301,7 @@ export interface DeleteConnectionResult {
    * credentials configured, or nothing to revoke) or `failed` (see `revocationError`; the local
    * copy is deleted all the same).
    */
-  readonly revocation: 'revoked' | 'not_supported' | 'not_attempted' | 'failed';
+  readonly revocation: RevocationOutcome;
   readonly revocationError: string | null;
 }
 
@@ -323,16 +324,10 @@ export interface RefreshFailedEvent extends ConnectionEvent {
   readonly nextRetryAt: Date;
 }
 
-export type ConnectionEventName =
-  | 'connection.created'
-  | 'connection.refreshed'
-  | 'connection.refresh_failed'
-  | 'connection.degraded'
-  | 'connection.revoked'
-  | 'connection.recovered'
-  | 'connection.deleted';
-
-/** Events of an `Authpipe` instance, for `authpipe.on(name, listener)`. */
+/**
+ * Events of an `Authpipe` instance, for `authpipe.on(name, listener)`: one entry per
+ * {@link ConnectionEventName} (`__test__/native.spec.ts` checks that at compile time).
+ */
 export interface AuthpipeEvents {
   'connection.created': [ConnectionEvent];
   'connection.refreshed': [ConnectionEvent];

@@ -41,8 +41,9 @@ if (prebuilt) {
   cpSync(prebuilt, binaries, { recursive: true });
 } else {
   step('building the release binary (cargo --release: minutes when cold)');
-  // --js/--dts: the generated loader and types, from the release build itself (a debug build
-  // declares test-only calls that the release binary does not have).
+  // --js/--dts: the generated loader and types, from the release build itself (the tests' build,
+  // `npm run build:debug` with the `test-hooks` feature, declares test-only calls; this one, without
+  // the feature, has none).
   run('npx', ['napi', 'build', '--platform', '--release', '--strip', '--output-dir', binaries, '--js', 'binding.js', '--dts', 'binding.d.ts']);
 }
 

@@ -91,15 +91,16 @@ pub async fn open(input: OpenInput) -> napi::Result<NativeAuthpipe> {
 }
 
 /// Panics inside Rust, for the test that proves a panic becomes a JS error, not an abort.
-/// Debug builds only (the tests'): a release build, the one that ships, exports no such call.
-#[cfg(debug_assertions)]
+/// Only with the `test-hooks` feature (`npm run build:debug`, the tests' build): the builds
+/// that ship do not enable it, so they export no such call.
+#[cfg(feature = "test-hooks")]
 #[napi(catch_unwind)]
 pub fn test_only_panic(message: String) {
     panic!("{message}");
 }
 
 /// The same, inside an async call.
-#[cfg(debug_assertions)]
+#[cfg(feature = "test-hooks")]
 #[napi]
 pub async fn test_only_panic_async(message: String) -> napi::Result<()> {
     panic!("{message}");

@@ -1,7 +1,7 @@
 /**
  * What `npm run pack` wrote holds only what an app needs: built JS, types, README, LICENSE, the
  * loader and the release binary. No test, source, source map, key, database or env file; a
- * release binary (stripped, without the debug build's test-only calls); manifests without scripts.
+ * release binary (stripped, without the test build's test-only calls); manifests without scripts.
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
@@ -90,14 +90,14 @@ test('the binary is the release build: stripped, without the test-only calls', (
   const pkg = packages.find((p) => p.name === `@authpipe/node-${HOST_PLATFORM}`)!;
   const { dir } = contents(pkg.file);
   const binary = join(dir, `authpipe.${HOST_PLATFORM}.node`);
-  // The release build has no test-only calls (cfg(debug_assertions)), nor their names.
+  // The release build has no test-only calls (the `test-hooks` feature is off), nor their names.
   expect(statSync(binary).size).toBeLessThan(20e6); // the debug build is about 160 MB
   if (process.platform === 'linux') {
     const sections = execFileSync('readelf', ['-S', '-W', binary], { encoding: 'utf8' });
     expect(sections).not.toMatch(/\.symtab|\.debug_info/);
   }
   const bytes = readFileSync(binary);
-  expect(bytes.includes('testOnlyPanic')).toBe(false); // the name a debug build registers with napi
+  expect(bytes.includes('testOnlyPanic')).toBe(false); // the name a test-hooks build registers with napi
   expect(bytes.length).toBeGreaterThan(1e6);
 
   const node = packages.find((p) => p.name === '@authpipe/node')!;

@@ -5,44 +5,21 @@
  * `lib/handler.ts`; the browser tests there run the two against each other.
  */
 
+import { ERROR_CODES } from './generated.js';
+import type { ConnectionStatus } from './generated.js';
+
 /**
  * The error codes a connect attempt can end with: @authpipe/node's `ERROR_CODES` (the handler's
- * page reports any of them), kept equal to it by a test in @authpipe/node.
+ * page reports any of them). `./generated.ts` is generated from the same source as
+ * @authpipe/node's (the Rust core's `ErrorCode`), by `crates/authpipe-core/tests/generated_ts.rs`.
  */
-export const ERROR_CODES = [
-  'INVALID_ARGUMENT',
-  'UNKNOWN_PROVIDER',
-  'CONNECTION_NOT_FOUND',
-  'CONNECTION_EXPIRED',
-  'CONNECTION_REVOKED',
-  'SECRET_NOT_FOUND',
-  'VAULT_KEY_MISMATCH',
-  'VAULT_KEY_MISSING',
-  'VAULT_INTEGRITY',
-  'KEY_IN_USE',
-  'STORE_ERROR',
-  'AUTHORIZATION_DENIED',
-  'AUTHORIZATION_FAILED',
-  'INVALID_STATE',
-  'STATE_EXPIRED',
-  'STATE_ALREADY_USED',
-  'STATE_PROVIDER_MISMATCH',
-  'BROWSER_MISMATCH',
-  'ISSUER_MISMATCH',
-  'CODE_EXCHANGE_FAILED',
-  'PROVIDER_ERROR',
-  'PROVIDER_TIMEOUT',
-  'INSUFFICIENT_SCOPE',
-  'SESSION_INVALID',
-  'CLOSED',
-  'INTERNAL',
-] as const;
+export { ERROR_CODES };
 
 /** A stable error code; `AUTHORIZATION_DENIED` when the user declined, `SESSION_INVALID` when the session token was refused. */
 export type ConnectErrorCode = (typeof ERROR_CODES)[number];
 
 /** Status of a connection, as @authpipe/node reports it. */
-export type ConnectionStatus = 'active' | 'degraded' | 'expired' | 'revoked' | 'insufficient_scope';
+export type { ConnectionStatus };
 
 /** A connection as the browser sees it: metadata from the callback page, never a token. */
 export interface Connection {

@@ -3,32 +3,28 @@
 
 use crate::ids::ConnectionKey;
 use crate::records::{ConnectionRecord, ConnectionStatus, LastError};
+use crate::string_enum::string_enum;
 use tokio::sync::broadcast;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventKind {
-    Created,
-    Refreshed,
-    /// A transient refresh failure; the connection keeps serving its still-valid token.
-    RefreshFailed,
-    Degraded,
-    Revoked,
-    Recovered,
-    Deleted,
-}
-
-impl EventKind {
-    /// The event's name in JS (`authpipe.on(name, ...)`).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "connection.created",
-            Self::Refreshed => "connection.refreshed",
-            Self::RefreshFailed => "connection.refresh_failed",
-            Self::Degraded => "connection.degraded",
-            Self::Revoked => "connection.revoked",
-            Self::Recovered => "connection.recovered",
-            Self::Deleted => "connection.deleted",
-        }
+string_enum! {
+    /// What happened to a connection; the string form is the event's name in JS
+    /// (`authpipe.on(name, ...)`).
+    pub enum EventKind {
+        /// A connection was stored: connected, or imported.
+        Created = "connection.created",
+        /// The access token was refreshed.
+        Refreshed = "connection.refreshed",
+        /// A transient refresh failure; the connection keeps serving its still-valid token.
+        RefreshFailed = "connection.refresh_failed",
+        /// The connection stopped being active: a refresh or health probe failed, or a required
+        /// scope went missing.
+        Degraded = "connection.degraded",
+        /// The provider revoked the connection; the user has to connect again.
+        Revoked = "connection.revoked",
+        /// A connection that was not active is active again.
+        Recovered = "connection.recovered",
+        /// The connection was deleted.
+        Deleted = "connection.deleted",
     }
 }
 

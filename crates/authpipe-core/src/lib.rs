@@ -23,6 +23,7 @@
 //! | `vault`         | master keyring, per-tenant data keys, the sealed record format         |
 //! | [`records`]     | what the store persists (secret fields already sealed)                 |
 //! | `secrets`       | one type per secret role (access token, state, ...), none printable    |
+//! | `string_enum`   | the macro behind every public string list (codes, statuses, events)    |
 //! | `ids`, `error`  | validated ids; [`Error`] with a stable [`ErrorCode`]                    |
 //!
 //! The modules are private: what callers use is re-exported here. `store` and `records` stay
@@ -47,6 +48,7 @@ pub mod records;
 mod scheduler;
 mod secrets;
 pub mod store;
+mod string_enum;
 mod vault;
 
 pub use client::{encode_cursor, Client, ListFilter, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};

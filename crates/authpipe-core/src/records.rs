@@ -2,6 +2,7 @@
 //! store implementation never sees plaintext and needs no crypto.
 
 use crate::ids::{ConnectionKey, ProviderId, SecretName, TenantId};
+use crate::string_enum::string_enum;
 use std::fmt;
 
 /// An AES-256-GCM ciphertext in the vault's record format (see `vault::envelope`).
@@ -15,63 +16,31 @@ impl fmt::Debug for Sealed {
     }
 }
 
-/// How a connection authenticates against the provider.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CredentialKind {
-    /// A bearer access token, possibly with a refresh token.
-    OAuth2,
-    /// A static API key.
-    ApiKey,
-}
-
-impl CredentialKind {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::OAuth2 => "oauth2",
-            Self::ApiKey => "api_key",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "oauth2" => Some(Self::OAuth2),
-            "api_key" => Some(Self::ApiKey),
-            _ => None,
-        }
+string_enum! {
+    /// How a connection authenticates against the provider (`type` in JS: `CredentialType`).
+    pub enum CredentialKind {
+        /// A bearer access token, possibly with a refresh token.
+        OAuth2 = "oauth2",
+        /// A static API key.
+        ApiKey = "api_key",
     }
 }
 
-/// The health of a connection. Stored as its string form.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnectionStatus {
-    Active,
-    Degraded,
-    Expired,
-    Revoked,
-    InsufficientScope,
-}
-
-impl ConnectionStatus {
-    pub const ALL: [ConnectionStatus; 5] = [
-        Self::Active,
-        Self::Degraded,
-        Self::Expired,
-        Self::Revoked,
-        Self::InsufficientScope,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Degraded => "degraded",
-            Self::Expired => "expired",
-            Self::Revoked => "revoked",
-            Self::InsufficientScope => "insufficient_scope",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == value)
+string_enum! {
+    /// The health of a connection. Stored as its string form.
+    pub enum ConnectionStatus {
+        /// Healthy: the credential is served, and refreshed when due.
+        Active = "active",
+        /// A refresh or health probe failed; the still-valid token keeps being served, and the
+        /// refresh is retried.
+        Degraded = "degraded",
+        /// The access token expired while its refresh kept failing; the refresh is retried.
+        Expired = "expired",
+        /// The provider revoked the connection (or its refresh token); the user has to connect
+        /// again.
+        Revoked = "revoked",
+        /// A health probe found a scope the app requires (`requiredScopes`) missing.
+        InsufficientScope = "insufficient_scope",
     }
 }
 
