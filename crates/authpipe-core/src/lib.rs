@@ -49,6 +49,8 @@ mod scheduler;
 mod secrets;
 pub mod store;
 mod string_enum;
+#[cfg(test)]
+mod test_support;
 mod vault;
 
 pub use client::{encode_cursor, Client, ListFilter, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};

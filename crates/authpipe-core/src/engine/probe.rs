@@ -290,3 +290,172 @@ pub(super) fn verdict(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::identity::Identity;
+    use crate::test_support::{Fixture, Reply};
+    use crate::Error;
+
+    fn alive(scopes: &[&str]) -> Result<Identity> {
+        Ok(Identity {
+            active: true,
+            scopes: Some(scopes.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        })
+    }
+
+    fn dead() -> Result<Identity> {
+        Ok(Identity::default())
+    }
+
+    /// Status before, answer, near its end, its refresh failing; status after, event.
+    type Case = (
+        ConnectionStatus,
+        Result<Identity>,
+        bool,
+        bool,
+        ConnectionStatus,
+        Option<EventKind>,
+    );
+
+    /// Every (status before, answer, context) the probe's state machine distinguishes, and the
+    /// status and event it comes to.
+    #[tokio::test]
+    async fn the_verdict_of_each_answer_in_each_state() {
+        let f = Fixture::start().await;
+        let provider = f.client.catalog().get(&f.key().provider).unwrap().clone();
+        let mut record = f.connect(3_600_000).await;
+        use ConnectionStatus::*;
+        use EventKind as E;
+        let unreachable = || Err(Error::new(ErrorCode::ProviderError, "HTTP 503"));
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            // before,       answer,               near_end, refresh_failing, after,          event
+            (Active,          alive(&["read"]),     false, false, Active,            None),
+            (Degraded,        alive(&["read"]),     false, false, Active,            Some(E::Recovered)),
+            (InsufficientScope, alive(&["read"]),   false, false, Active,            Some(E::Recovered)),
+            (Degraded,        alive(&["read"]),     false, true,  Degraded,          None),
+            (Active,          alive(&["write"]),    false, false, InsufficientScope, Some(E::Degraded)),
+            (Active,          dead(),               false, false, Revoked,           Some(E::Revoked)),
+            (Degraded,        dead(),               false, true,  Revoked,           Some(E::Revoked)),
+            (Active,          dead(),               true,  false, Active,            None),
+            (Active,          unreachable(),        false, false, Degraded,          Some(E::Degraded)),
+            (Degraded,        unreachable(),        false, false, Degraded,          None),
+        ];
+        for (before, answer, near_end, refresh_failing, after, event) in cases {
+            record.status = before;
+            record.last_error = (before != Active).then(|| LastError {
+                code: "earlier".into(),
+                message: "an earlier failure".into(),
+            });
+            let case = format!("{before:?} near_end={near_end} failing={refresh_failing}");
+            let verdict = verdict(
+                &record,
+                answer,
+                Context {
+                    near_end,
+                    refresh_failing,
+                    provider: &provider,
+                },
+            )
+            .unwrap();
+            assert_eq!((verdict.status, verdict.event), (after, event), "{case}");
+            assert_eq!(verdict.error.is_none(), after == Active, "{case}");
+        }
+        // A configuration error is ours: returned, not recorded on the connection.
+        let config = Err(Error::invalid_argument("providers.fake.identity.url"));
+        let context = Context {
+            near_end: false,
+            refresh_failing: false,
+            provider: &provider,
+        };
+        assert!(verdict(&record, config, context).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_probe_records_its_verdict_once_and_emits_only_changes() {
+        let f = Fixture::start().await;
+        f.connect(3_600_000).await;
+        let mut events = f.engine.subscribe();
+        let key = f.key();
+        let check = || async { f.engine.check(&key).await.unwrap() };
+
+        f.provider
+            .set_identity(Reply::error(503, "temporarily_unavailable"));
+        let degraded = check().await;
+        assert_eq!(degraded.status, ConnectionStatus::Degraded);
+        assert_eq!(degraded.last_check_at, Some(f.engine.now_ms()));
+        // The token stays in service while the provider is down.
+        assert_eq!(f.served().await.unwrap(), "at-0");
+
+        f.clock.advance(60_000);
+        let again = check().await;
+        assert_eq!(again.status, ConnectionStatus::Degraded);
+        assert_eq!(again.last_check_at, Some(f.engine.now_ms()));
+
+        f.provider.set_identity(Reply::ok(
+            serde_json::json!({ "active": true, "scope": "read" }),
+        ));
+        assert_eq!(check().await.status, ConnectionStatus::Active);
+
+        f.provider
+            .set_identity(Reply::ok(serde_json::json!({ "active": false })));
+        assert_eq!(check().await.status, ConnectionStatus::Revoked);
+        assert_eq!(
+            f.served().await.unwrap_err().code,
+            ErrorCode::ConnectionRevoked
+        );
+
+        let mut kinds = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            kinds.push(event.kind);
+        }
+        assert_eq!(
+            kinds,
+            [
+                EventKind::Degraded,
+                EventKind::Recovered,
+                EventKind::Revoked
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scheduled_probe_runs_in_one_process_per_interval() {
+        let f = Fixture::with_probes(Some(60_000)).await;
+        f.connect(3_600_000).await;
+        let key = f.key();
+        let now = f.engine.now_ms();
+        // Another process holds this interval's probe lease: this one skips the probe.
+        let held = crate::store::Lease {
+            key: &key,
+            purpose: LeasePurpose::Check,
+            owner: "another-process",
+            until: now + 60_000,
+        };
+        f.engine.store.try_lease(held, now).await.unwrap();
+        f.engine.scheduled_check(&key, 60_000).await.unwrap();
+        assert_eq!(f.stored().await.last_check_at, None);
+
+        // Its lease lapsed: this process probes, and holds the next interval's lease.
+        f.clock.advance(60_001);
+        f.engine.scheduled_check(&key, 60_000).await.unwrap();
+        assert_eq!(f.stored().await.last_check_at, Some(f.engine.now_ms()));
+        let mine = crate::store::Lease {
+            key: &key,
+            purpose: LeasePurpose::Check,
+            owner: "another-process",
+            until: f.engine.now_ms() + 60_000,
+        };
+        assert!(matches!(
+            f.engine
+                .store
+                .try_lease(mine, f.engine.now_ms())
+                .await
+                .unwrap(),
+            LeaseTake::HeldUntil(_)
+        ));
+    }
+}
