@@ -12,14 +12,14 @@ import { AuthpipeError, fromNative, invalidArgument } from './errors';
 import { createFetchHandler } from './handler/fetch';
 import { createNodeHandler } from './handler/node';
 import type { HandlerBackend, HandlerOptions } from './handler/routes';
+import { call, callbackParams, connectionRef, importInput, secretRef, toConnection, toCredential, toEvent } from './convert';
 import { CredentialMemo } from './memo';
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { native, type ConnectionOutput, type CredentialOutput, type EventOutput, type NativeAuthpipe } from './native';
+import { native, type EventOutput, type NativeAuthpipe } from './native';
 import type {
   AuthpipeEvents,
   AuthpipeOptions,
-  ConnectionEventName,
   HealthSummary,
   CallbackInput,
   CallbackOptions,
@@ -32,8 +32,6 @@ import type {
   ConnectionPage,
   ConnectionRef,
   Credential,
-  CredentialType,
-  ConnectionStatus,
   ImportConnectionInput,
   ListConnectionsQuery,
   MasterKeyRotation,
@@ -47,7 +45,6 @@ export type { HandlerOptions } from './handler/routes';
 export type * from './types';
 
 const DEFAULT_MEMO_LIMIT = 100_000;
-const EMPTY_EXTRAS: Readonly<Record<string, unknown>> = Object.freeze({});
 const warnedDevKeys = new Set<string>();
 
 /**
@@ -451,17 +448,7 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
   }
 
   #deliver(e: EventOutput): void {
-    const event = Object.freeze({
-      type: e.type as ConnectionEventName,
-      provider: e.provider,
-      tenantId: e.tenantId,
-      userId: e.userId,
-      at: new Date(e.at),
-      status: (e.status ?? null) as ConnectionStatus | null,
-      expiresAt: date(e.expiresAt),
-      error: e.errorCode === undefined ? null : Object.freeze({ code: e.errorCode, message: e.errorMessage ?? '' }),
-      ...(e.attempt === undefined ? {} : { attempt: e.attempt, nextRetryAt: new Date(e.nextRetryAt ?? e.at) }),
-    });
+    const event = toEvent(e);
     // A throwing listener must not break delivery to the others, nor reach the Rust thread.
     try {
       (this.emit as (name: string, payload: unknown) => boolean)(event.type, event);
@@ -500,14 +487,6 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
   }
 }
 
-async function call<T>(fn: () => T | Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    throw fromNative(err);
-  }
-}
-
 function resolveMasterKeys(
   opts: Record<string, unknown>,
 ): Array<{ id?: string; key: string; retired?: boolean }> | undefined {
@@ -540,98 +519,4 @@ function announceDevKey(handle: NativeAuthpipe): void {
       'Set masterKey or AUTHPIPE_MASTER_KEY before production (keep that file safe: without it the store cannot be read).',
     { code: 'AUTHPIPE_DEV_KEY' },
   );
-}
-
-/** Checks the three ids of a connection; `prefix` locates them inside a list (`[3].`). */
-function connectionRef(ref: unknown, prefix = ''): ConnectionRef {
-  const r = args.object(ref, prefix ? `connections${prefix.slice(0, -1)}` : 'connection');
-  return {
-    provider: args.string(r.provider, `${prefix}provider`),
-    tenantId: args.string(r.tenantId, `${prefix}tenantId`),
-    userId: args.string(r.userId, `${prefix}userId`),
-  };
-}
-
-function secretRef(ref: unknown): { tenantId: string; provider: string | undefined; name: string } {
-  const r = args.object(ref, 'secret');
-  return {
-    tenantId: args.string(r.tenantId, 'tenantId'),
-    provider: args.optionalString(r.provider, 'provider'),
-    name: args.string(r.name, 'name'),
-  };
-}
-
-function importInput(input: unknown, prefix: string) {
-  const ref = connectionRef(input, prefix);
-  const i = input as Record<string, unknown>;
-  const field = (name: string) => `${prefix}${name}`;
-  return {
-    ...ref,
-    accessToken: args.optionalString(i.accessToken, field('accessToken')),
-    refreshToken: args.optionalString(i.refreshToken, field('refreshToken')),
-    expiresAt: args.optionalTimestamp(i.expiresAt, field('expiresAt')),
-    apiKey: args.optionalString(i.apiKey, field('apiKey')),
-    scopes: args.optionalStrings(i.scopes, field('scopes')),
-    extras: args.optionalJsonObject(i.extras, field('extras')),
-  };
-}
-
-/** The parameters of a callback, from whichever form it arrived in. */
-function callbackParams(input: CallbackInput): Record<string, string> {
-  const i = args.object(input, 'callback');
-  const fromSearch = (value: unknown, field: string): Record<string, string> => {
-    if (typeof value === 'string') return args.uniqueParams(new URLSearchParams(value.startsWith('?') ? value.slice(1) : value), field);
-    if (value instanceof URLSearchParams) return args.uniqueParams(value, field);
-    const o = args.object(value, field);
-    return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, args.string(v, `${field}.${k}`)]));
-  };
-  let params: Record<string, string>;
-  if ('url' in i) {
-    const url = args.string(i.url, 'url');
-    params = args.uniqueParams(new URL(url, 'http://callback.invalid').searchParams, 'url');
-  } else if ('query' in i) {
-    params = fromSearch(i.query, 'query');
-  } else if ('body' in i) {
-    params = fromSearch(i.body, 'body');
-  } else {
-    throw invalidArgument('handleCallback takes { url }, { query } or { body }');
-  }
-  for (const [k, v] of Object.entries(params)) {
-    if (!v.isWellFormed() || !k.isWellFormed()) throw invalidArgument(`callback parameter ${k} is not well-formed Unicode`);
-  }
-  return params;
-}
-
-function date(ms: number | undefined | null): Date | null {
-  return ms === undefined || ms === null ? null : new Date(ms);
-}
-
-function toCredential(out: CredentialOutput): Credential {
-  return Object.freeze({
-    credential: out.credential,
-    type: out.type as CredentialType,
-    expiresAt: date(out.expiresAt),
-    extras: out.extras === undefined ? EMPTY_EXTRAS : Object.freeze(JSON.parse(out.extras) as Record<string, unknown>),
-  });
-}
-
-function toConnection(c: ConnectionOutput): Connection {
-  const hasAccount = c.accountId !== undefined || c.accountName !== undefined;
-  return Object.freeze({
-    provider: c.provider,
-    tenantId: c.tenantId,
-    userId: c.userId,
-    type: c.type as CredentialType,
-    status: c.status as ConnectionStatus,
-    scopes: Object.freeze([...c.scopes]),
-    account: hasAccount ? Object.freeze({ id: c.accountId ?? null, name: c.accountName ?? null }) : null,
-    hasRefreshToken: c.hasRefreshToken,
-    expiresAt: date(c.expiresAt),
-    createdAt: new Date(c.createdAt),
-    updatedAt: new Date(c.updatedAt),
-    lastRefreshAt: date(c.lastRefreshAt),
-    nextRefreshAt: date(c.nextRefreshAt),
-    lastCheckAt: date(c.lastCheckAt),
-    lastError: c.lastErrorCode === undefined ? null : Object.freeze({ code: c.lastErrorCode, message: c.lastErrorMessage ?? '' }),
-  });
 }

@@ -23,12 +23,7 @@ fn options(
     serde_json::Map<String, serde_json::Value>,
     ConnectorSettings,
 )> {
-    let store = StoreLocation::parse(
-        input
-            .store
-            .as_deref()
-            .unwrap_or(StoreLocation::DEFAULT_PATH),
-    )?;
+    let store = StoreLocation::parse_or_default(input.store.as_deref())?;
     let keys = match input.master_keys {
         Some(keys) => MasterKeySource::Configured(
             keys.into_iter()

@@ -2,6 +2,10 @@
 //! PostgreSQL: `AUTHPIPE_TEST_POSTGRES` (default postgres://postgres@127.0.0.1:5432/test); each run
 //! uses its own schema and drops it. Without a reachable server the PostgreSQL half is skipped,
 //! except under CI, where it must run.
+//!
+//! Longer than most files on purpose: it is the `Store` trait's contract, one test per trait
+//! concern (records, keys, flows and sessions, leases, the change feed), each run against both
+//! stores, and it reads best as one list a new store implementation must pass.
 
 use authpipe_core::records::{
     ConnectionRecord, ConnectionStatus, CredentialKind, FlowRecord, MasterKeyRecord,

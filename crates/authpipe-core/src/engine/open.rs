@@ -5,8 +5,8 @@
 use super::Engine;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, ErrorCode, Result};
+use crate::store::postgres::tls::PostgresTls;
 use crate::store::postgres::PostgresStore;
-use crate::store::postgres_tls::PostgresTls;
 use crate::store::sqlite::{canonical_path, SqliteStore};
 use crate::store::Store;
 use crate::vault::{Keyring, MasterKey, MasterKeyConfig, Vault};
@@ -44,7 +44,12 @@ impl StoreLocation {
     /// `postgres://user:password@host:port/database?schema=name` (with libpq's `sslmode` and
     /// `sslrootcert`, see [`PostgresTls::split_url`]).
     pub fn parse(value: &str) -> Result<Self> {
-        let value = value.trim();
+        Self::parse_or_default(Some(value))
+    }
+
+    /// [`StoreLocation::parse`], with [`StoreLocation::DEFAULT_PATH`] when `store` is not given.
+    pub fn parse_or_default(value: Option<&str>) -> Result<Self> {
+        let value = value.unwrap_or(Self::DEFAULT_PATH).trim();
         if value == ":memory:" || value == "sqlite::memory:" {
             return Ok(Self::Memory);
         }
@@ -304,7 +309,7 @@ fn load_or_create_dev_key(path: &Path) -> Result<(SecretString, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::postgres_tls::SslMode;
+    use crate::store::postgres::tls::SslMode;
     use secrecy::ExposeSecret;
 
     #[test]

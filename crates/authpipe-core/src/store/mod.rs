@@ -11,10 +11,9 @@
 //! - [`sqlite::SqliteStore`]: the embedded default, one file, shareable by processes on one
 //!   machine (WAL, busy timeout; the change feed polls a trigger-written log).
 //! - [`postgres::PostgresStore`]: many app instances on one database (pooled, async; the change
-//!   feed is LISTEN/NOTIFY), over TLS as [`postgres_tls`] sets it up.
+//!   feed is LISTEN/NOTIFY), over TLS as [`postgres::tls`] sets it up.
 
 pub mod postgres;
-pub mod postgres_tls;
 mod row;
 mod sql;
 pub mod sqlite;

@@ -1,9 +1,9 @@
 //! tokio-postgres on the store's side: its rows read as [`SqlRow`]s, [`SqlValue`]s sent as its
 //! parameters, and statements run with the store's error for each.
 
-use super::super::postgres_tls::PostgresTls;
 use super::super::row::{FromColumn, SqlRow, SqlValue};
 use super::super::sql::Statement;
+use super::tls::PostgresTls;
 use crate::error::{Error, Result};
 use bytes::BytesMut;
 use deadpool_postgres::GenericClient;

@@ -3,9 +3,9 @@
 //! with backoff and reports [`Change::Resync`], since notifications sent meanwhile are lost.
 
 use super::pg;
+use super::tls::TlsConnector;
 use crate::error::Result;
 use crate::ids::{ConnectionKey, TenantId};
-use crate::store::postgres_tls::TlsConnector;
 use crate::store::{Change, ChangeFeed};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;

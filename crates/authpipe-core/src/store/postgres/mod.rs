@@ -7,10 +7,10 @@
 mod driver;
 mod feed;
 mod schema;
+pub mod tls;
 
 pub use schema::check_schema;
 
-use super::postgres_tls::{PostgresTls, TlsConnector};
 use super::row::{
     connection_from_row, flow_from_row, master_key_from_row, session_from_row, tenant_key_from_row,
     SqlRow, CONNECTION_COLUMNS,
@@ -33,6 +33,7 @@ use driver::{
 };
 use std::collections::HashMap;
 use std::time::Duration;
+use tls::{PostgresTls, TlsConnector};
 
 /// The PostgreSQL store.
 #[derive(Debug)]

@@ -1,0 +1,130 @@
+/**
+ * What crosses between the public API and the native handle, both ways: caller input checked
+ * for its JS types (what values mean is the core's to say) and native output turned into the
+ * frozen objects callers get. Errors from native calls become {@link AuthpipeError}s here.
+ * @internal
+ */
+import * as args from './args';
+import { fromNative, invalidArgument } from './errors';
+import type { ConnectionOutput, CredentialOutput, EventOutput } from './native';
+import type { CallbackInput, Connection, ConnectionEventName, ConnectionRef, ConnectionStatus, Credential, CredentialType } from './types';
+
+const EMPTY_EXTRAS: Readonly<Record<string, unknown>> = Object.freeze({});
+
+/** Runs a native call; its error, thrown or rejected, becomes an {@link AuthpipeError}. */
+export async function call<T>(fn: () => T | Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw fromNative(err);
+  }
+}
+
+/** Checks the three ids of a connection; `prefix` locates them inside a list (`[3].`). */
+export function connectionRef(ref: unknown, prefix = ''): ConnectionRef {
+  const r = args.object(ref, prefix ? `connections${prefix.slice(0, -1)}` : 'connection');
+  return {
+    provider: args.string(r.provider, `${prefix}provider`),
+    tenantId: args.string(r.tenantId, `${prefix}tenantId`),
+    userId: args.string(r.userId, `${prefix}userId`),
+  };
+}
+
+export function secretRef(ref: unknown): { tenantId: string; provider: string | undefined; name: string } {
+  const r = args.object(ref, 'secret');
+  return {
+    tenantId: args.string(r.tenantId, 'tenantId'),
+    provider: args.optionalString(r.provider, 'provider'),
+    name: args.string(r.name, 'name'),
+  };
+}
+
+export function importInput(input: unknown, prefix: string) {
+  const ref = connectionRef(input, prefix);
+  const i = input as Record<string, unknown>;
+  const field = (name: string) => `${prefix}${name}`;
+  return {
+    ...ref,
+    accessToken: args.optionalString(i.accessToken, field('accessToken')),
+    refreshToken: args.optionalString(i.refreshToken, field('refreshToken')),
+    expiresAt: args.optionalTimestamp(i.expiresAt, field('expiresAt')),
+    apiKey: args.optionalString(i.apiKey, field('apiKey')),
+    scopes: args.optionalStrings(i.scopes, field('scopes')),
+    extras: args.optionalJsonObject(i.extras, field('extras')),
+  };
+}
+
+/** The parameters of a callback, from whichever form it arrived in. */
+export function callbackParams(input: CallbackInput): Record<string, string> {
+  const i = args.object(input, 'callback');
+  const fromSearch = (value: unknown, field: string): Record<string, string> => {
+    if (typeof value === 'string') return args.uniqueParams(new URLSearchParams(value.startsWith('?') ? value.slice(1) : value), field);
+    if (value instanceof URLSearchParams) return args.uniqueParams(value, field);
+    const o = args.object(value, field);
+    return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, args.string(v, `${field}.${k}`)]));
+  };
+  let params: Record<string, string>;
+  if ('url' in i) {
+    const url = args.string(i.url, 'url');
+    params = args.uniqueParams(new URL(url, 'http://callback.invalid').searchParams, 'url');
+  } else if ('query' in i) {
+    params = fromSearch(i.query, 'query');
+  } else if ('body' in i) {
+    params = fromSearch(i.body, 'body');
+  } else {
+    throw invalidArgument('handleCallback takes { url }, { query } or { body }');
+  }
+  for (const [k, v] of Object.entries(params)) {
+    if (!v.isWellFormed() || !k.isWellFormed()) throw invalidArgument(`callback parameter ${k} is not well-formed Unicode`);
+  }
+  return params;
+}
+
+/** A native timestamp (ms), or null. */
+function date(ms: number | undefined | null): Date | null {
+  return ms === undefined || ms === null ? null : new Date(ms);
+}
+
+export function toCredential(out: CredentialOutput): Credential {
+  return Object.freeze({
+    credential: out.credential,
+    type: out.type as CredentialType,
+    expiresAt: date(out.expiresAt),
+    extras: out.extras === undefined ? EMPTY_EXTRAS : Object.freeze(JSON.parse(out.extras) as Record<string, unknown>),
+  });
+}
+
+export function toConnection(c: ConnectionOutput): Connection {
+  const hasAccount = c.accountId !== undefined || c.accountName !== undefined;
+  return Object.freeze({
+    provider: c.provider,
+    tenantId: c.tenantId,
+    userId: c.userId,
+    type: c.type as CredentialType,
+    status: c.status as ConnectionStatus,
+    scopes: Object.freeze([...c.scopes]),
+    account: hasAccount ? Object.freeze({ id: c.accountId ?? null, name: c.accountName ?? null }) : null,
+    hasRefreshToken: c.hasRefreshToken,
+    expiresAt: date(c.expiresAt),
+    createdAt: new Date(c.createdAt),
+    updatedAt: new Date(c.updatedAt),
+    lastRefreshAt: date(c.lastRefreshAt),
+    nextRefreshAt: date(c.nextRefreshAt),
+    lastCheckAt: date(c.lastCheckAt),
+    lastError: c.lastErrorCode === undefined ? null : Object.freeze({ code: c.lastErrorCode, message: c.lastErrorMessage ?? '' }),
+  });
+}
+
+export function toEvent(e: EventOutput) {
+  return Object.freeze({
+    type: e.type as ConnectionEventName,
+    provider: e.provider,
+    tenantId: e.tenantId,
+    userId: e.userId,
+    at: new Date(e.at),
+    status: (e.status ?? null) as ConnectionStatus | null,
+    expiresAt: date(e.expiresAt),
+    error: e.errorCode === undefined ? null : Object.freeze({ code: e.errorCode, message: e.errorMessage ?? '' }),
+    ...(e.attempt === undefined ? {} : { attempt: e.attempt, nextRetryAt: new Date(e.nextRetryAt ?? e.at) }),
+  });
+}
