@@ -99,10 +99,14 @@ impl NativeAuthpipe {
         user_id: String,
     ) -> napi::Result<Either<CredentialOutput, PromiseRaw<'env, CredentialOutput>>> {
         let client = self.client()?;
-        let engine = client.engine().clone();
-        match engine.lookup(&provider, &tenant_id, &user_id).napi()? {
+        match client
+            .engine()
+            .lookup(&provider, &tenant_id, &user_id)
+            .napi()?
+        {
             Lookup::Hit(credential) => Ok(Either::A(credential.into())),
             Lookup::Pending(pending) => {
+                let engine = client.engine().clone();
                 // Validated before any I/O, so bad input gets its proper error.
                 let key = client
                     .connection_key(&provider, &tenant_id, &user_id)

@@ -6,8 +6,8 @@
 //!
 //! | module          | owns                                                                   |
 //! |-----------------|------------------------------------------------------------------------|
-//! | `client`        | one `new Authpipe()`: an engine plus that instance's [`Connector`]     |
 //! | `connect`       | the connect flow: state, callback phases, sessions, deletion + revoke  |
+//! | `client`        | one `new Authpipe()`: an engine plus that instance's [`Connector`]     |
 //! | `engine`        | ties store, vault and cache together; one per store per process;       |
 //! |                 | serves credentials, refreshes (`engine/refresh/`) and probes           |
 //! |                 | (`engine/probe.rs`) under store leases, follows other processes        |
@@ -70,6 +70,7 @@ pub use protocol::http::client as http_client;
 pub use protocol::{Connector, ConnectorOptions, ConnectorSettings};
 pub use providers::{CallbackMethod, Catalog, ProviderSettings};
 pub use secrets::{
-    AccessToken, ApiKey, BrowserBinding, ClientSecret, RefreshToken, SessionToken, StateToken,
+    AccessToken, ApiKey, BrowserBinding, ClientSecret, PkceVerifier, RefreshToken, SessionToken,
+    StateToken,
 };
 pub use vault::MasterKeyConfig;

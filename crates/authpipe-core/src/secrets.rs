@@ -5,11 +5,10 @@
 //! [`ExposeSecret::expose_secret`], which is easy to find in review.
 //!
 //! Only the roles that are copied in the course of their work are `Clone` (tokens are sealed,
-//! opened and compared); the connect flow's one-use values are not. The PKCE verifier is
-//! `oauth2`'s [`PkceCodeVerifier`](oauth2::PkceCodeVerifier), which cannot be cloned either:
+//! opened and compared); the connect flow's one-use values are not:
 //!
 //! ```compile_fail
-//! let verifier = oauth2::PkceCodeVerifier::new("v".repeat(43));
+//! let verifier = authpipe_core::PkceVerifier::new("v".repeat(43));
 //! let copy = verifier.clone();
 //! ```
 //!
@@ -54,6 +53,12 @@ macro_rules! secret_role {
             }
         }
 
+        impl From<SecretString> for $name {
+            fn from(value: SecretString) -> Self {
+                Self(value)
+            }
+        }
+
         impl std::fmt::Debug for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(concat!(stringify!($name), "([redacted])"))
@@ -94,6 +99,11 @@ secret_role!(
     /// The secret the HTTP handler puts in the browser's cookie when a flow starts; the callback
     /// must bring it back. Only its hash is stored.
     BrowserBinding
+);
+secret_role!(
+    /// A connect flow's PKCE code verifier (RFC 7636): sealed with the flow, sent once with the
+    /// code. (`oauth2`'s own type does not wipe its memory on drop; this one does.)
+    PkceVerifier
 );
 secret_role!(
     /// A connect session's token, carried by the browser; only its hash is stored.

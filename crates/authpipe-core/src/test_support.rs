@@ -65,8 +65,9 @@ impl Reply {
     }
 }
 
-/// A request the fake provider received.
-#[derive(Clone, Debug)]
+/// A request the fake provider received. (No `Debug`: the body holds the client secret and
+/// tokens, and a failing assertion would print it.)
+#[derive(Clone)]
 pub struct Received {
     pub path: String,
     pub body: String,
@@ -201,10 +202,12 @@ async fn serve(
         let mut script = script.lock();
         script.received.push(request.clone());
         match request.path.as_str() {
+            // A request no test expected: a 500 the engine backs off on, and a count the
+            // test's assertions on `token_requests` see.
             "/token" => script
                 .replies
                 .pop_front()
-                .unwrap_or_else(|| Reply::error(500, "server_error")),
+                .unwrap_or_else(|| Reply::error(500, "unscripted_request")),
             "/identity" => identity.lock().clone(),
             _ => Reply::error(404, "not_found"),
         }

@@ -3,10 +3,9 @@
 
 mod common;
 
-use authpipe_core::Catalog;
+use authpipe_core::Client;
 use authpipe_core::ConnectionKey;
 use authpipe_core::StartRequest;
-use authpipe_core::{Client, Connector, ConnectorSettings};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -30,20 +29,7 @@ async fn client() -> Client {
         }
         settings.insert(id.to_owned(), s);
     }
-    let catalog = Catalog::from_settings(&settings).unwrap();
-    let http = authpipe_core::http_client(Duration::from_secs(5)).unwrap();
-    Client::new(
-        engine,
-        Connector::new(
-            catalog,
-            http,
-            ConnectorSettings {
-                timeout: Duration::from_secs(10),
-                concurrency: 4,
-                health_interval_ms: None,
-            },
-        ),
-    )
+    common::client(engine, &settings, Duration::from_secs(5))
 }
 
 async fn authorize(client: &Client, provider: &str) -> (String, BTreeMap<String, String>) {

@@ -1,6 +1,7 @@
 //! The crate's modules form layers: no module uses, directly or through others, a module that
-//! uses it. Read from the source (`crate::<module>` paths outside test code), so a new cycle
-//! fails here with the path that closes it, before it sets in.
+//! uses it. Read from the source (`crate::<module>`, `crate::{<module>, ...}` and `super::`
+//! paths that climb to the crate root, outside test code), so a new cycle fails here with the
+//! path that closes it, before it sets in.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,50 @@ fn module_of(src: &Path, file: &Path) -> Option<String> {
     (name != "lib").then(|| name.to_owned())
 }
 
+/// The module path of a file below `src` (`engine/refresh/mod.rs` is `engine::refresh`).
+fn module_path(src: &Path, file: &Path) -> Vec<String> {
+    let relative = file.strip_prefix(src).unwrap().with_extension("");
+    let mut path: Vec<String> = relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if path.last().is_some_and(|last| last == "mod") {
+        path.pop();
+    }
+    path
+}
+
+/// The first path segment of each item a `use`-like path names after `at` (the text just past
+/// `crate::` or the last `super::`): one name, or each name of a `{...}` group.
+fn first_segments(text: &str) -> Vec<String> {
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let Some(group) = text.strip_prefix('{') else {
+        return vec![ident(text)];
+    };
+    let (mut depth, mut item_start, mut names) = (0usize, 0usize, Vec::new());
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                names.push(ident(&group[item_start..i]));
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                names.push(ident(&group[item_start..i]));
+                item_start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
 /// The source without its unit tests: test code may reach anywhere.
 fn without_tests(text: &str) -> &str {
     let cut = text.find("#[cfg(test)]\nmod tests").unwrap_or(text.len());
@@ -45,13 +90,22 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
             continue;
         }
         let text = std::fs::read_to_string(&file).unwrap();
+        let code = without_tests(&text);
+        let depth = module_path(&src, &file).len();
+        let mut named = Vec::new();
+        for (at, _) in code.match_indices("crate::") {
+            named.extend(first_segments(&code[at + "crate::".len()..]));
+        }
+        // `super::` as many times as the file is deep lands at the crate root.
+        let to_root = "super::".repeat(depth);
+        for (at, _) in code.match_indices(&to_root) {
+            let before = &code[..at];
+            if !before.ends_with("super::") {
+                named.extend(first_segments(&code[at + to_root.len()..]));
+            }
+        }
         let uses = graph.entry(module.clone()).or_default();
-        for (at, _) in without_tests(&text).match_indices("crate::") {
-            let rest = &without_tests(&text)[at + "crate::".len()..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
+        for name in named {
             let is_module = src.join(format!("{name}.rs")).exists() || src.join(&name).is_dir();
             if is_module && name != module {
                 uses.insert(name);

@@ -2,14 +2,14 @@
 //! and no process, not even one that has not heard of the deletion yet, writes what the others
 //! cannot read once the tenant is created again.
 
+mod common;
 mod processes;
 
 use authpipe_core::store::{FlowTake, SecretKey};
-use authpipe_core::Catalog;
+use authpipe_core::Client;
 use authpipe_core::ErrorCode;
 use authpipe_core::{open_unshared, Engine, RefreshReason};
 use authpipe_core::{Callback, StartRequest};
-use authpipe_core::{Client, Connector, ConnectorSettings};
 use authpipe_core::{ConnectionKey, ProviderId, SecretName, UserId};
 use processes::{all_open, conn, eventually, import, key, tenant, token, Backend, HeldFeed, K1};
 use secrecy::{ExposeSecret, SecretString};
@@ -20,19 +20,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn client(engine: Arc<Engine>, settings: serde_json::Value) -> Client {
-    let catalog = Catalog::from_settings(settings.as_object().unwrap()).unwrap();
-    let http = authpipe_core::http_client(Duration::from_secs(5)).unwrap();
-    Client::new(
+    common::client(
         engine,
-        Connector::new(
-            catalog,
-            http,
-            ConnectorSettings {
-                timeout: Duration::from_secs(10),
-                concurrency: 4,
-                health_interval_ms: None,
-            },
-        ),
+        settings.as_object().unwrap(),
+        Duration::from_secs(5),
     )
 }
 

@@ -181,8 +181,7 @@ impl Client {
                     .map(|v| (name.clone(), Value::String(v.clone())))
             })
             .collect();
-        let requested_at = self.engine().now_ms();
-        let tokens = self
+        let (tokens, requested_at) = self
             .exchange_code(provider, &flow, code, &callback_values)
             .await?;
         let request = self
@@ -289,14 +288,15 @@ impl Client {
         Ok(provider)
     }
 
-    /// Phase 3: the code, redeemed once, with the flow's PKCE verifier.
+    /// Phase 3: the code, redeemed once, with the flow's PKCE verifier; with the time the
+    /// request was sent (the token's lifetime counts from it).
     async fn exchange_code(
         &self,
         provider: &Provider,
         flow: &FlowRecord,
         code: &str,
         callback_values: &Map<String, Value>,
-    ) -> Result<TokenSet> {
+    ) -> Result<(TokenSet, i64)> {
         let verifier = match &flow.verifier {
             Some(sealed) => Some(
                 self.engine()
@@ -311,7 +311,9 @@ impl Client {
             verifier: verifier.as_ref(),
             callback_values,
         };
-        exchange::exchange_code(self.http(), provider, grant).await
+        let requested_at = self.engine().now_ms();
+        let tokens = exchange::exchange_code(self.http(), provider, grant).await?;
+        Ok((tokens, requested_at))
     }
 
     /// Phase 4: who the token belongs to (the identity probe, where the provider has one) and
@@ -330,9 +332,9 @@ impl Client {
         let mut account = Default::default();
         let mut granted = tokens.scopes.clone();
         if definition.identity.is_some() {
-            let values = [&callback_values, &tokens.extras];
+            let url = identity::url(provider, &[&callback_values, &tokens.extras])?;
             let identity =
-                identity::probe(self.http(), provider, &values, &tokens.access_token).await?;
+                identity::probe(self.http(), provider, url, &tokens.access_token).await?;
             if !identity.active {
                 return Err(Error::new(
                     ErrorCode::ProviderError,
@@ -419,18 +421,15 @@ impl Client {
 
     async fn revoke(&self, record: &ConnectionRecord) -> Result<Revocation> {
         let provider = self.connect_provider(&record.key.provider)?;
+        // In this order: an API key has nothing to revoke, whatever the provider offers.
         if provider.definition.revoke.is_none() || record.kind != CredentialKind::OAuth2 {
             return Ok(Revocation::NotSupported);
         }
-        if provider.require_client().is_err() {
-            return Ok(Revocation::NotAttempted);
+        if let Some(outcome) = revoke::unattemptable(provider) {
+            return Ok(outcome);
         }
         let secrets = self.engine().secrets_of(record).await?;
-        let values: Map<String, Value> = secrets
-            .extras
-            .as_ref()
-            .and_then(|e| serde_json::from_str(e.expose_secret()).ok())
-            .unwrap_or_default();
+        let values = secrets.values();
         let tokens = GrantTokens {
             access_token: &secrets.credential,
             refresh_token: secrets.refresh_token.as_ref(),

@@ -184,7 +184,7 @@ impl Engine {
             refresh_token: record
                 .refresh_token
                 .as_ref()
-                .map(|s| open(FIELD_REFRESH_TOKEN, s).map(|t| RefreshToken::new(t.expose_secret())))
+                .map(|s| open(FIELD_REFRESH_TOKEN, s).map(RefreshToken::from))
                 .transpose()?,
             extras: record
                 .extras

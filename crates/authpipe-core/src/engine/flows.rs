@@ -8,18 +8,14 @@ use crate::ids::ConnectionKey;
 use crate::input;
 use crate::records::{FlowRecord, Sealed, SecretRecord, SessionRecord};
 use crate::scheduler::Job;
+use crate::secrets::PkceVerifier;
 use crate::store::{FlowTake, SecretKey, PRUNE_INTERVAL_MS};
-use oauth2::PkceCodeVerifier;
 use secrecy::{ExposeSecret, SecretString};
 
 impl Engine {
     /// Stores a connect flow, with its PKCE verifier (if any) sealed with the tenant's key,
     /// bound to that flow.
-    pub async fn put_flow(
-        &self,
-        flow: FlowRecord,
-        verifier: Option<&PkceCodeVerifier>,
-    ) -> Result<()> {
+    pub async fn put_flow(&self, flow: FlowRecord, verifier: Option<&PkceVerifier>) -> Result<()> {
         let flow = &flow;
         self.sealed_write(&[&flow.key.tenant], move || async move {
             // The key is made now even without a verifier to seal: the callback stores its
@@ -28,9 +24,9 @@ impl Engine {
             let mut flow = flow.clone();
             if let Some(secret) = verifier {
                 let place = flow_place(&flow.key, &flow.state_hash);
-                let sealed = self
-                    .vault
-                    .seal(&tenant_key, &place, secret.secret().as_bytes())?;
+                let sealed =
+                    self.vault
+                        .seal(&tenant_key, &place, secret.expose_secret().as_bytes())?;
                 flow.verifier = Some(sealed);
             }
             self.store.put_flow(flow).await
@@ -44,14 +40,14 @@ impl Engine {
         key: &ConnectionKey,
         state_hash: &str,
         sealed: &Sealed,
-    ) -> Result<PkceCodeVerifier> {
+    ) -> Result<PkceVerifier> {
         let tenant_key = self.tenant_key_for(&key.tenant, sealed).await?;
         let opened = utf8(
             &self
                 .vault
                 .open(&tenant_key, &flow_place(key, state_hash), sealed)?,
         )?;
-        Ok(PkceCodeVerifier::new(opened.expose_secret().to_owned()))
+        Ok(PkceVerifier::from(opened))
     }
 
     /// Consumes a flow, if `browser_hash` is the binding it was started with.

@@ -124,10 +124,10 @@ impl Engine {
             return Ok(self.cache_put(record).record.clone());
         }
         let secrets = self.secrets_of(&record).await?;
-        let values = secrets.values();
+        let url = identity::url(&provider, &[&secrets.values()])?;
         let outcome = {
             let _permit = connector.permit(&key.provider).await;
-            identity::probe(&connector.http, &provider, &[&values], &secrets.credential).await
+            identity::probe(&connector.http, &provider, url, &secrets.credential).await
         };
         let now = self.now_ms();
         let Verdict {
@@ -310,7 +310,8 @@ mod tests {
         Ok(Identity::default())
     }
 
-    /// Status before, answer, near its end, its refresh failing; status after, event.
+    /// Status before, answer, near its end, its refresh failing; status after, event, and the
+    /// error code then on record.
     type Case = (
         ConnectionStatus,
         Result<Identity>,
@@ -318,10 +319,11 @@ mod tests {
         bool,
         ConnectionStatus,
         Option<EventKind>,
+        Option<&'static str>,
     );
 
     /// Every (status before, answer, context) the probe's state machine distinguishes, and the
-    /// status and event it comes to.
+    /// status, event and error it comes to.
     #[tokio::test]
     async fn the_verdict_of_each_answer_in_each_state() {
         let f = Fixture::start().await;
@@ -330,21 +332,24 @@ mod tests {
         use ConnectionStatus::*;
         use EventKind as E;
         let unreachable = || Err(Error::new(ErrorCode::ProviderError, "HTTP 503"));
+        let (scope, provider_error) = (Some("INSUFFICIENT_SCOPE"), Some("PROVIDER_ERROR"));
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
-            // before,       answer,               near_end, refresh_failing, after,          event
-            (Active,          alive(&["read"]),     false, false, Active,            None),
-            (Degraded,        alive(&["read"]),     false, false, Active,            Some(E::Recovered)),
-            (InsufficientScope, alive(&["read"]),   false, false, Active,            Some(E::Recovered)),
-            (Degraded,        alive(&["read"]),     false, true,  Degraded,          None),
-            (Active,          alive(&["write"]),    false, false, InsufficientScope, Some(E::Degraded)),
-            (Active,          dead(),               false, false, Revoked,           Some(E::Revoked)),
-            (Degraded,        dead(),               false, true,  Revoked,           Some(E::Revoked)),
-            (Active,          dead(),               true,  false, Active,            None),
-            (Active,          unreachable(),        false, false, Degraded,          Some(E::Degraded)),
-            (Degraded,        unreachable(),        false, false, Degraded,          None),
+            // before,   answer,            near_end, failing, after,             event,               error
+            (Active,     alive(&["read"]),  false, false, Active,            None,                None),
+            (Degraded,   alive(&["read"]),  false, false, Active,            Some(E::Recovered),  None),
+            (InsufficientScope, alive(&["read"]), false, false, Active,      Some(E::Recovered),  None),
+            // Alive, but its refresh is failing: the refresh decides, the earlier error stays.
+            (Degraded,   alive(&["read"]),  false, true,  Degraded,          None,                Some("earlier")),
+            (Active,     alive(&["write"]), false, false, InsufficientScope, Some(E::Degraded),   scope),
+            (Active,     dead(),            false, false, Revoked,           Some(E::Revoked),    Some("inactive")),
+            (Degraded,   dead(),            false, true,  Revoked,           Some(E::Revoked),    Some("inactive")),
+            // Dead near its expiry proves nothing: unchanged.
+            (Active,     dead(),            true,  false, Active,            None,                None),
+            (Active,     unreachable(),     false, false, Degraded,          Some(E::Degraded),   provider_error),
+            (Degraded,   unreachable(),     false, false, Degraded,          None,                provider_error),
         ];
-        for (before, answer, near_end, refresh_failing, after, event) in cases {
+        for (before, answer, near_end, refresh_failing, after, event, code) in cases {
             record.status = before;
             record.last_error = (before != Active).then(|| LastError {
                 code: "earlier".into(),
@@ -362,7 +367,7 @@ mod tests {
             )
             .unwrap();
             assert_eq!((verdict.status, verdict.event), (after, event), "{case}");
-            assert_eq!(verdict.error.is_none(), after == Active, "{case}");
+            assert_eq!(verdict.error.map(|e| e.code).as_deref(), code, "{case}");
         }
         // A configuration error is ours: returned, not recorded on the connection.
         let config = Err(Error::invalid_argument("providers.fake.identity.url"));

@@ -1,6 +1,7 @@
 //! Keeping connections alive: when to refresh and how to back off ([`timing`]), and the
 //! per-connection refresh state the engine keeps in memory. The refresh and probe procedures
-//! themselves are `Engine` methods (engine/maintain.rs), next to the store and vault they use.
+//! themselves are `Engine` methods (`engine/refresh/`, `engine/probe.rs`), next to the store and
+//! vault they use.
 
 pub mod timing;
 

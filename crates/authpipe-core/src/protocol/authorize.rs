@@ -3,7 +3,8 @@
 
 use crate::error::Result;
 use crate::providers::Provider;
-use oauth2::{PkceCodeChallenge, PkceCodeVerifier};
+use crate::secrets::PkceVerifier;
+use oauth2::PkceCodeChallenge;
 use url::Url;
 
 /// What the authorize URL carries besides the provider's own parameters.
@@ -17,7 +18,7 @@ pub struct AuthorizeRequest<'a> {
 /// Where to send the browser, and the PKCE verifier to keep for the code exchange.
 pub struct Authorization {
     pub url: Url,
-    pub verifier: Option<PkceCodeVerifier>,
+    pub verifier: Option<PkceVerifier>,
 }
 
 /// Builds the authorize URL of `provider` (templated from the app's settings only: nothing
@@ -56,7 +57,7 @@ pub fn authorize_url(provider: &Provider, request: AuthorizeRequest<'_>) -> Resu
             let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
             query.append_pair("code_challenge", challenge.as_str());
             query.append_pair("code_challenge_method", "S256");
-            Some(verifier)
+            Some(PkceVerifier::new(verifier.into_secret()))
         } else {
             None
         }

@@ -137,3 +137,63 @@ impl Connector {
             .expect("the semaphore is never closed")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(
+        http_timeout_ms: Option<i64>,
+        provider_concurrency: Option<i64>,
+        health_check_interval_ms: Option<i64>,
+    ) -> Result<ConnectorSettings> {
+        ConnectorOptions {
+            http_timeout_ms,
+            provider_concurrency,
+            health_check_interval_ms,
+        }
+        .validate()
+    }
+
+    #[test]
+    fn options_are_defaulted_and_bounded_here_and_nowhere_else() {
+        let defaults = validate(None, None, None).unwrap();
+        assert_eq!(defaults.timeout, std::time::Duration::from_millis(15_000));
+        assert_eq!(defaults.concurrency, 8);
+        assert_eq!(defaults.health_interval_ms, Some(3_600_000));
+
+        for ms in [1, 120_000] {
+            let settings = validate(Some(ms), None, None).unwrap();
+            assert_eq!(settings.timeout.as_millis() as i64, ms);
+        }
+        for ms in [0, -1, 120_001, i64::MAX] {
+            let err = validate(Some(ms), None, None).unwrap_err();
+            assert_eq!(err.message, "httpTimeoutMs must be between 1 and 120000");
+        }
+        for n in [1, 1024] {
+            assert_eq!(
+                validate(None, Some(n), None).unwrap().concurrency,
+                n as usize
+            );
+        }
+        for n in [0, 1025, -5] {
+            let err = validate(None, Some(n), None).unwrap_err();
+            assert_eq!(
+                err.message,
+                "providerConcurrency must be between 1 and 1024"
+            );
+        }
+        assert_eq!(
+            validate(None, None, Some(0)).unwrap().health_interval_ms,
+            None
+        );
+        assert_eq!(
+            validate(None, None, Some(1)).unwrap().health_interval_ms,
+            Some(1)
+        );
+        let err = validate(None, None, Some(-1)).unwrap_err();
+        assert!(err
+            .message
+            .starts_with("healthCheckIntervalMs must not be negative"));
+    }
+}

@@ -4,14 +4,15 @@ use super::http::{self, ClientCredentials};
 use super::token::{self, TokenSet};
 use crate::error::{Error, ErrorCode, Result};
 use crate::providers::Provider;
-use oauth2::PkceCodeVerifier;
+use crate::secrets::PkceVerifier;
+use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 
 /// What a code exchange sends besides the client's credentials.
 pub struct CodeGrant<'a> {
     pub code: &'a str,
     pub redirect_uri: &'a str,
-    pub verifier: Option<&'a PkceCodeVerifier>,
+    pub verifier: Option<&'a PkceVerifier>,
     /// Values the provider sent with the callback, for the token URL's template (Zoho's
     /// `accounts-server`).
     pub callback_values: &'a Map<String, Value>,
@@ -28,19 +29,14 @@ pub async fn exchange_code(
     let token_url = definition.fill("tokenUrl", &definition.token_url, &|name| {
         provider.template_value(&[grant.callback_values], name)
     })?;
-    let (client_id, client_secret) = provider.require_client()?;
-    let credentials = ClientCredentials {
-        auth: definition.client_auth,
-        id: client_id,
-        secret: client_secret,
-    };
+    let credentials = ClientCredentials::of(provider)?;
     let mut form = vec![
         ("grant_type", "authorization_code"),
         ("code", grant.code),
         ("redirect_uri", grant.redirect_uri),
     ];
     if let Some(v) = grant.verifier {
-        form.push(("code_verifier", v.secret().as_str()));
+        form.push(("code_verifier", v.expose_secret()));
     }
     let purpose = format!("{} token endpoint", definition.display_name);
     let answer = http::post_form(http_client, &purpose, token_url, form, &credentials).await?;

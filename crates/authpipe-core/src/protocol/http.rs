@@ -52,6 +52,18 @@ pub struct ClientCredentials<'a> {
     pub secret: &'a ClientSecret,
 }
 
+impl<'a> ClientCredentials<'a> {
+    /// The app's credentials for `provider`, or `INVALID_ARGUMENT` if it configured none.
+    pub fn of(provider: &'a crate::providers::Provider) -> Result<Self> {
+        let (id, secret) = provider.require_client()?;
+        Ok(Self {
+            auth: provider.definition.client_auth,
+            id,
+            secret,
+        })
+    }
+}
+
 /// A provider's answer: status, (bounded) body, `Retry-After` if it sent one, and what the
 /// request sent, so that no text of the answer is kept with any of it.
 pub struct Answer {

@@ -10,6 +10,7 @@ use crate::records::ProviderAccount;
 use reqwest::header::AUTHORIZATION;
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
+use url::Url;
 use zeroize::Zeroizing;
 
 /// What the probe found.
@@ -31,24 +32,34 @@ fn text(value: Option<&Value>) -> Option<String> {
     }
 }
 
-/// Calls the provider's identity probe, its URL filled from `values` (the connection's stored
-/// extras, or what the callback and token response supplied).
-pub async fn probe(
-    http_client: &reqwest::Client,
-    provider: &Provider,
-    values: &[&Map<String, Value>],
-    access_token: &impl ExposeSecret<str>,
-) -> Result<Identity> {
-    let probe = provider
-        .definition
-        .identity
-        .as_ref()
-        .ok_or_else(|| Error::internal("no identity probe"))?;
-    let url = provider
+/// The probe's URL, filled from `values` (the connection's stored extras, or what the callback
+/// and token response supplied). A failure here is the app's configuration or the connection's
+/// data, never the provider's answer: callers stop on it before sending anything.
+pub fn url(provider: &Provider, values: &[&Map<String, Value>]) -> Result<Url> {
+    let probe = definition_probe(provider)?;
+    provider
         .definition
         .fill("identity.url", &probe.url, &|name| {
             provider.template_value(values, name)
-        })?;
+        })
+}
+
+fn definition_probe(provider: &Provider) -> Result<&crate::providers::IdentityProbe> {
+    provider
+        .definition
+        .identity
+        .as_ref()
+        .ok_or_else(|| Error::internal("no identity probe"))
+}
+
+/// Calls the provider's identity probe at `url` (from [`url`]).
+pub async fn probe(
+    http_client: &reqwest::Client,
+    provider: &Provider,
+    url: Url,
+    access_token: &impl ExposeSecret<str>,
+) -> Result<Identity> {
+    let probe = definition_probe(provider)?;
     let purpose = format!("{} identity endpoint", provider.definition.display_name);
     let answer: Answer = match probe.style {
         ProbeStyle::Bearer => {

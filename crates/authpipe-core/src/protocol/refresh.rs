@@ -74,17 +74,12 @@ pub async fn refresh(
         code: "configuration".into(),
         message,
     };
-    let (client_id, client_secret) = provider.require_client().map_err(|e| config(e.message))?;
+    let credentials = ClientCredentials::of(provider).map_err(|e| config(e.message))?;
     let url = definition
         .fill("tokenUrl", &definition.token_url, &|name| {
             provider.template_value(&[values], name)
         })
         .map_err(|e| config(e.message))?;
-    let credentials = ClientCredentials {
-        auth: definition.client_auth,
-        id: client_id,
-        secret: client_secret,
-    };
     let purpose = format!("{} token endpoint", definition.display_name);
     let form = vec![
         ("grant_type", "refresh_token"),

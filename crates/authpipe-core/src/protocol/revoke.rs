@@ -41,19 +41,33 @@ pub struct GrantTokens<'a> {
     pub values: &'a Map<String, Value>,
 }
 
+/// Why a revocation at `provider` cannot be attempted, if it cannot: checked before the
+/// connection's secrets are opened for it.
+pub fn unattemptable(provider: &Provider) -> Option<Revocation> {
+    if provider.definition.revoke.is_none() {
+        Some(Revocation::NotSupported)
+    } else if provider.require_client().is_err() {
+        Some(Revocation::NotAttempted)
+    } else {
+        None
+    }
+}
+
 /// Revokes the grant: its refresh token, or the access token if it has none (RFC 7009 §2.1).
 pub async fn revoke(
     http_client: &reqwest::Client,
     provider: &Provider,
     tokens: GrantTokens<'_>,
 ) -> Result<Revocation> {
+    if let Some(outcome) = unattemptable(provider) {
+        return Ok(outcome);
+    }
     let definition = &provider.definition;
-    let Some(revoke) = &definition.revoke else {
-        return Ok(Revocation::NotSupported);
-    };
-    let Ok((client_id, client_secret)) = provider.require_client() else {
-        return Ok(Revocation::NotAttempted);
-    };
+    let revoke = definition
+        .revoke
+        .as_ref()
+        .ok_or_else(|| crate::error::Error::internal("no revocation endpoint"))?;
+    let credentials = ClientCredentials::of(provider)?;
     let mut url = definition.fill("revoke.url", &revoke.url, &|name| {
         provider.template_value(&[tokens.values], name)
     })?;
@@ -69,11 +83,6 @@ pub async fn revoke(
         }
     }
     let purpose = format!("{} revocation endpoint", definition.display_name);
-    let credentials = ClientCredentials {
-        auth: definition.client_auth,
-        id: client_id,
-        secret: client_secret,
-    };
     let answer = http::post_form(http_client, &purpose, url, form, &credentials).await?;
     Ok(if answer.is_success() {
         Revocation::Revoked

@@ -61,10 +61,29 @@ use crate::events::EventKind;
 use crate::records::{ConnectionStatus, LastError};
 use crate::test_support::{Fixture, Reply};
 use secrecy::ExposeSecret;
+use std::time::Duration;
 
 const HOUR_MS: i64 = 3_600_000;
 /// From a fresh one-hour token to a moment past its stale point, before its expiry.
 const TO_STALE_MS: i64 = HOUR_MS - 200_000;
+
+/// The next event `wanted` accepts (failing, not hanging, if none comes).
+async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<crate::events::Event>,
+    wanted: impl Fn(EventKind) -> bool,
+) -> crate::events::Event {
+    let find = async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if wanted(event.kind) {
+                return event;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), find)
+        .await
+        .expect("the event did not come")
+}
 
 fn error_code(record: &ConnectionRecord) -> Option<String> {
     record
@@ -77,9 +96,9 @@ fn error_code(record: &ConnectionRecord) -> Option<String> {
 async fn callers_of_a_stale_token_share_one_refresh_whose_rotated_token_is_stored_first() {
     let f = Fixture::start().await;
     f.connect(HOUR_MS).await;
-    f.clock.advance(TO_STALE_MS);
     f.provider.reply([Reply::tokens(1, 3600)]);
     f.provider.close_gate();
+    f.clock.advance(TO_STALE_MS);
     let callers: Vec<_> = (0..20)
         .map(|_| {
             let (engine, key) = (f.engine.clone(), f.key());
@@ -101,16 +120,15 @@ async fn callers_of_a_stale_token_share_one_refresh_whose_rotated_token_is_store
     assert_eq!(secrets.refresh_token.unwrap().expose_secret(), "rt-1");
     assert_eq!(stored.status, ConnectionStatus::Active);
     assert_eq!(stored.expires_at, Some(f.engine.now_ms() + HOUR_MS));
-    assert_eq!(f.engine.refreshes.single_flight_entries(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_refresh_backs_off_serving_the_usable_token_and_retries_once_it_is_due() {
     let f = Fixture::start().await;
     f.connect(HOUR_MS).await;
-    f.clock.advance(TO_STALE_MS);
     f.provider
         .reply([Reply::error(503, "temporarily_unavailable")]);
+    f.clock.advance(TO_STALE_MS);
     assert_eq!(f.served().await.unwrap(), "at-0");
     let stored = f.stored().await;
     assert_eq!(stored.status, ConnectionStatus::Degraded);
@@ -130,17 +148,18 @@ async fn a_failed_refresh_backs_off_serving_the_usable_token_and_retries_once_it
     }
     assert_eq!(f.provider.token_requests().len(), 1);
 
-    // The second failure doubles the step: 1 to 2 s.
-    f.clock.advance(1_000);
+    // The second failure doubles the step: 1 to 2 s. (Replies are queued before the clock
+    // moves: the retry the scheduler holds may fire the moment it does.)
     f.provider.reply([Reply::error(500, "server_error")]);
+    f.clock.advance(1_000);
     assert_eq!(f.served().await.unwrap(), "at-0");
     assert_eq!(f.provider.token_requests().len(), 2);
     let now = f.engine.now_ms();
     assert!(f.engine.refreshes.backing_off(&cache_key, now + 999));
     assert!(!f.engine.refreshes.backing_off(&cache_key, now + 2_000));
 
-    f.clock.advance(2_000);
     f.provider.reply([Reply::tokens(1, 3600)]);
+    f.clock.advance(2_000);
     assert_eq!(f.served().await.unwrap(), "at-1");
     assert_eq!(f.provider.token_requests().len(), 3);
     assert_eq!(f.stored().await.status, ConnectionStatus::Active);
@@ -151,12 +170,12 @@ async fn a_failed_refresh_backs_off_serving_the_usable_token_and_retries_once_it
 async fn retry_after_holds_the_next_attempt_back_to_the_millisecond() {
     let f = Fixture::start().await;
     f.connect(HOUR_MS).await;
-    f.clock.advance(TO_STALE_MS);
     f.provider.reply([Reply::Json {
         status: 429,
         body: serde_json::json!({ "error": "rate_limited" }),
         retry_after: Some("120"),
     }]);
+    f.clock.advance(TO_STALE_MS);
     assert_eq!(f.served().await.unwrap(), "at-0");
     let failed_at = f.engine.now_ms();
     let cache_key = f.key().cache_key();
@@ -176,8 +195,8 @@ async fn retry_after_holds_the_next_attempt_back_to_the_millisecond() {
     f.clock.advance(119_999);
     assert_eq!(f.served().await.unwrap(), "at-0");
     assert_eq!(f.provider.token_requests().len(), 1);
-    f.clock.advance(1);
     f.provider.reply([Reply::tokens(1, 3600)]);
+    f.clock.advance(1);
     assert_eq!(f.served().await.unwrap(), "at-1");
     assert_eq!(f.provider.token_requests().len(), 2);
 }
@@ -187,8 +206,8 @@ async fn a_refresh_that_may_have_reached_the_provider_is_not_sent_again_at_once_
 ) {
     let f = Fixture::start().await;
     f.connect(HOUR_MS).await;
-    f.clock.advance(TO_STALE_MS);
     f.provider.reply([Reply::BreakOff]);
+    f.clock.advance(TO_STALE_MS);
     assert_eq!(f.served().await.unwrap(), "at-0");
     let stored = f.stored().await;
     assert_eq!(stored.status, ConnectionStatus::Degraded);
@@ -207,9 +226,9 @@ async fn an_ambiguous_or_refused_refresh_yields_to_tokens_another_writer_stored_
     for reply in [Reply::BreakOff, Reply::error(400, "invalid_grant")] {
         let f = Fixture::start().await;
         f.connect(HOUR_MS).await;
-        f.clock.advance(TO_STALE_MS);
         f.provider.reply([reply.clone()]);
         f.provider.close_gate();
+        f.clock.advance(TO_STALE_MS);
         let refresh = {
             let (engine, key) = (f.engine.clone(), f.key());
             tokio::spawn(async move { engine.refresh(&key, RefreshReason::Forced).await })
@@ -239,19 +258,14 @@ async fn invalid_grant_on_the_current_token_revokes_the_connection_with_an_event
     let f = Fixture::start().await;
     f.connect(HOUR_MS).await;
     let mut events = f.engine.subscribe();
-    f.clock.advance(TO_STALE_MS);
     f.provider.reply([Reply::error(400, "invalid_grant")]);
+    f.clock.advance(TO_STALE_MS);
     let err = f.served().await.unwrap_err();
     assert_eq!(err.code, ErrorCode::ConnectionRevoked);
     let stored = f.stored().await;
     assert_eq!(stored.status, ConnectionStatus::Revoked);
     assert_eq!(error_code(&stored).as_deref(), Some("invalid_grant"));
-    let revoked = loop {
-        let event = events.recv().await.unwrap();
-        if event.kind != EventKind::Created {
-            break event;
-        }
-    };
+    let revoked = next_event(&mut events, |kind| kind != EventKind::Created).await;
     assert_eq!(revoked.kind, EventKind::Revoked);
     // Revoked is final: no further request, whatever the caller does.
     f.clock.advance(HOUR_MS);
@@ -294,12 +308,7 @@ async fn a_scheduled_refresh_stands_by_while_another_process_holds_the_lease_and
     let mut events = f.engine.subscribe();
     f.provider.reply([Reply::tokens(1, 3600)]);
     f.clock.advance(301);
-    let refreshed = loop {
-        let event = events.recv().await.unwrap();
-        if event.kind == EventKind::Refreshed {
-            break event;
-        }
-    };
+    let refreshed = next_event(&mut events, |kind| kind == EventKind::Refreshed).await;
     assert_eq!(refreshed.key, key);
     assert_eq!(f.provider.token_requests().len(), 1);
     assert_eq!(f.served().await.unwrap(), "at-1");
