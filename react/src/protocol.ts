@@ -2,7 +2,7 @@
  * What crosses between this package and `authpipe.handler()` in @authpipe/node: the callback
  * page's message (popup mode), the query it redirects with (redirect mode), and the flow id that
  * ties either to one attempt. The shapes mirror `ConnectResultMessage` in @authpipe/node's
- * `lib/handler.ts`; the browser tests there run the two against each other.
+ * `lib/handler/` (`routes.ts`, `pages.ts`); the browser tests there run the two against each other.
  */
 
 import { ERROR_CODES } from './generated.js';

@@ -25,7 +25,9 @@ fn skip_or_fail(test: &str, why: impl std::fmt::Display) {
     if std::env::var_os("CI").is_some() {
         panic!("{test} must run under CI: {why}");
     }
-    eprintln!("warning: {test} skipped: {why}");
+    // Straight to stderr: the harness captures eprintln! of a passing test.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
 }
 
 fn unique(prefix: &str) -> String {
