@@ -463,4 +463,46 @@ mod tests {
             LeaseTake::HeldUntil(_)
         ));
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_probe_whose_url_cannot_be_filled_sends_nothing_and_records_nothing() {
+        let f = Fixture::start().await;
+        // Pipedrive's identity URL takes the connection's `api_domain`, which must be one of
+        // Pipedrive's hosts; this one is not (and, under `.invalid`, resolves nowhere).
+        let settings = serde_json::json!({ "pipedrive": {
+            "clientId": "c", "clientSecret": "s", "redirectUri": "https://app.example/cb" } });
+        let catalog =
+            crate::providers::Catalog::from_settings(settings.as_object().unwrap()).unwrap();
+        let connector = crate::protocol::Connector::new(
+            catalog,
+            crate::http_client(std::time::Duration::from_secs(5)).unwrap(),
+            crate::protocol::ConnectorSettings {
+                timeout: std::time::Duration::from_secs(5),
+                concurrency: 4,
+                health_interval_ms: None,
+            },
+        );
+        f.client.close();
+        let _client = crate::Client::new(f.engine.clone(), connector);
+        let key = ConnectionKey::parse("pipedrive", "tenant-1", "user-1").unwrap();
+        let fields = crate::input::ImportFields {
+            access_token: Some(crate::secrets::AccessToken::new("at-0")),
+            extras_json: Some(secrecy::SecretString::from(
+                r#"{"api_domain":"https://elsewhere.invalid"}"#,
+            )),
+            ..Default::default()
+        };
+        let request = crate::input::ImportRequest::new(key.clone(), fields).unwrap();
+        let before = f.engine.import(vec![request]).await.unwrap().remove(0);
+        let mut events = f.engine.subscribe();
+
+        let err = f.engine.check(&key).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::ProviderError);
+        assert!(err.message.contains("known hosts"), "{}", err.message);
+        let after = f.engine.stored_connection(&key).await.unwrap().unwrap();
+        assert_eq!(after.version, before.version);
+        assert_eq!(after.status, ConnectionStatus::Active);
+        assert_eq!(after.last_check_at, None);
+        assert!(events.try_recv().is_err());
+    }
 }
