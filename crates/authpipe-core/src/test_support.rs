@@ -309,14 +309,7 @@ impl Fixture {
         .await
         .unwrap()
         .engine;
-        let settings = ConnectorSettings {
-            timeout: Duration::from_secs(5),
-            concurrency: 4,
-            health_interval_ms: interval_ms,
-        };
-        let catalog = Catalog::from_settings(provider.settings().as_object().unwrap()).unwrap();
-        let connector = Connector::new(catalog, http_client(settings.timeout).unwrap(), settings);
-        let client = Client::new(engine.clone(), connector);
+        let client = Self::attach(&engine, &provider.settings(), interval_ms);
         Self {
             engine,
             client,
@@ -325,15 +318,43 @@ impl Fixture {
         }
     }
 
+    /// An instance on `engine` for the providers in `settings`, with scheduled probes every
+    /// `interval_ms` (`None`: off).
+    pub fn attach(
+        engine: &Arc<Engine>,
+        settings: &serde_json::Value,
+        interval_ms: Option<i64>,
+    ) -> Client {
+        let calls = ConnectorSettings {
+            timeout: Duration::from_secs(5),
+            concurrency: 4,
+            health_interval_ms: interval_ms,
+        };
+        let catalog = Catalog::from_settings(settings.as_object().unwrap()).unwrap();
+        let connector = Connector::new(catalog, http_client(calls.timeout).unwrap(), calls);
+        Client::new(engine.clone(), connector)
+    }
+
     pub fn key(&self) -> ConnectionKey {
         ConnectionKey::parse("fake", "tenant-1", "user-1").unwrap()
     }
 
     /// Stores a connection whose access token (`at-0`) expires in `expires_in_ms`.
     pub async fn connect(&self, expires_in_ms: i64) -> ConnectionRecord {
+        self.store_tokens("at-0", "rt-0", expires_in_ms).await
+    }
+
+    /// Stores (or replaces) the connection with these tokens, as an import or another process
+    /// would.
+    pub async fn store_tokens(
+        &self,
+        access_token: &str,
+        refresh_token: &str,
+        expires_in_ms: i64,
+    ) -> ConnectionRecord {
         let fields = ImportFields {
-            access_token: Some(AccessToken::new("at-0")),
-            refresh_token: Some(RefreshToken::new("rt-0")),
+            access_token: Some(AccessToken::new(access_token)),
+            refresh_token: Some(RefreshToken::new(refresh_token)),
             expires_at_ms: Some((self.clock.now_ms() + expires_in_ms) as f64),
             scopes: vec!["read".into()],
             ..Default::default()

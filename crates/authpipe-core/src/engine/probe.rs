@@ -471,19 +471,8 @@ mod tests {
         // Pipedrive's hosts; this one is not (and, under `.invalid`, resolves nowhere).
         let settings = serde_json::json!({ "pipedrive": {
             "clientId": "c", "clientSecret": "s", "redirectUri": "https://app.example/cb" } });
-        let catalog =
-            crate::providers::Catalog::from_settings(settings.as_object().unwrap()).unwrap();
-        let connector = crate::protocol::Connector::new(
-            catalog,
-            crate::http_client(std::time::Duration::from_secs(5)).unwrap(),
-            crate::protocol::ConnectorSettings {
-                timeout: std::time::Duration::from_secs(5),
-                concurrency: 4,
-                health_interval_ms: None,
-            },
-        );
         f.client.close();
-        let _client = crate::Client::new(f.engine.clone(), connector);
+        let _client = Fixture::attach(&f.engine, &settings, None);
         let key = ConnectionKey::parse("pipedrive", "tenant-1", "user-1").unwrap();
         let fields = crate::input::ImportFields {
             access_token: Some(crate::secrets::AccessToken::new("at-0")),

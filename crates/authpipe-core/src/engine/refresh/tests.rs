@@ -235,15 +235,8 @@ async fn an_ambiguous_or_refused_refresh_yields_to_tokens_another_writer_stored_
         };
         f.provider.received(1).await;
         // Another process refreshed (or the app imported) while our request was out.
-        let fields = crate::input::ImportFields {
-            access_token: Some(crate::secrets::AccessToken::new("at-elsewhere")),
-            refresh_token: Some(crate::secrets::RefreshToken::new("rt-elsewhere")),
-            expires_at_ms: Some((f.engine.now_ms() + HOUR_MS) as f64),
-            scopes: vec!["read".into()],
-            ..Default::default()
-        };
-        let request = crate::input::ImportRequest::new(f.key(), fields).unwrap();
-        f.engine.import(vec![request]).await.unwrap();
+        f.store_tokens("at-elsewhere", "rt-elsewhere", HOUR_MS)
+            .await;
         f.provider.open_gate();
         let after = refresh.await.unwrap().unwrap();
         assert_eq!(after.status, ConnectionStatus::Active, "{reply:?}");
