@@ -38,6 +38,8 @@ mod connect;
 mod engine;
 mod error;
 mod events;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod generations;
 mod ids;
 mod input;

@@ -1,9 +1,9 @@
 //! Redeeming an authorization code at the token endpoint (RFC 6749 §4.1.3).
 
-use super::http::{self, ClientCredentials};
+use super::http::{self, Answer, ClientCredentials};
 use super::token::{self, TokenSet};
 use crate::error::{Error, ErrorCode, Result};
-use crate::providers::Provider;
+use crate::providers::{Provider, ProviderDefinition};
 use crate::secrets::PkceVerifier;
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
@@ -40,9 +40,19 @@ pub async fn exchange_code(
     }
     let purpose = format!("{} token endpoint", definition.display_name);
     let answer = http::post_form(http_client, &purpose, token_url, form, &credentials).await?;
+    read_answer(definition, &purpose, &answer)
+}
+
+/// What the token endpoint's answer to a code exchange means: tokens, or why not. Pure, so
+/// the fuzzer reaches it without a network.
+pub fn read_answer(
+    definition: &ProviderDefinition,
+    purpose: &str,
+    answer: &Answer,
+) -> Result<TokenSet> {
     let refused = (400..500)
         .contains(&answer.status)
-        .then(|| http::oauth_error(&answer))
+        .then(|| http::oauth_error(answer))
         .flatten();
     match answer.json_object() {
         Some(body) if answer.is_success() => token::parse(definition, &body),
@@ -57,6 +67,6 @@ pub async fn exchange_code(
             ErrorCode::ProviderError,
             format!("the {purpose} answered with something that is not JSON"),
         )),
-        _ => Err(http::unexpected(&purpose, &answer)),
+        _ => Err(http::unexpected(purpose, answer)),
     }
 }

@@ -5,7 +5,7 @@
 use super::http::{self, Answer, ClientCredentials};
 use super::scrub::Sent;
 use crate::error::{Error, ErrorCode, Result};
-use crate::providers::{ProbeStyle, Provider};
+use crate::providers::{IdentityProbe, ProbeStyle, Provider};
 use crate::records::ProviderAccount;
 use reqwest::header::AUTHORIZATION;
 use secrecy::ExposeSecret;
@@ -44,7 +44,7 @@ pub fn url(provider: &Provider, values: &[&Map<String, Value>]) -> Result<Url> {
         })
 }
 
-fn definition_probe(provider: &Provider) -> Result<&crate::providers::IdentityProbe> {
+fn definition_probe(provider: &Provider) -> Result<&IdentityProbe> {
     provider
         .definition
         .identity
@@ -101,6 +101,12 @@ pub async fn probe(
             .await?
         }
     };
+    read_answer(probe, &purpose, &answer)
+}
+
+/// What an identity probe's answer says, read with the definition's JSON pointers. Pure, so
+/// the fuzzer reaches it without a network.
+pub fn read_answer(probe: &IdentityProbe, purpose: &str, answer: &Answer) -> Result<Identity> {
     if answer.status == 401 || answer.status == 403 {
         return Ok(Identity {
             active: false,
@@ -108,7 +114,7 @@ pub async fn probe(
         });
     }
     if !answer.is_success() {
-        return Err(http::unexpected(&purpose, &answer));
+        return Err(http::unexpected(purpose, answer));
     }
     let body = answer.json_object().map(Value::Object).ok_or_else(|| {
         Error::new(

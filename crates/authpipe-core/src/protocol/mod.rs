@@ -9,7 +9,7 @@ pub mod http;
 pub mod identity;
 pub mod refresh;
 pub mod revoke;
-mod scrub;
+pub(crate) mod scrub;
 pub mod token;
 
 mod connector;

@@ -101,7 +101,9 @@ pub async fn refresh(
     classify(definition, &purpose, &answer, now_ms)
 }
 
-fn classify(
+/// What the token endpoint's answer to a refresh grant means for the connection. Pure, so the
+/// fuzzer reaches it without a network.
+pub fn classify(
     definition: &crate::providers::ProviderDefinition,
     purpose: &str,
     answer: &Answer,

@@ -78,6 +78,33 @@ async fn read_capped(mut response: reqwest::Response) -> Option<Vec<u8>> {
     Some(body)
 }
 
+/// The metadata document `body`, fetched from `url` for `issuer`, checked: it must name that
+/// issuer and usable endpoints. Pure, so the fuzzer reaches it without a network.
+pub fn read_document(field: &str, issuer: &str, url: &str, body: &[u8]) -> Result<Metadata> {
+    let not_metadata = || {
+        Error::new(
+            ErrorCode::ProviderError,
+            format!("{field}: {url} is not authorization server metadata"),
+        )
+    };
+    let metadata: Metadata = serde_json::from_slice(body).map_err(|_| not_metadata())?;
+    if metadata.issuer != issuer {
+        return Err(Error::new(
+            ErrorCode::ProviderError,
+            format!(
+                "{field}: the metadata at {url} names issuer '{}', not '{issuer}'",
+                metadata.issuer
+            ),
+        ));
+    }
+    check_endpoint(
+        &format!("{field} authorization_endpoint"),
+        &metadata.authorization_endpoint,
+    )?;
+    check_endpoint(&format!("{field} token_endpoint"), &metadata.token_endpoint)?;
+    Ok(metadata)
+}
+
 /// Fetches and checks the metadata of `issuer`.
 pub async fn discover(http: &reqwest::Client, field: &str, issuer: &str) -> Result<Metadata> {
     check_endpoint(field, issuer)?;
@@ -97,23 +124,7 @@ pub async fn discover(http: &reqwest::Client, field: &str, issuer: &str) -> Resu
                     )
                 };
                 let body = read_capped(response).await.ok_or_else(not_metadata)?;
-                let metadata: Metadata =
-                    serde_json::from_slice(&body).map_err(|_| not_metadata())?;
-                if metadata.issuer != issuer {
-                    return Err(Error::new(
-                        ErrorCode::ProviderError,
-                        format!(
-                            "{field}: the metadata at {url} names issuer '{}', not '{issuer}'",
-                            metadata.issuer
-                        ),
-                    ));
-                }
-                check_endpoint(
-                    &format!("{field} authorization_endpoint"),
-                    &metadata.authorization_endpoint,
-                )?;
-                check_endpoint(&format!("{field} token_endpoint"), &metadata.token_endpoint)?;
-                return Ok(metadata);
+                return read_document(field, issuer, &url, &body);
             }
             Ok(response) => last = format!("{url} answered {}", response.status().as_u16()),
             Err(e) => {
