@@ -38,10 +38,15 @@ function inherited(obj: object, name: string): unknown {
   return undefined;
 }
 
+/** Longest list read: past it a (sparse, or Proxy) array's length is no list anyone meant. */
+const MAX_LIST_LENGTH = 1_000_000;
+
 /** A list argument copied into an array of our own, its elements read once. */
 export function list(value: unknown, field: string, what = 'an array'): unknown[] {
   if (!guarded(() => Array.isArray(value), field)) throw invalidArgument(`${field} must be ${what}`);
-  return guarded(() => Array.from(value as unknown[]), field);
+  const length = guarded(() => (value as unknown[]).length, field);
+  if (length > MAX_LIST_LENGTH) throw invalidArgument(`${field} has ${length} entries; the limit is ${MAX_LIST_LENGTH}`);
+  return guarded(() => Array.from({ length }, (_, i) => (value as unknown[])[i]), field);
 }
 
 /** An object's own enumerable string-keyed entries, read once. */

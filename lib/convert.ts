@@ -93,7 +93,9 @@ export function callbackParams(input: CallbackInput): Record<string, string> {
   for (const [k, v] of Object.entries(params)) {
     if (!v.isWellFormed() || !k.isWellFormed()) throw invalidArgument(`callback parameter ${k} is not well-formed Unicode`);
   }
-  return params;
+  // No prototype: napi reads a record's keys as `for...in` does, inherited ones included, and a
+  // polluted Object.prototype would add parameters.
+  return Object.assign(Object.create(null) as Record<string, string>, params);
 }
 
 /** A native timestamp (ms), or null. */

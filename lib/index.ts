@@ -74,7 +74,7 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
     const opts = args.fields(options, 'options', OPTION_FIELDS);
     const store = args.optionalString(opts.store, 'store');
     const masterKeys = resolveMasterKeys(opts);
-    const providers = opts.providers === undefined ? {} : args.object(opts.providers, 'providers');
+    const providers = opts.providers === undefined || opts.providers === null ? {} : args.object(opts.providers, 'providers');
     for (const [id, config] of args.entries(providers, 'providers')) args.object(config, `providers.${id}`);
     const memoLimit = args.optionalInteger(opts.memoLimit, 'memoLimit') ?? DEFAULT_MEMO_LIMIT;
     if (memoLimit < 0) throw invalidArgument('memoLimit must not be negative');
@@ -252,7 +252,10 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
 
   async #start(input: StartConnectInput & { browserBinding?: string }): Promise<StartedConnect & { callbackMethod: string }> {
     const handle = await this.#handle();
-    const started = await call(() => handle.startConnect({ ...input, scopes: input.scopes ? [...input.scopes] : undefined }));
+    // Every field named, absent ones too: napi would read a missing one from Object.prototype.
+    const { provider, tenantId, userId, redirectUri, browserBinding } = input;
+    const scopes = input.scopes ? [...input.scopes] : undefined;
+    const started = await call(() => handle.startConnect({ provider, tenantId, userId, scopes, redirectUri, browserBinding }));
     return Object.freeze({ url: started.url, state: started.state, expiresAt: new Date(started.expiresAt), callbackMethod: started.callbackMethod });
   }
 
@@ -514,9 +517,10 @@ function resolveMasterKeys(
       };
     });
   }
-  if (opts.masterKey !== undefined) return [{ key: args.keyMaterial(opts.masterKey, 'masterKey') }];
+  // `id` and `retired` named even when absent: napi would read a missing one from Object.prototype.
+  if (opts.masterKey !== undefined) return [{ id: undefined, key: args.keyMaterial(opts.masterKey, 'masterKey'), retired: undefined }];
   const fromEnv = process.env.AUTHPIPE_MASTER_KEY;
-  if (fromEnv) return [{ key: fromEnv }];
+  if (fromEnv) return [{ id: undefined, key: fromEnv, retired: undefined }];
   return undefined;
 }
 
