@@ -76,6 +76,55 @@ describe('hostile input: a table generated from every public call', () => {
   }, 600_000);
 });
 
+/**
+ * Every field name the binding reads from the objects it is handed: a polluted Object.prototype
+ * carrying any of them must change nothing (napi reads a missing field through the prototype).
+ */
+const BINDING_FIELDS = ['id', 'key', 'retired', 'store', 'masterKeys', 'production', 'providers', 'httpTimeoutMs', 'providerConcurrency', 'healthCheckIntervalMs', 'provider', 'tenantId', 'userId', 'accessToken', 'refreshToken', 'expiresAt', 'apiKey', 'scopes', 'extras', 'status', 'limit', 'cursor', 'redirectUri', 'browserBinding', 'params', 'state', 'error'];
+
+describe('a polluted Object.prototype', () => {
+  const redirectUri = 'http://127.0.0.1:9/authpipe/callback/attio';
+
+  /** Opens, imports, reads, starts a flow through the handler and finishes a bogus callback. */
+  async function scenario(sandbox: Sandbox, pollute: boolean): Promise<unknown> {
+    const polluted = Object.prototype as Record<string, unknown>;
+    const on = () => pollute && BINDING_FIELDS.forEach((name) => (polluted[name] = name === 'retired' ? true : name === 'scopes' ? ['polluted'] : `polluted_${name}`));
+    const off = () => BINDING_FIELDS.forEach((name) => delete polluted[name]);
+    const settle = (p: Promise<unknown>) => p.then((v) => ({ ok: v }), (e: unknown) => ({ code: (e as AuthpipeError).code ?? String(e) }));
+    on();
+    try {
+      const authpipe = new Authpipe({ store: ':memory:', masterKey: newKey(), healthCheckIntervalMs: 0, providers: { attio: sandbox.providerConfig({ redirectUri }) } });
+      try {
+        const ref = { provider: 'attio', tenantId: 't', userId: 'u' };
+        const imported = await settle(authpipe.importConnection({ ...ref, accessToken: 'tok' }).then((c) => [c.scopes, c.expiresAt, c.hasRefreshToken]));
+        const credential = await settle(authpipe.getCredential(ref).then((c) => [c.credential, c.extras]));
+        const { token } = await authpipe.createConnectSession({ tenantId: 't', userId: 'u' });
+        const started = await authpipe.fetchHandler({ appOrigin: 'http://127.0.0.1:9' })(new Request(`http://127.0.0.1:9/authpipe/connect/attio?session=${token}`));
+        const location = new URL(started.headers.get('location') ?? 'http://none/');
+        const callback = await settle(authpipe.handleCallback({ query: { state: 'no_such_state_0123456789', code: 'c' } }));
+        const listed = await settle(authpipe.listConnections({ tenantId: 't' }).then((p) => p.connections.length));
+        return { imported, credential, started: [started.status, location.searchParams.get('redirect_uri'), location.searchParams.get('scope')], callback, listed };
+      } finally {
+        off();
+        await authpipe.close();
+      }
+    } finally {
+      off();
+    }
+  }
+
+  test('changes nothing the binding is handed (a missing field is never read from it)', async () => {
+    const sandbox = await createSandbox({ provider: 'attio' });
+    try {
+      const clean = await scenario(sandbox, false);
+      expect(clean).toMatchObject({ imported: { ok: expect.anything() }, started: [302, redirectUri, null], callback: { code: 'INVALID_STATE' } });
+      expect(await scenario(sandbox, true)).toEqual(clean);
+    } finally {
+      await sandbox.close();
+    }
+  });
+});
+
 function group<T>(items: readonly T[], key: (item: T) => string): Map<string, number> {
   const out = new Map<string, number>();
   for (const item of items) out.set(key(item), (out.get(key(item)) ?? 0) + 1);

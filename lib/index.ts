@@ -44,6 +44,15 @@ export type { ConnectedConnection, ConnectResultMessage } from './handler/pages'
 export type { HandlerOptions } from './handler/routes';
 export type * from './types';
 
+/** What a connect flow starts from, every field named (see #start). */
+interface StartInput {
+  provider: string;
+  tenantId: string;
+  userId: string;
+  scopes: readonly string[] | undefined;
+  redirectUri: string | undefined;
+  browserBinding: string | undefined;
+}
 const DEFAULT_MEMO_LIMIT = 100_000;
 const OPTION_FIELDS = ['store', 'masterKey', 'masterKeys', 'providers', 'memoLimit', 'httpTimeoutMs', 'providerConcurrency', 'healthCheckIntervalMs'] as const;
 const OBJECT_PROTOTYPE: { provider?: unknown; tenantId?: unknown; userId?: unknown } = Object.prototype;
@@ -247,12 +256,12 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
     const ref = connectionRef(i);
     const scopes = args.optionalStrings(i.scopes, 'scopes');
     const redirectUri = args.optionalString(i.redirectUri, 'redirectUri');
-    return this.#start({ ...ref, scopes, redirectUri });
+    return this.#start({ ...ref, scopes, redirectUri, browserBinding: undefined });
   }
 
-  async #start(input: StartConnectInput & { browserBinding?: string }): Promise<StartedConnect & { callbackMethod: string }> {
+  /** Every field is named, absent ones as undefined: napi would read a missing one from Object.prototype. */
+  async #start(input: StartInput): Promise<StartedConnect & { callbackMethod: string }> {
     const handle = await this.#handle();
-    // Every field named, absent ones too: napi would read a missing one from Object.prototype.
     const { provider, tenantId, userId, redirectUri, browserBinding } = input;
     const scopes = input.scopes ? [...input.scopes] : undefined;
     const started = await call(() => handle.startConnect({ provider, tenantId, userId, scopes, redirectUri, browserBinding }));
@@ -347,7 +356,7 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
         const handle = await this.#handle();
         return call(() => handle.sessionKey(token, provider));
       },
-      startConnect: (input) => this.#start(input),
+      startConnect: (input) => this.#start({ ...input, scopes: undefined, redirectUri: undefined }),
       handleCallback: (params, provider, browserBinding) => this.handleCallback({ query: params }, { provider, browserBinding }),
     };
   }
