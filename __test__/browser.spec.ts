@@ -42,7 +42,9 @@ maybe('the connect popup in Chromium', () => {
     });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+      // No name resolves but loopback: Chromium's own resolver would otherwise ask the network's
+    // nameserver for its background services (scripts/offline/run refuses and reports that).
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1'],
     });
   });
 

@@ -10,7 +10,7 @@ import { createInterface } from 'node:readline';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Authpipe } from '..';
-import { Cluster, connectUsers, summarise, type WorkerReport } from './support/cluster';
+import { Cluster, connectUsers, refreshLeasesHeldBy, summarise, type WorkerReport } from './support/cluster';
 import { startOidcProvider, type OidcProvider } from './support/oidc';
 import { newKey, postgresStore, psql, tempDir } from './helpers';
 
@@ -206,7 +206,6 @@ test(`SQLite: ${WORKERS} processes on one file, ${CONNECTIONS} connections, ${SE
 test('kill -9 of one process mid-run: its leases expire, the others carry on, nothing else is lost', async () => {
   const seconds = SECONDS / 2;
   const store = postgresStore();
-  const schema = new URL(store).searchParams.get('schema')!;
   const masterKey = newKey();
   const refs = await connectUsers({ store, masterKey, oidc, redirectUri, count: CONNECTIONS });
   const httpTimeoutMs = 3_000; // lease = request timeout + 5 s
@@ -218,9 +217,7 @@ test('kill -9 of one process mid-run: its leases expire, the others carry on, no
   cluster.kill(0);
   const killedAt = Date.now();
   // The refreshes the dead process had under way: its leases in the store.
-  const held = psql(`SELECT user_id FROM ${schema}.leases WHERE purpose = 'refresh' AND owner LIKE '${cluster.pids[0]}:%'`)
-    .split('\n')
-    .filter(Boolean);
+  const held = refreshLeasesHeldBy(store, cluster.pids[0]!);
   const reports: WorkerReport[] = await cluster.reports();
   const after = await oidc.stats();
   const summary = summarise(reports);

@@ -20,7 +20,9 @@ beforeAll(async () => {
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     ignoreDefaultArgs: ['--disable-popup-blocking'],
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+    // No name resolves but loopback: Chromium's own resolver would otherwise ask the network's
+    // nameserver for its background services (scripts/offline/run refuses and reports that).
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1'],
   });
 });
 afterAll(async () => browser?.close());

@@ -20,9 +20,19 @@ export async function call<T>(fn: () => T | Promise<T>): Promise<T> {
   }
 }
 
+const REF_FIELDS = ['provider', 'tenantId', 'userId'] as const;
+const IMPORT_FIELDS = [...REF_FIELDS, 'accessToken', 'refreshToken', 'expiresAt', 'apiKey', 'scopes', 'extras'] as const;
+
 /** Checks the three ids of a connection; `prefix` locates them inside a list (`[3].`). */
 export function connectionRef(ref: unknown, prefix = ''): ConnectionRef {
-  const r = args.object(ref, prefix ? `connections${prefix.slice(0, -1)}` : 'connection');
+  return refOf(args.fields(ref, refField(prefix), REF_FIELDS, prefix), prefix);
+}
+
+function refField(prefix: string): string {
+  return prefix ? `connections${prefix.slice(0, -1)}` : 'connection';
+}
+
+function refOf(r: Record<(typeof REF_FIELDS)[number], unknown>, prefix: string): ConnectionRef {
   return {
     provider: args.string(r.provider, `${prefix}provider`),
     tenantId: args.string(r.tenantId, `${prefix}tenantId`),
@@ -30,21 +40,22 @@ export function connectionRef(ref: unknown, prefix = ''): ConnectionRef {
   };
 }
 
-export function secretRef(ref: unknown): { tenantId: string; provider: string | undefined; name: string } {
-  const r = args.object(ref, 'secret');
+/** A secret's reference, and with `withValue` its value. */
+export function secretRef(ref: unknown, withValue = false): { tenantId: string; provider: string | undefined; name: string; value?: string } {
+  const r = args.fields(ref, 'secret', ['tenantId', 'provider', 'name', 'value']);
   return {
     tenantId: args.string(r.tenantId, 'tenantId'),
     provider: args.optionalString(r.provider, 'provider'),
     name: args.string(r.name, 'name'),
+    ...(withValue ? { value: args.string(r.value, 'value') } : {}),
   };
 }
 
 export function importInput(input: unknown, prefix: string) {
-  const ref = connectionRef(input, prefix);
-  const i = input as Record<string, unknown>;
+  const i = args.fields(input, refField(prefix), IMPORT_FIELDS, prefix);
   const field = (name: string) => `${prefix}${name}`;
   return {
-    ...ref,
+    ...refOf(i, prefix),
     accessToken: args.optionalString(i.accessToken, field('accessToken')),
     refreshToken: args.optionalString(i.refreshToken, field('refreshToken')),
     expiresAt: args.optionalTimestamp(i.expiresAt, field('expiresAt')),
@@ -56,20 +67,25 @@ export function importInput(input: unknown, prefix: string) {
 
 /** The parameters of a callback, from whichever form it arrived in. */
 export function callbackParams(input: CallbackInput): Record<string, string> {
-  const i = args.object(input, 'callback');
+  const i = args.fields(input, 'callback', ['url', 'query', 'body']);
   const fromSearch = (value: unknown, field: string): Record<string, string> => {
     if (typeof value === 'string') return args.uniqueParams(new URLSearchParams(value.startsWith('?') ? value.slice(1) : value), field);
-    if (value instanceof URLSearchParams) return args.uniqueParams(value, field);
-    const o = args.object(value, field);
-    return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, args.string(v, `${field}.${k}`)]));
+    if (args.guarded(() => value instanceof URLSearchParams, field)) return args.uniqueParams(value as URLSearchParams, field);
+    return Object.fromEntries(args.entries(value, field).map(([k, v]) => [k, args.string(v, `${field}.${k}`)]));
   };
   let params: Record<string, string>;
-  if ('url' in i) {
+  if (i.url !== undefined) {
     const url = args.string(i.url, 'url');
-    params = args.uniqueParams(new URL(url, 'http://callback.invalid').searchParams, 'url');
-  } else if ('query' in i) {
+    let parsed: URL;
+    try {
+      parsed = new URL(url, 'http://callback.invalid');
+    } catch {
+      throw invalidArgument('url is not a valid URL');
+    }
+    params = args.uniqueParams(parsed.searchParams, 'url');
+  } else if (i.query !== undefined) {
     params = fromSearch(i.query, 'query');
-  } else if ('body' in i) {
+  } else if (i.body !== undefined) {
     params = fromSearch(i.body, 'body');
   } else {
     throw invalidArgument('handleCallback takes { url }, { query } or { body }');
@@ -77,7 +93,9 @@ export function callbackParams(input: CallbackInput): Record<string, string> {
   for (const [k, v] of Object.entries(params)) {
     if (!v.isWellFormed() || !k.isWellFormed()) throw invalidArgument(`callback parameter ${k} is not well-formed Unicode`);
   }
-  return params;
+  // No prototype: napi reads a record's keys as `for...in` does, inherited ones included, and a
+  // polluted Object.prototype would add parameters.
+  return Object.assign(Object.create(null) as Record<string, string>, params);
 }
 
 /** A native timestamp (ms), or null. */

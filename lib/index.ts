@@ -44,7 +44,20 @@ export type { ConnectedConnection, ConnectResultMessage } from './handler/pages'
 export type { HandlerOptions } from './handler/routes';
 export type * from './types';
 
+/** What a connect flow starts from, every field named (see #start). */
+interface StartInput {
+  provider: string;
+  tenantId: string;
+  userId: string;
+  scopes: readonly string[] | undefined;
+  redirectUri: string | undefined;
+  browserBinding: string | undefined;
+}
 const DEFAULT_MEMO_LIMIT = 100_000;
+const OPTION_FIELDS = ['store', 'masterKey', 'masterKeys', 'providers', 'memoLimit', 'httpTimeoutMs', 'providerConcurrency', 'healthCheckIntervalMs'] as const;
+const OBJECT_PROTOTYPE: { provider?: unknown; tenantId?: unknown; userId?: unknown } = Object.prototype;
+/** Whether Object.prototype carries a connection id: the memo's plain reads would then see it. */
+const POLLUTED_REF = () => OBJECT_PROTOTYPE.provider !== undefined || OBJECT_PROTOTYPE.tenantId !== undefined || OBJECT_PROTOTYPE.userId !== undefined;
 const warnedDevKeys = new Set<string>();
 
 /**
@@ -67,11 +80,11 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
    */
   constructor(options: AuthpipeOptions = {}) {
     super();
-    const opts = args.object(options, 'options');
+    const opts = args.fields(options, 'options', OPTION_FIELDS);
     const store = args.optionalString(opts.store, 'store');
     const masterKeys = resolveMasterKeys(opts);
-    const providers = opts.providers === undefined ? {} : args.object(opts.providers, 'providers');
-    for (const [id, config] of Object.entries(providers)) args.object(config, `providers.${id}`);
+    const providers = opts.providers === undefined || opts.providers === null ? {} : args.object(opts.providers, 'providers');
+    for (const [id, config] of args.entries(providers, 'providers')) args.object(config, `providers.${id}`);
     const memoLimit = args.optionalInteger(opts.memoLimit, 'memoLimit') ?? DEFAULT_MEMO_LIMIT;
     if (memoLimit < 0) throw invalidArgument('memoLimit must not be negative');
     // Integers here; what they may be (ranges, defaults) is the core's to say.
@@ -132,7 +145,15 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
    * await fetch('https://api.attio.com/v2/self', { headers: { authorization: `Bearer ${credential}` } });
    */
   getCredential(ref: ConnectionRef): Promise<Credential> {
-    return this.#memo?.get(ref?.provider, ref?.tenantId, ref?.userId) ?? this.#getCredentialSlow(ref);
+    let hit: Promise<Credential> | undefined;
+    // The memo reads the ids plainly (the warm path stays a few Map lookups); a throwing getter
+    // or trap, or a polluted Object.prototype, sends the call down the checked path instead.
+    try {
+      if (!POLLUTED_REF()) hit = this.#memo?.get(ref.provider, ref.tenantId, ref.userId);
+    } catch {
+      hit = undefined;
+    }
+    return hit ?? this.#getCredentialSlow(ref);
   }
 
   async #getCredentialSlow(ref: ConnectionRef): Promise<Credential> {
@@ -165,8 +186,8 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
 
   /** Imports many connections in one transaction: all are stored, or none. */
   async importConnections(inputs: readonly ImportConnectionInput[]): Promise<Connection[]> {
-    if (!Array.isArray(inputs)) throw invalidArgument('importConnections takes an array of connections');
-    const checked = inputs.map((input, i) => importInput(input, inputs.length === 1 ? '' : `[${i}].`));
+    const list = args.list(inputs, 'connections', 'an array of connections (importConnections takes an array)');
+    const checked = list.map((input, i) => importInput(input, list.length === 1 ? '' : `[${i}].`));
     const handle = await this.#handle();
     const stored = await call(() => handle.importConnections(checked));
     for (const c of stored) this.#memo?.delete(c.provider, c.tenantId, c.userId);
@@ -193,7 +214,7 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
    * }
    */
   async listConnections(query: ListConnectionsQuery = {}): Promise<ConnectionPage> {
-    const q = args.object(query, 'query');
+    const q = args.fields(query, 'query', ['tenantId', 'provider', 'status', 'limit', 'cursor']);
     const input = {
       tenantId: args.optionalString(q.tenantId, 'tenantId'),
       provider: args.optionalString(q.provider, 'provider'),
@@ -231,16 +252,19 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
    * res.redirect(url);
    */
   async startConnect(input: StartConnectInput): Promise<StartedConnect> {
-    const ref = connectionRef(input);
-    const i = input as unknown as Record<string, unknown>;
+    const i = args.fields(input, 'connection', ['provider', 'tenantId', 'userId', 'scopes', 'redirectUri']);
+    const ref = connectionRef(i);
     const scopes = args.optionalStrings(i.scopes, 'scopes');
     const redirectUri = args.optionalString(i.redirectUri, 'redirectUri');
-    return this.#start({ ...ref, scopes, redirectUri });
+    return this.#start({ ...ref, scopes, redirectUri, browserBinding: undefined });
   }
 
-  async #start(input: StartConnectInput & { browserBinding?: string }): Promise<StartedConnect & { callbackMethod: string }> {
+  /** Every field is named, absent ones as undefined: napi would read a missing one from Object.prototype. */
+  async #start(input: StartInput): Promise<StartedConnect & { callbackMethod: string }> {
     const handle = await this.#handle();
-    const started = await call(() => handle.startConnect({ ...input, scopes: input.scopes ? [...input.scopes] : undefined }));
+    const { provider, tenantId, userId, redirectUri, browserBinding } = input;
+    const scopes = input.scopes ? [...input.scopes] : undefined;
+    const started = await call(() => handle.startConnect({ provider, tenantId, userId, scopes, redirectUri, browserBinding }));
     return Object.freeze({ url: started.url, state: started.state, expiresAt: new Date(started.expiresAt), callbackMethod: started.callbackMethod });
   }
 
@@ -256,7 +280,7 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
    */
   async handleCallback(input: CallbackInput, options: CallbackOptions = {}): Promise<Connection> {
     const params = callbackParams(input);
-    const o = args.object(options, 'options');
+    const o = args.fields(options, 'options', ['provider', 'browserBinding']);
     const provider = args.optionalString(o.provider, 'options.provider');
     const browserBinding = args.optionalString(o.browserBinding, 'options.browserBinding');
     const handle = await this.#handle();
@@ -276,7 +300,7 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
    * const { token } = await authpipe.createConnectSession({ tenantId: 'org_acme', userId: 'user_123', providers: ['attio'] });
    */
   async createConnectSession(input: { tenantId: string; userId: string; providers?: readonly string[]; ttlSeconds?: number }): Promise<ConnectSession> {
-    const i = args.object(input, 'session');
+    const i = args.fields(input, 'session', ['tenantId', 'userId', 'providers', 'ttlSeconds']);
     const tenantId = args.string(i.tenantId, 'tenantId');
     const userId = args.string(i.userId, 'userId');
     const providers = args.optionalStrings(i.providers, 'providers');
@@ -332,7 +356,7 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
         const handle = await this.#handle();
         return call(() => handle.sessionKey(token, provider));
       },
-      startConnect: (input) => this.#start(input),
+      startConnect: (input) => this.#start({ ...input, scopes: undefined, redirectUri: undefined }),
       handleCallback: (params, provider, browserBinding) => this.handleCallback({ query: params }, { provider, browserBinding }),
     };
   }
@@ -344,10 +368,9 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
    * await authpipe.setSecret({ tenantId: 'org_acme', provider: 'attio', name: 'webhook', value: signingSecret });
    */
   async setSecret(ref: SecretRef & { value: string }): Promise<void> {
-    const { tenantId, provider, name } = secretRef(ref);
-    const value = args.string(ref.value, 'value');
+    const { tenantId, provider, name, value } = secretRef(ref, true);
     const handle = await this.#handle();
-    await call(() => handle.setSecret(tenantId, provider, name, value));
+    await call(() => handle.setSecret(tenantId, provider, name, value!));
   }
 
   /**
@@ -494,9 +517,8 @@ function resolveMasterKeys(
     throw invalidArgument('pass masterKey or masterKeys, not both');
   }
   if (opts.masterKeys !== undefined) {
-    if (!Array.isArray(opts.masterKeys)) throw invalidArgument('masterKeys must be an array of { id, key }');
-    return opts.masterKeys.map((entry: unknown, i) => {
-      const e = args.object(entry, `masterKeys[${i}]`);
+    return args.list(opts.masterKeys, 'masterKeys', 'an array of { id, key }').map((entry: unknown, i) => {
+      const e = args.fields(entry, `masterKeys[${i}]`, ['id', 'key', 'retired'], `masterKeys[${i}].`);
       return {
         id: args.string(e.id, `masterKeys[${i}].id`),
         key: args.keyMaterial(e.key, `masterKeys[${i}].key`),
@@ -504,9 +526,10 @@ function resolveMasterKeys(
       };
     });
   }
-  if (opts.masterKey !== undefined) return [{ key: args.keyMaterial(opts.masterKey, 'masterKey') }];
+  // `id` and `retired` named even when absent: napi would read a missing one from Object.prototype.
+  if (opts.masterKey !== undefined) return [{ id: undefined, key: args.keyMaterial(opts.masterKey, 'masterKey'), retired: undefined }];
   const fromEnv = process.env.AUTHPIPE_MASTER_KEY;
-  if (fromEnv) return [{ key: fromEnv }];
+  if (fromEnv) return [{ id: undefined, key: fromEnv, retired: undefined }];
   return undefined;
 }
 

@@ -16,6 +16,8 @@
 import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import * as args from './args';
+import { AuthpipeError } from './errors';
 import type { ProviderConfig } from './types';
 
 export interface SandboxOptions {
@@ -98,9 +100,32 @@ interface Control {
 
 const ENDPOINTS: ReadonlyArray<Exclude<SandboxEndpoint, 'any'>> = ['authorize', 'token', 'identity'];
 
+/**
+ * The options, read once and checked for their JS types as the Authpipe calls check theirs
+ * (`INVALID_ARGUMENT`), so that a bad one fails here and not inside a request later.
+ */
+function checkOptions(value: unknown): SandboxOptions {
+  const o = args.fields(value, 'options', ['provider', 'accessTokenTtl', 'rotateRefreshTokens', 'clientId', 'clientSecret', 'scopes', 'workspace', 'consentPage']);
+  const provider = args.string(o.provider, 'provider');
+  if (provider !== 'attio' && provider !== 'hubspot') throw new AuthpipeError('INVALID_ARGUMENT', "provider must be 'attio' or 'hubspot' (the sandboxes there are)");
+  const accessTokenTtl = args.optionalInteger(o.accessTokenTtl, 'accessTokenTtl');
+  if (accessTokenTtl !== undefined && accessTokenTtl <= 0) throw new AuthpipeError('INVALID_ARGUMENT', 'accessTokenTtl must be a positive number of seconds');
+  const w = o.workspace === undefined || o.workspace === null ? undefined : args.fields(o.workspace, 'workspace', ['id', 'name', 'slug'], 'workspace.');
+  return {
+    provider,
+    accessTokenTtl,
+    rotateRefreshTokens: args.optionalBoolean(o.rotateRefreshTokens, 'rotateRefreshTokens'),
+    clientId: args.optionalString(o.clientId, 'clientId'),
+    clientSecret: args.optionalString(o.clientSecret, 'clientSecret'),
+    scopes: args.optionalStrings(o.scopes, 'scopes'),
+    workspace: w && { id: args.optionalString(w.id, 'workspace.id'), name: args.optionalString(w.name, 'workspace.name'), slug: args.optionalString(w.slug, 'workspace.slug') },
+    consentPage: args.optionalBoolean(o.consentPage, 'consentPage'),
+  };
+}
+
 /** Starts a provider emulator on 127.0.0.1 (a free port). */
-export async function createSandbox(options: SandboxOptions): Promise<Sandbox> {
-  if (options.provider !== 'attio' && options.provider !== 'hubspot') throw new Error(`no sandbox for provider '${String(options.provider)}'`);
+export async function createSandbox(sandboxOptions: SandboxOptions): Promise<Sandbox> {
+  const options = checkOptions(sandboxOptions);
   const hubspot = options.provider === 'hubspot';
   const paths = hubspot
     ? { authorize: '/oauth/authorize', token: '/oauth/2026-03/token', identity: '/oauth/2026-03/token/introspect' }

@@ -1,7 +1,7 @@
 // One app instance of a cluster test (cluster.spec.ts), in its own process: opens Authpipe on
 // the shared store, says {"ready":...} on stdout, and on "go <deadline>" from stdin calls
 // getCredential over every connection in a loop until the deadline. Then it closes, and reports
-// one JSON line: calls, errors by code, waits, tokens it served first-hand or refreshed itself,
+// one JSON line (a "stop" line ends the loop before the deadline): calls, errors by code, waits, tokens it served first-hand or refreshed itself,
 // refresh problems (also those of refreshes that finished during close()). Each
 // process runs CALLERS loops at once. It checks
 // every token it returns against the clock, and introspects its share of new tokens (one in
@@ -68,7 +68,8 @@ async function main() {
   const lines = createInterface({ input: process.stdin });
   process.stdout.write(`${JSON.stringify({ ready: true, pid: process.pid })}\n`);
   const go = await new Promise((resolve) => lines.once('line', resolve));
-  const deadline = Number(go.split(' ')[1]);
+  let deadline = Number(go.split(' ')[1]);
+  lines.on('line', (line) => line === 'stop' && (deadline = 0));
 
   const current = new Map(); // userId -> the token last returned
   const firstServed = {}; // `${userId}|${expiresAt}` -> when this process first returned it

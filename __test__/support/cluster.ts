@@ -1,10 +1,11 @@
 // Runs app instances as separate Node processes (cluster-worker.js) on one store, and reads
 // what they report.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
 import { Authpipe } from '../..';
+import { psql } from '../helpers';
 import { followUntil, type OidcProvider } from './oidc';
 
 export interface WorkerReport {
@@ -39,6 +40,21 @@ export interface ClusterOptions {
   workers: number;
   httpTimeoutMs?: number;
   healthCheckIntervalMs?: number;
+  /** Each worker's provider settings (default: the server's, the same for all). */
+  providerFor?: (index: number) => Record<string, unknown>;
+}
+
+/**
+ * The connections whose refresh lease the process `pid` holds in `store` (an SQLite file or a
+ * PostgreSQL URL with its schema). Read just after a kill -9, these are the refreshes it had
+ * under way: the only ones whose rotated refresh token may have reached it and never the store.
+ */
+export function refreshLeasesHeldBy(store: string, pid: number): string[] {
+  const query = (table: string) => `SELECT user_id FROM ${table} WHERE purpose = 'refresh' AND owner LIKE '${pid}:%'`;
+  const out = store.startsWith('postgres')
+    ? psql(query(`${new URL(store).searchParams.get('schema')}.leases`))
+    : execFileSync('sqlite3', ['-cmd', '.timeout 10000', store.replace(/^sqlite:/, ''), query('leases')], { encoding: 'utf8' });
+  return out.split('\n').filter(Boolean);
 }
 
 /** Connects `count` users through the authorization server, from a short-lived instance. */
@@ -87,7 +103,7 @@ export class Cluster {
         masterKey: options.masterKey,
         httpTimeoutMs: options.httpTimeoutMs,
         healthCheckIntervalMs: options.healthCheckIntervalMs || 0,
-        provider: options.oidc.providerConfig(options.redirectUri),
+        provider: options.providerFor?.(index) ?? options.oidc.providerConfig(options.redirectUri),
       };
       const child = spawn(process.execPath, [join(__dirname, 'cluster-worker.js'), JSON.stringify(config)], { stdio: ['pipe', 'pipe', 'inherit'] });
       children.push(child);
@@ -101,6 +117,11 @@ export class Cluster {
   /** Lets every worker loop until `deadline` (ms since the epoch). */
   go(deadline: number): void {
     for (const child of this.children) child.stdin!.write(`go ${deadline}\n`);
+  }
+
+  /** Ends the callers' loops of the workers still alive now, as their deadline would. */
+  stop(): void {
+    this.children.forEach((child, i) => this.killed.has(i) || child.stdin!.write('stop\n'));
   }
 
   /** kill -9. */

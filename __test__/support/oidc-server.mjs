@@ -20,7 +20,19 @@
 // GET /__token?token=<access token> tells when a token issued here expires(d) and whether its
 // grant was revoked, also after it expired: whether it was valid at a given moment, which an
 // introspection that arrives later cannot say.
+//
+// A ledger of token pairs, for crash tests (storm.ts): every token response's access and
+// refresh token get the grant's next sequence number, and the server remembers, per grant, the
+// pair it issued last (and to whom), the refresh token last presented (which pair it came from,
+// what became of it) and, globally, the access token last presented to introspection by
+// Authpipe's probe. GET /__ledger returns it by grant id (never a token), GET /__lastProbe the
+// last probe. Token requests to /w<N>/token are served as /token and recorded as worker N's;
+// each refresh answered prints a line {"rotated":{grantId,seq,worker}} once its response is sent.
+// POST /__hold with "on" answers untagged token requests 503 until "off" (a checking instance's
+// own background refreshes must not move the pair it is reading); the first untagged refresh
+// token presented after that is each grant's `checkRefresh`.
 // (oidc-provider is ESM-only, so CommonJS tests run it in this child process.)
+import { AsyncLocalStorage } from 'node:async_hooks';
 import http from 'node:http';
 import Provider from 'oidc-provider';
 
@@ -63,6 +75,11 @@ class UnboundedAdapter {
     }
   }
   async find(id) {
+    const request = requests.getStore();
+    if (this.model === 'AccessToken' && request?.probe && !request.probed) {
+      request.probed = true;
+      lastProbe = { count: ++probeCount, at: Date.now(), ...(issued.get(id) ?? { grantId: null, seq: null }) };
+    }
     const entry = entries.get(this.key(id));
     if (!entry || entry.expiresAt <= Date.now()) return undefined;
     return entry.payload;
@@ -128,15 +145,48 @@ const provider = new Provider(issuer, {
   },
 });
 
+// The pair ledger (see the top of this file).
+const requests = new AsyncLocalStorage(); // per request: { worker, probe, probed, res }
+const issued = new Map(); // token (access or refresh) -> { grantId, seq }
+const ledger = new Map(); // grantId -> { latest: { seq, worker, at }, lastRefresh?: { seq, worker, at, outcome } }
+let lastProbe = null;
+let holdUntagged = false;
+let probeCount = 0;
+function recordPair(ctx) {
+  const { AccessToken: access, RefreshToken: refresh } = ctx.oidc.entities;
+  if (!access || !refresh) return;
+  const grantId = access.grantId;
+  const seq = ledger.has(grantId) ? ledger.get(grantId).latest.seq + 1 : 0;
+  const worker = requests.getStore()?.worker ?? null;
+  issued.set(access.jti, { grantId, seq });
+  issued.set(refresh.jti, { grantId, seq });
+  ledger.set(grantId, { ...ledger.get(grantId), latest: { seq, worker, at: Date.now() } });
+  return { grantId, seq, worker };
+}
+function recordPresented(ctx, outcome) {
+  const presented = issued.get(ctx.oidc.params?.refresh_token);
+  if (!presented) return;
+  const entry = ledger.get(presented.grantId);
+  const worker = requests.getStore()?.worker ?? null;
+  entry.lastRefresh = { seq: presented.seq, worker, at: Date.now(), outcome };
+  if (worker === null && !entry.checkRefresh) entry.checkRefresh = entry.lastRefresh;
+}
+
 const faults = [];
 const stats = { tokenRequests: 0, refreshGrants: 0, invalidGrants: 0, probes: 0 };
 provider.on('grant.success', (ctx) => {
-  if (ctx.oidc.params?.grant_type === 'refresh_token') stats.refreshGrants++;
+  const refresh = ctx.oidc.params?.grant_type === 'refresh_token';
+  if (refresh) stats.refreshGrants++;
+  if (refresh) recordPresented(ctx, 'rotated');
+  const pair = recordPair(ctx);
+  const res = requests.getStore()?.res;
+  if (refresh && pair && res) res.once('finish', () => process.stdout.write(`${JSON.stringify({ rotated: pair })}\n`));
 });
 const refusals = []; // { at, detail, spentAt? } per invalid_grant
 provider.on('grant.error', (ctx, error) => {
   if (error.error !== 'invalid_grant') return;
   stats.invalidGrants++;
+  if (ctx.oidc.params?.grant_type === 'refresh_token') recordPresented(ctx, error.error_detail ?? error.error_description ?? 'invalid_grant');
   const spent = ctx.oidc?.entities?.RefreshToken?.consumed;
   refusals.push({ at: Date.now(), detail: error.error_detail ?? error.error_description, spentAt: spent ? spent * 1000 : undefined });
 });
@@ -148,7 +198,13 @@ async function readBody(req) {
 }
 
 const callback = provider.callback();
-server.on('request', async (req, res) => {
+server.on('request', (req, res) => {
+  const tagged = /^\/w(\d+)\/token$/.exec(req.url);
+  if (tagged) req.url = '/token';
+  const probe = req.url === '/token/introspection' && req.headers['user-agent']?.startsWith('authpipe-node/');
+  requests.run({ worker: tagged ? Number(tagged[1]) : null, probe, probed: false, res }, () => serve(req, res));
+});
+async function serve(req, res) {
   if (req.url === '/__faults' && req.method === 'POST') {
     faults.push(...JSON.parse(await readBody(req)));
     res.writeHead(204).end();
@@ -158,6 +214,20 @@ server.on('request', async (req, res) => {
     const token = accessTokens.get(new URL(req.url, issuer).searchParams.get('token'));
     if (!token) return res.writeHead(404).end();
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ exp: token.exp, grantRevoked: revokedGrants.has(token.grantId) }));
+    return;
+  }
+  if (req.url === '/__hold' && req.method === 'POST') {
+    holdUntagged = (await readBody(req)) === 'on';
+    if (holdUntagged) for (const entry of ledger.values()) delete entry.checkRefresh;
+    res.writeHead(204).end();
+    return;
+  }
+  if (req.url === '/__ledger') {
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(Object.fromEntries(ledger)));
+    return;
+  }
+  if (req.url === '/__lastProbe') {
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(lastProbe));
     return;
   }
   if (req.url === '/__refusals') {
@@ -171,6 +241,9 @@ server.on('request', async (req, res) => {
   if (req.url === '/token/introspection' && req.headers['user-agent']?.startsWith('authpipe-node/')) stats.probes++;
   if (req.url === '/token' && req.method === 'POST') {
     stats.tokenRequests++;
+    if (holdUntagged && requests.getStore().worker === null) {
+      return res.writeHead(503, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'temporarily_unavailable' }));
+    }
     const fault = faults.shift();
     if (fault?.reset) return req.socket.destroy();
     if (fault?.delayMs) {
@@ -208,7 +281,7 @@ server.on('request', async (req, res) => {
     return;
   }
   callback(req, res);
-});
+}
 
 process.stdout.write(`${JSON.stringify({ issuer })}\n`);
 process.stdin.resume();

@@ -13,12 +13,39 @@ export interface OidcStats {
   probes: number;
 }
 
+/** The pair ledger's record of one grant (see oidc-server.mjs): sequence numbers of token pairs, never tokens. */
+export interface GrantLedger {
+  /** The pair issued last: its number (0 from the code exchange), the worker whose request got it (`null`: untagged), when (ms). */
+  latest: { seq: number; worker: number | null; at: number };
+  /** The refresh token presented last: which pair it came from, by whom, and what came of it (`rotated`, or the invalid_grant detail). */
+  lastRefresh?: { seq: number; worker: number | null; at: number; outcome: string };
+  /** The first refresh token presented by an untagged client (the checking instance) since the last hold began. */
+  checkRefresh?: { seq: number; worker: number | null; at: number; outcome: string };
+}
+
+/** A refresh the server answered: its grant, the new pair's number, the worker that asked. */
+export interface Rotation {
+  grantId: string;
+  seq: number;
+  worker: number | null;
+}
+
 export interface OidcProvider {
   issuer: string;
   clientId: string;
   clientSecret: string;
   /** Settings for `new Authpipe({ providers: { oidc: ... } })` pointing at this server. */
   providerConfig(redirectUri: string): { issuer: string; clientId: string; clientSecret: string; redirectUri: string; scopes: string[] };
+  /** Settings with explicit endpoints whose token requests the ledger records as `worker`'s. */
+  workerConfig(redirectUri: string, worker: number): Record<string, unknown>;
+  /** The pair ledger, by grant id. */
+  ledger(): Promise<Record<string, GrantLedger>>;
+  /** The access token last presented by an Authpipe probe: its grant and pair number, and a count of such probes. */
+  lastProbe(): Promise<{ count: number; grantId: string | null; seq: number | null } | null>;
+  /** While on, token requests not tagged with a worker are answered 503 without reaching the provider. */
+  holdUntagged(on: boolean): Promise<void>;
+  /** Calls `listener` for each refresh answered, once its response is sent; returns the unsubscribe. */
+  onRotation(listener: (rotation: Rotation) => void): () => void;
   /** RFC 7662 introspection of a token, as the resource server would do it. */
   introspect(token: string): Promise<{ active: boolean; [claim: string]: unknown }>;
   /**
@@ -39,6 +66,8 @@ export interface OidcProvider {
   refusals(): Promise<Array<{ at: number; detail?: string; spentAt?: number }>>;
   /** A whole code + PKCE flow done directly (not through Authpipe): the token response. */
   obtainTokens(redirectUri: string): Promise<{ access_token: string; refresh_token: string; expires_in: number }>;
+  /** A refresh grant sent directly (not through Authpipe, untagged): the token response, or the error. */
+  refreshDirectly(refreshToken: string): Promise<{ access_token?: string; refresh_token?: string; error?: string }>;
   close(): Promise<void>;
 }
 
@@ -49,8 +78,14 @@ export async function startOidcProvider(options: { redirectUris: string[]; acces
   const child = spawn(process.execPath, [join(__dirname, 'oidc-server.mjs'), JSON.stringify({ clientId, clientSecret, ...options })], {
     stdio: ['pipe', 'pipe', 'ignore'], // its stderr is dev-mode notices
   });
-  const [line] = (await once(createInterface({ input: child.stdout! }), 'line')) as [string];
+  const lines = createInterface({ input: child.stdout! });
+  const [line] = (await once(lines, 'line')) as [string];
   const { issuer } = JSON.parse(line) as { issuer: string };
+  const rotationListeners = new Set<(rotation: Rotation) => void>();
+  lines.on('line', (l) => {
+    const { rotated } = JSON.parse(l) as { rotated?: Rotation };
+    if (rotated) for (const listener of rotationListeners) listener(rotated);
+  });
   const basic = `Basic ${Buffer.from(`${encodeURIComponent(clientId)}:${encodeURIComponent(clientSecret)}`).toString('base64')}`;
   const introspect = async (token: string) => {
     const res = await fetch(`${issuer}/token/introspection`, {
@@ -71,6 +106,29 @@ export async function startOidcProvider(options: { redirectUris: string[]; acces
     clientId,
     clientSecret,
     providerConfig: (redirectUri) => ({ issuer, clientId, clientSecret, redirectUri, scopes: ['api:read', 'offline_access'] }),
+    workerConfig: (redirectUri, worker) => ({
+      issuer,
+      clientId,
+      clientSecret,
+      redirectUri,
+      scopes: ['api:read', 'offline_access'],
+      authorizeUrl: `${issuer}/auth`,
+      tokenUrl: `${issuer}/w${worker}/token`,
+      pkce: true,
+    }),
+    async ledger() {
+      return (await (await fetch(`${issuer}/__ledger`)).json()) as Record<string, GrantLedger>;
+    },
+    async lastProbe() {
+      return (await (await fetch(`${issuer}/__lastProbe`)).json()) as { count: number; grantId: string | null; seq: number | null } | null;
+    },
+    async holdUntagged(on) {
+      await fetch(`${issuer}/__hold`, { method: 'POST', body: on ? 'on' : 'off' });
+    },
+    onRotation(listener) {
+      rotationListeners.add(listener);
+      return () => rotationListeners.delete(listener);
+    },
     introspect,
     async validAt(token, returnedAt) {
       if ((await introspect(token)).active) return 'active';
@@ -113,6 +171,14 @@ export async function startOidcProvider(options: { redirectUris: string[]; acces
         body: new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: redirectUri, code_verifier: verifier }),
       });
       return (await res.json()) as { access_token: string; refresh_token: string; expires_in: number };
+    },
+    async refreshDirectly(refreshToken) {
+      const res = await fetch(`${issuer}/token`, {
+        method: 'POST',
+        headers: { authorization: basic, 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken }),
+      });
+      return (await res.json()) as { access_token?: string; refresh_token?: string; error?: string };
     },
     async close() {
       const exited = once(child, 'exit');

@@ -21,6 +21,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import * as args from '../args';
 import { uniqueParams } from '../args';
 import { AuthpipeError, fromNative, invalidArgument } from '../errors';
 import type { Connection } from '../types';
@@ -71,12 +72,22 @@ export const MAX_BODY_BYTES = 64 * 1024;
 const SESSION_HEADER = 'authpipe-session';
 
 /** The routes: a function that answers every request, never rejecting. */
-export function createRoutes<R>(backend: HandlerBackend, options: HandlerOptions<R>): (req: HandlerRequest<R>) => Promise<HandlerResponse> {
-  const appOrigin = checkOrigin(options.appOrigin);
-  const basePath = (options.basePath ?? '/authpipe').replace(/\/+$/, '');
+export function createRoutes<R>(backend: HandlerBackend, handlerOptions: HandlerOptions<R>): (req: HandlerRequest<R>) => Promise<HandlerResponse> {
+  // Read once, here: a request must not meet an option's getter, nor a resolveUser that is no function.
+  const o = args.fields(handlerOptions, 'options', ['appOrigin', 'basePath', 'resolveUser', 'returnTo']);
+  if (o.resolveUser !== undefined && o.resolveUser !== null && typeof o.resolveUser !== 'function') throw invalidArgument('resolveUser must be a function');
+  const options = { resolveUser: (o.resolveUser ?? undefined) as HandlerOptions<R>['resolveUser'] };
+  const appOrigin = checkOrigin(o.appOrigin);
+  const basePath = (args.optionalString(o.basePath, 'basePath') ?? '/authpipe').replace(/\/+$/, '');
   if (!basePath.startsWith('/')) throw invalidArgument('basePath must start with "/"');
-  const returnTo = options.returnTo ?? `${appOrigin}/`;
-  if (new URL(returnTo, appOrigin).origin !== appOrigin) throw invalidArgument('returnTo must be on appOrigin');
+  const returnTo = args.optionalString(o.returnTo, 'returnTo') ?? `${appOrigin}/`;
+  let returnOrigin: string;
+  try {
+    returnOrigin = new URL(returnTo, appOrigin).origin;
+  } catch {
+    throw invalidArgument('returnTo must be a URL on appOrigin');
+  }
+  if (returnOrigin !== appOrigin) throw invalidArgument('returnTo must be on appOrigin');
   const callbackPath = `${basePath}/callback`;
   const page = (status: number, result: ConnectResultMessage, extra: { cookie?: string; mode?: FlowMode } = {}) =>
     resultPage(status, result, { appOrigin, returnTo, ...extra });

@@ -25,9 +25,12 @@ impl Client {
         &self,
         tenant: TenantId,
         user: UserId,
-        providers: Vec<ProviderId>,
+        mut providers: Vec<ProviderId>,
         ttl_seconds: Option<i64>,
     ) -> Result<SessionGrant> {
+        // Each provider once: a list of 100,000 copies of one is stored as that one.
+        providers.sort();
+        providers.dedup();
         let ttl = ttl_seconds.unwrap_or(DEFAULT_SESSION_TTL_S.into());
         if !(1..=i64::from(MAX_SESSION_TTL_S)).contains(&ttl) {
             return Err(Error::invalid_argument(format!(

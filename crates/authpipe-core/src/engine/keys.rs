@@ -7,7 +7,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::ids::TenantId;
 use crate::records::{Sealed, TenantKeyRecord};
 use crate::store::TenantDeletion;
-use crate::vault::{sealed_generation, TenantKey};
+use crate::vault::{check_key_id, sealed_generation, TenantKey};
 use std::sync::Arc;
 
 /// Result of `rotate_master_key`.
@@ -127,6 +127,8 @@ impl Engine {
     /// Retires a master key that no tenant key uses any more. Retiring a key the store has
     /// retired already (another instance did, or a repair) succeeds.
     pub async fn retire_master_key(&self, id: &str) -> Result<()> {
+        // Checked first: the messages below name the id, and must not echo a NUL or 10 MB.
+        check_key_id(id, "master key")?;
         if self.vault.primary_key_id() == id {
             return Err(Error::invalid_argument(format!(
                 "master key '{id}' is the primary key; put the new key first in masterKeys before retiring this one"

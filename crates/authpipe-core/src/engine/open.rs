@@ -34,6 +34,9 @@ pub enum StoreLocation {
     },
 }
 
+/// Longest store file path.
+const MAX_STORE_PATH_BYTES: usize = 4096;
+
 impl StoreLocation {
     /// The default embedded store, relative to the working directory.
     pub const DEFAULT_PATH: &'static str = ".authpipe/authpipe.db";
@@ -61,6 +64,14 @@ impl StoreLocation {
             return Err(Error::invalid_argument(
                 "store must be a file path, \"sqlite:<path>\" or \":memory:\"",
             ));
+        }
+        // Longer than any OS opens (Linux's PATH_MAX): refused here, before the open error
+        // would echo the whole path.
+        if path.len() > MAX_STORE_PATH_BYTES {
+            return Err(Error::invalid_argument(format!(
+                "store is a path of {} bytes; the limit is {MAX_STORE_PATH_BYTES}",
+                path.len()
+            )));
         }
         Ok(Self::File(PathBuf::from(path)))
     }
@@ -328,6 +339,15 @@ mod tests {
         assert_eq!(schema, "tenant_a");
         assert_eq!(tls.mode(), SslMode::VerifyFull);
         assert!(!format!("{location:?}").contains("pw"));
+    }
+
+    #[test]
+    fn a_store_path_longer_than_any_os_opens_is_refused_without_echoing_it() {
+        let long = "a".repeat(MAX_STORE_PATH_BYTES + 1);
+        let err = StoreLocation::parse(&long).unwrap_err();
+        assert_eq!(err.code, crate::error::ErrorCode::InvalidArgument);
+        assert!(err.message.len() < 100, "{}", err.message);
+        assert!(StoreLocation::parse(&long[1..]).is_ok());
     }
 
     #[test]

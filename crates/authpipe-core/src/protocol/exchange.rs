@@ -55,7 +55,7 @@ pub fn read_answer(
         .then(|| http::oauth_error(answer))
         .flatten();
     match answer.json_object() {
-        Some(body) if answer.is_success() => token::parse(definition, &body),
+        Some(body) if answer.is_success() => token::parse_answer(definition, &body, &answer.sent),
         _ if refused.is_some() => Err(Error::new(
             ErrorCode::CodeExchangeFailed,
             format!(

@@ -130,13 +130,21 @@ pub fn read_answer(probe: &IdentityProbe, purpose: &str, answer: &Answer) -> Res
         None => true,
     };
     let get = |pointer: &Option<String>| pointer.as_deref().and_then(|p| body.pointer(p));
+    // Account and scopes are stored and returned in plaintext: nothing the probe sent (the
+    // token) may come back in them from an endpoint that echoes it.
+    let clean = |value: Option<String>| value.filter(|v| answer.sent.is_clean(v));
     Ok(Identity {
         active,
         account: ProviderAccount {
-            id: text(get(&probe.account_id)),
-            name: text(get(&probe.account_name)),
+            id: clean(text(get(&probe.account_id))),
+            name: clean(text(get(&probe.account_name))),
         },
-        scopes: get(&probe.scopes).and_then(super::token::scope_list),
+        scopes: get(&probe.scopes)
+            .and_then(super::token::scope_list)
+            .map(|mut scopes| {
+                scopes.retain(|scope| answer.sent.is_clean(scope));
+                scopes
+            }),
         kept: probe
             .keep
             .iter()

@@ -112,7 +112,7 @@ pub fn classify(
     let body = answer.json_object();
     if answer.is_success() {
         return match body {
-            Some(body) => token::parse(definition, &body)
+            Some(body) => token::parse_answer(definition, &body, &answer.sent)
                 .map_err(|e| RefreshFailure::Ambiguous { message: e.message }),
             None => Err(RefreshFailure::Ambiguous {
                 message: format!("the {purpose} answered 200 with something that is not JSON"),

@@ -82,6 +82,13 @@ impl Sent {
         Some(self.cut_fragments(&text))
     }
 
+    /// Whether `text`, a field of an answer that is kept in plaintext (an account name, a
+    /// granted scope), carries nothing this request sent: an endpoint that echoes its input
+    /// into a successful answer must not put a token there either.
+    pub fn is_clean(&self, text: &str) -> bool {
+        self.scrub(text).is_some_and(|scrubbed| scrubbed == text)
+    }
+
     /// Replaces every stretch of the text covered by a [`FRAGMENT`]-character window that also
     /// occurs in a sent value with [`REDACTED`] (one per stretch).
     fn cut_fragments(&self, text: &str) -> String {
@@ -137,6 +144,18 @@ mod tests {
         let text = format!("body a+b%2Fc%2Bd%3De%26f-long-enough header Basic {basic}");
         let scrubbed = sent.scrub(&text).unwrap();
         assert_eq!(scrubbed, "body [redacted] header Basic [redacted]");
+    }
+
+    #[test]
+    fn a_field_is_clean_only_without_any_sent_value_or_piece_of_one() {
+        let sent = sent(&["at-0123456789abcdef"]);
+        assert!(sent.is_clean("Acme Workspace"));
+        assert!(!sent.is_clean("Workspace of at-0123456789abcdef"));
+        assert!(!sent.is_clean("at-01234567"), "a token cut short");
+        assert!(
+            !self::sent(&["abc"]).is_clean("Acme"),
+            "a value too short to find"
+        );
     }
 
     #[test]

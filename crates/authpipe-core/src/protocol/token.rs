@@ -2,6 +2,7 @@
 //! compared case-insensitively, `expires_in` as a number or a numeric string, scopes as a
 //! string or an array. Provider fields the definition asks for are kept as extras.
 
+use super::scrub::Sent;
 use crate::error::{Error, ErrorCode, Result};
 use crate::providers::ProviderDefinition;
 use crate::secrets::{AccessToken, RefreshToken};
@@ -65,6 +66,20 @@ pub fn scope_list(value: &Value) -> Option<Vec<String>> {
         ),
         _ => None,
     }
+}
+
+/// [`parse`] for the answer to a request that sent `sent`: a granted scope that repeats a value
+/// the request carried is dropped, since scopes are stored and returned in plaintext.
+pub fn parse_answer(
+    definition: &ProviderDefinition,
+    body: &Map<String, Value>,
+    sent: &Sent,
+) -> Result<TokenSet> {
+    let mut tokens = parse(definition, body)?;
+    if let Some(scopes) = tokens.scopes.as_mut() {
+        scopes.retain(|scope| sent.is_clean(scope));
+    }
+    Ok(tokens)
 }
 
 pub fn parse(definition: &ProviderDefinition, body: &Map<String, Value>) -> Result<TokenSet> {

@@ -101,7 +101,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn check_key_id(id: &str, field: &str) -> Result<()> {
+pub(crate) fn check_key_id(id: &str, field: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id

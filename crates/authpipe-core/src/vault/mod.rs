@@ -30,6 +30,7 @@ mod envelope;
 mod keyring;
 
 pub use envelope::RecordPlace;
+pub(crate) use keyring::check_key_id;
 pub use keyring::{Keyring, MasterKey, MasterKeyConfig, KEY_BYTES};
 
 /// The tenant-key generation a sealed record names in its header (`VAULT_INTEGRITY` if it is
