@@ -3,10 +3,10 @@
 //! for none, with or without the browser-binding cookie.
 #![no_main]
 
-#[path = "../common/instance.rs"]
-mod instance;
 #[path = "../common/header.rs"]
 mod header;
+#[path = "../common/instance.rs"]
+mod instance;
 
 use authpipe_core::{BrowserBinding, Callback, Client, ConnectionKey, StartRequest};
 use libfuzzer_sys::fuzz_target;
@@ -106,7 +106,10 @@ fuzz_target!(|data: &[u8]| {
     let mut params = BTreeMap::new();
     for (name, value) in url::form_urlencoded::parse(&input.query) {
         // The handler refuses a repeated parameter before the core sees the callback.
-        if params.insert(name.into_owned(), value.into_owned()).is_some() {
+        if params
+            .insert(name.into_owned(), value.into_owned())
+            .is_some()
+        {
             return;
         }
     }
@@ -134,14 +137,19 @@ fuzz_target!(|data: &[u8]| {
         .provider
         .map(|i| instance::PROVIDERS[i % instance::PROVIDERS.len()].to_owned());
     let had_error = params.contains_key("error");
-    let result = fixture.runtime.block_on(fixture.client.handle_callback(Callback {
-        params,
-        provider,
-        browser_binding,
-    }));
+    let result = fixture
+        .runtime
+        .block_on(fixture.client.handle_callback(Callback {
+            params,
+            provider,
+            browser_binding,
+        }));
     // Every endpoint is a closed port: no callback can complete, least of all one that carries
     // the provider's error.
-    assert!(result.is_err(), "a callback completed (error param: {had_error})");
+    assert!(
+        result.is_err(),
+        "a callback completed (error param: {had_error})"
+    );
     // A started flow the callback may have used up is replaced, so later inputs reach past the
     // state check again.
     if let Some(i) = started {

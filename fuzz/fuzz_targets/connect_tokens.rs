@@ -79,7 +79,11 @@ fuzz_target!(|input: Input| {
         match result {
             Ok(key) => {
                 let i = issued.expect("only an issued token names a connection");
-                assert_eq!(key.provider.as_str(), "attio", "a session opened another provider");
+                assert_eq!(
+                    key.provider.as_str(),
+                    "attio",
+                    "a session opened another provider"
+                );
                 assert_eq!(key.user.as_str(), format!("user-{i}"));
                 // Used up: issue another for later inputs.
                 let fresh = fixture.issue(i);

@@ -103,7 +103,8 @@ fuzz_target!(|input: Input| {
     let f = &*FIXTURE;
     let raw = f.raw.lock().unwrap();
     for (table, _) in &f.tables {
-        raw.execute(&format!("DELETE FROM \"{table}\""), []).unwrap();
+        raw.execute(&format!("DELETE FROM \"{table}\""), [])
+            .unwrap();
     }
     let mut tenants = vec![TenantId::parse("tenant-1").unwrap()];
     let mut keys = vec![ConnectionKey::parse("attio", "tenant-1", "user-1").unwrap()];
@@ -140,7 +141,9 @@ fuzz_target!(|input: Input| {
             "INSERT OR REPLACE INTO \"{table}\" ({}) VALUES ({placeholders})",
             quoted.join(", ")
         );
-        let values: Vec<&Value> = (0..columns.len()).map(|i| &cells[i % cells.len()]).collect();
+        let values: Vec<&Value> = (0..columns.len())
+            .map(|i| &cells[i % cells.len()])
+            .collect();
         // A row the schema refuses (a STRICT type, a NOT NULL, a CHECK) never reaches a read.
         let _ = raw.execute(&sql, rusqlite::params_from_iter(values));
     }

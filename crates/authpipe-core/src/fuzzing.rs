@@ -9,6 +9,7 @@
 use crate::ids::TenantId;
 use crate::protocol::http::Answer;
 use crate::protocol::scrub::{Sent, REDACTED};
+use crate::protocol::token::TokenSet;
 use crate::protocol::{exchange, identity, refresh};
 use crate::providers::definition::{placeholders, ValueSource};
 use crate::providers::discovery;
@@ -81,20 +82,25 @@ pub fn token_answer(
     for definition in builtin_definitions() {
         let purpose = "fuzz token endpoint";
         match exchange::read_answer(&definition, purpose, &answer) {
-            Ok(tokens) => {
-                let _ = tokens.expires_at(now_ms);
-            }
+            Ok(tokens) => plaintext_of_tokens(&tokens, sent, now_ms),
             Err(e) => assert_no_echo(&e.message, sent),
         }
         match refresh::classify(&definition, purpose, &answer, now_ms) {
-            Ok(tokens) => {
-                let _ = tokens.expires_at(now_ms);
-            }
+            Ok(tokens) => plaintext_of_tokens(&tokens, sent, now_ms),
             Err(failure) => {
                 assert_no_echo(failure.message(), sent);
                 assert_no_echo(failure.code(), sent);
             }
         }
+    }
+}
+
+/// What of a token answer is kept in plaintext (the granted scopes, stored and shown as they
+/// are) echoes nothing the request sent; the tokens themselves are sealed.
+fn plaintext_of_tokens(tokens: &TokenSet, sent: &[String], now_ms: i64) {
+    let _ = tokens.expires_at(now_ms);
+    for scope in tokens.scopes.iter().flatten() {
+        assert_no_echo(scope, sent);
     }
 }
 
@@ -106,8 +112,18 @@ pub fn identity_answer(status: u16, body: &[u8], sent: &[String]) {
         let Some(probe) = &definition.identity else {
             continue;
         };
-        if let Err(e) = identity::read_answer(probe, "fuzz identity endpoint", &answer) {
-            assert_no_echo(&e.message, sent);
+        match identity::read_answer(probe, "fuzz identity endpoint", &answer) {
+            // The account and the scopes are stored in plaintext and shown on the handler's page.
+            Ok(found) => {
+                let account = [&found.account.id, &found.account.name];
+                for text in account.into_iter().flatten() {
+                    assert_no_echo(text, sent);
+                }
+                for scope in found.scopes.iter().flatten() {
+                    assert_no_echo(scope, sent);
+                }
+            }
+            Err(e) => assert_no_echo(&e.message, sent),
         }
     }
 }
@@ -243,7 +259,10 @@ pub fn sealed_record(stored: &[u8], plaintext: &[u8], flip: usize) {
         ..PLACE
     };
     assert!(
-        fixture.vault.open(&fixture.key, &elsewhere, &sealed).is_err(),
+        fixture
+            .vault
+            .open(&fixture.key, &elsewhere, &sealed)
+            .is_err(),
         "a record opened in another field"
     );
 }
@@ -273,5 +292,9 @@ pub fn wrapped_tenant_key(wrapped: &[u8], generation: u32, master_key: &str) {
             "a forged or renumbered tenant key unwrapped"
         );
     }
-    let _ = MasterKey::parse(None, &SecretString::from(master_key.to_owned()), "masterKey");
+    let _ = MasterKey::parse(
+        None,
+        &SecretString::from(master_key.to_owned()),
+        "masterKey",
+    );
 }
