@@ -146,6 +146,35 @@ describe('HubSpot v3', () => {
   });
 });
 
+describe('a custom provider', () => {
+  const custom = open({
+    store: testStore(),
+    masterKey: newKey(),
+    providers: {
+      mycrm: {
+        authorizeUrl: 'https://crm.example/oauth/authorize',
+        tokenUrl: 'https://crm.example/oauth/token',
+        webhook: { signs: 'body', signatureHeaders: ['X-MyCRM-Signature'], encoding: 'base64' },
+      },
+    },
+  });
+
+  test('declares its scheme as data, and verifies with it', async () => {
+    const secret = `mycrm_${randomBytes(8).toString('hex')}`;
+    await custom.setSecret({ tenantId: 'org_a', provider: 'mycrm', name: 'webhook', value: secret });
+    const signature = createHmac('sha256', secret).update(EVENT).digest('base64');
+    const input = { provider: 'mycrm', tenantId: 'org_a', body: EVENT };
+    await expect(custom.verifyWebhook({ ...input, headers: { 'x-mycrm-signature': signature } })).resolves.toEqual({ valid: true });
+    await rejection(custom.verifyWebhook({ ...input, headers: { 'x-mycrm-signature': createHmac('sha256', secret).update(EVENT).digest('hex') } }), 'WEBHOOK_SIGNATURE_MALFORMED');
+    await rejection(custom.verifyWebhook({ ...input, headers: { 'attio-signature': attioSignature(secret, EVENT) } }), 'WEBHOOK_SIGNATURE_MISSING');
+  });
+
+  test('a scheme that cannot work is refused when the instance is made', () => {
+    const providers = { mycrm: { authorizeUrl: 'https://crm.example/a', tokenUrl: 'https://crm.example/t', webhook: { signs: 'methodUriBodyTimestamp', signatureHeaders: ['X-Sig'], encoding: 'hex' } } } as const;
+    expect(() => open({ store: testStore(), masterKey: newKey(), providers })).toThrow(/providers\.mycrm\.webhook.*timestamp/);
+  });
+});
+
 describe('through an Express server with express.raw', () => {
   test('a signed post is accepted, a forged or re-signed one is answered 401', async () => {
     const app = express();
