@@ -57,8 +57,8 @@ export function webhookInput(input: VerifyWebhookInput): WebhookInput {
  */
 function webhookHeaders(value: unknown): Record<string, string> {
   const headers = Object.create(null) as Record<string, string>;
-  if (typeof Headers !== 'undefined' && value instanceof Headers) {
-    for (const [name, v] of args.guarded(() => [...value], 'headers')) headers[name] = v;
+  if (args.guarded(() => typeof Headers !== 'undefined' && value instanceof Headers, 'headers')) {
+    for (const [name, v] of args.guarded(() => [...(value as Headers)], 'headers')) headers[name] = v;
     return headers;
   }
   for (const [name, v] of args.entries(value, 'headers')) {
@@ -75,10 +75,14 @@ function webhookHeaders(value: unknown): Record<string, string> {
 
 /** The body as received, as a Buffer (a view of the caller's bytes, not a copy). */
 function rawBody(value: unknown): Buffer {
-  if (Buffer.isBuffer(value)) return value;
-  if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
-  if (value instanceof ArrayBuffer) return Buffer.from(value);
   if (typeof value === 'string') return Buffer.from(args.string(value, 'body'), 'utf8');
+  // instanceof asks a Proxy's getPrototypeOf trap, which may throw.
+  const bytes = args.guarded(() => {
+    if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+    if (value instanceof ArrayBuffer) return Buffer.from(value);
+    return undefined;
+  }, 'body');
+  if (bytes !== undefined) return bytes;
   const parsed = typeof value === 'object' && value !== null;
   throw invalidArgument(
     parsed
