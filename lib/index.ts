@@ -37,7 +37,11 @@ import type {
   MasterKeyRotation,
   SecretRef,
   TenantDeletion,
+  VerifyWebhookInput,
+  WebhookVerification,
 } from './types';
+import { webhookInput } from './webhook';
+export { isWebhookRejection } from './webhook';
 
 export { AuthpipeError, ERROR_CODES, type AuthpipeErrorCode } from './errors';
 export type { ConnectedConnection, ConnectResultMessage } from './handler/pages';
@@ -58,6 +62,7 @@ const OPTION_FIELDS = ['store', 'masterKey', 'masterKeys', 'providers', 'memoLim
 const OBJECT_PROTOTYPE: { provider?: unknown; tenantId?: unknown; userId?: unknown } = Object.prototype;
 /** Whether Object.prototype carries a connection id: the memo's plain reads would then see it. */
 const POLLUTED_REF = () => OBJECT_PROTOTYPE.provider !== undefined || OBJECT_PROTOTYPE.tenantId !== undefined || OBJECT_PROTOTYPE.userId !== undefined;
+const VALID_WEBHOOK: WebhookVerification = Object.freeze({ valid: true });
 const warnedDevKeys = new Set<string>();
 
 /**
@@ -388,6 +393,49 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
     const { tenantId, provider, name } = secretRef(ref);
     const handle = await this.#handle();
     return call(() => handle.deleteSecret(tenantId, provider, name));
+  }
+
+  /**
+   * Verifies that a webhook request was signed by its provider, with the signing secret kept in
+   * the vault (Attio: `setSecret({ tenantId, provider: 'attio', name: 'webhook', value })`, the
+   * secret Attio returned when the webhook was created) or, for HubSpot, with the app's
+   * `clientSecret` (signature v3, with its 5-minute timestamp window). The MAC is computed and
+   * compared (in constant time) in Rust: the secret never reaches JS.
+   *
+   * Pass the raw body, byte for byte: a body parsed as JSON and serialised again is not what was
+   * signed and fails with `WEBHOOK_SIGNATURE_MISMATCH`.
+   *
+   * Resolves `{ valid: true }`, and rejects for every other outcome, so a forgotten check fails
+   * closed. The codes that mean "refuse the request" (answer 401; {@link isWebhookRejection}):
+   * `WEBHOOK_SIGNATURE_MISSING`, `WEBHOOK_SIGNATURE_MALFORMED`, `WEBHOOK_SIGNATURE_MISMATCH`,
+   * `WEBHOOK_TIMESTAMP_INVALID`, `WEBHOOK_TIMESTAMP_EXPIRED`. Those that mean "fix the
+   * configuration": `WEBHOOK_SECRET_MISSING`, `WEBHOOK_UNSUPPORTED`, `UNKNOWN_PROVIDER`,
+   * `INVALID_ARGUMENT`.
+   * @throws {AuthpipeError} One of the codes above.
+   * @example
+   * // Express: the raw body on this route (not express.json()), one route per tenant.
+   * app.post('/webhooks/attio/:tenantId', express.raw({ type: 'application/json' }), async (req, res) => {
+   *   try {
+   *     await authpipe.verifyWebhook({ provider: 'attio', tenantId: req.params.tenantId, headers: req.headers, body: req.body });
+   *   } catch (err) {
+   *     if (isWebhookRejection(err)) return res.sendStatus(401);
+   *     throw err;
+   *   }
+   *   const event = JSON.parse(req.body.toString('utf8'));
+   *   res.sendStatus(200);
+   * });
+   *
+   * // HubSpot: the method and the full URL are signed too.
+   * await authpipe.verifyWebhook({
+   *   provider: 'hubspot', headers: req.headers, body: req.body,
+   *   method: req.method, url: `https://app.example.com${req.originalUrl}`,
+   * });
+   */
+  async verifyWebhook(input: VerifyWebhookInput): Promise<WebhookVerification> {
+    const request = webhookInput(input);
+    const handle = await this.#handle();
+    await call(() => handle.verifyWebhook(request));
+    return VALID_WEBHOOK;
   }
 
   /**

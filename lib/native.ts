@@ -73,3 +73,4 @@ export type NativeAuthpipe = Binding.NativeAuthpipe;
 export type CredentialOutput = Binding.CredentialOutput;
 export type ConnectionOutput = Binding.ConnectionOutput;
 export type EventOutput = Binding.EventOutput;
+export type WebhookInput = Binding.WebhookInput;

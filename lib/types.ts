@@ -104,6 +104,25 @@ export interface ProviderConfig {
   tokenFields?: readonly string[];
   /** Lifetime to assume when the token response has no `expires_in`, in seconds. */
   defaultExpiresIn?: number;
+  /** How a custom provider signs its webhooks, for {@link Authpipe.verifyWebhook} (Attio's and HubSpot's are built in). */
+  webhook?: WebhookScheme;
+}
+
+/**
+ * A provider's webhook signature scheme: an HMAC-SHA256, keyed with a secret, of what `signs`
+ * names. A provider that signs the raw body in hex in `X-Signature`, with a secret per tenant:
+ * `{ signs: 'body', signatureHeaders: ['X-Signature'], encoding: 'hex' }`.
+ */
+export interface WebhookScheme {
+  /** `body`: the raw body. `methodUriBodyTimestamp`: HubSpot's v3 (`method + url + body + timestamp`, some escapes in the URL decoded). */
+  signs: 'body' | 'methodUriBodyTimestamp';
+  /** The headers that may carry the signature, the preferred first; the first present is verified. */
+  signatureHeaders: readonly string[];
+  encoding: 'hex' | 'base64';
+  /** A signed timestamp header, and how far from now (either way) it may be. */
+  timestamp?: { header: string; unit: 'seconds' | 'milliseconds'; toleranceSeconds: number };
+  /** The key: a secret kept with `setSecret` per tenant (`vault`, the default), or the app's `clientSecret`. */
+  key?: 'vault' | 'clientSecret';
 }
 
 /** Names one connection: one user of one tenant, connected to one provider. */
@@ -199,6 +218,47 @@ export interface SecretRef {
   tenantId: string;
   name: string;
   provider?: string;
+}
+
+/**
+ * Request headers as a server hands them over: Node's `req.headers` (`IncomingHttpHeaders`), a
+ * fetch `Headers`, or a plain record. Names are case-insensitive.
+ */
+export type WebhookHeaders = Headers | Readonly<Record<string, string | readonly string[] | number | undefined>>;
+
+/**
+ * The raw request body, byte for byte as received: a `Buffer` or `Uint8Array` (`express.raw()`,
+ * `await request.arrayBuffer()`) or the body as text (`await request.text()`). Not a parsed
+ * object: JSON parsed and serialised again is not what the provider signed.
+ */
+export type WebhookBody = Uint8Array | ArrayBuffer | string;
+
+/** A received webhook request, for {@link Authpipe.verifyWebhook}. */
+export interface VerifyWebhookInput {
+  /** The provider that sent it (`attio`, `hubspot`, or a custom provider with a `webhook` scheme). */
+  provider: string;
+  /**
+   * Whose signing secret verifies it (kept with `setSecret({ tenantId, provider, name, value })`).
+   * Required unless the provider signs with the app's client secret (HubSpot) and no `name` is given.
+   */
+  tenantId?: string;
+  /** The secret's name; default `'webhook'`. Given for HubSpot, the key is that vault secret instead of `clientSecret`. */
+  name?: string;
+  headers: WebhookHeaders;
+  body: WebhookBody;
+  /** The request method (`req.method`): required where the signature covers it (HubSpot). */
+  method?: string;
+  /**
+   * The full URL the provider called, with its query (`https://app.example.com/webhooks/hubspot?...`):
+   * required where the signature covers it (HubSpot). Build it from your public origin rather than
+   * from the request's `Host` header.
+   */
+  url?: string;
+}
+
+/** What {@link Authpipe.verifyWebhook} resolves with: it rejects for every other outcome. */
+export interface WebhookVerification {
+  readonly valid: true;
 }
 
 /** One entry of `masterKeys`. */

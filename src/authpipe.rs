@@ -7,6 +7,7 @@ use crate::convert::{
     CallbackInput, ConnectionOutput, CredentialOutput, DeletionOutput, DevKeyInfo, EventOutput,
     HealthOutput, ImportInput, IntoNapi, ListInput, ListOutput, RotationOutput, SessionKeyOutput,
     SessionOutput, StartConnectInput, StartedOutput, StatsOutput, TenantDeletionOutput,
+    WebhookInput,
 };
 use crate::generation_pages::{page_buffer, PageBuffer};
 use authpipe_core::CallbackMethod;
@@ -321,6 +322,13 @@ impl NativeAuthpipe {
             .secret_key(&tenant_id, provider.as_deref(), &name)
             .napi()?;
         client.engine().delete_secret(&key).await.napi()
+    }
+
+    /// Resolves if the request is signed as its provider signs webhooks; the key stays here.
+    #[napi]
+    pub async fn verify_webhook(&self, input: WebhookInput) -> napi::Result<()> {
+        let client = self.client()?;
+        client.verify_webhook(&input.into()).await.napi()
     }
 
     #[napi]

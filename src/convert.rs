@@ -285,6 +285,33 @@ pub struct CallbackInput {
     pub browser_binding: Option<String>,
 }
 
+/// A received webhook request (`verifyWebhook`): header names lowercased by the wrapper, the
+/// raw body as bytes.
+#[napi(object)]
+pub struct WebhookInput {
+    pub provider: String,
+    pub tenant_id: Option<String>,
+    pub name: Option<String>,
+    pub method: Option<String>,
+    pub url: Option<String>,
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: napi::bindgen_prelude::Buffer,
+}
+
+impl From<WebhookInput> for authpipe_core::WebhookCall {
+    fn from(input: WebhookInput) -> Self {
+        Self {
+            provider: input.provider,
+            tenant: input.tenant_id,
+            name: input.name,
+            method: input.method,
+            url: input.url,
+            headers: input.headers.into_iter().collect(),
+            body: input.body.to_vec(),
+        }
+    }
+}
+
 #[napi(object)]
 pub struct SessionOutput {
     pub token: String,

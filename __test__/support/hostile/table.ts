@@ -172,6 +172,22 @@ export const SCHEMAS: readonly CallSchema[] = [
     codes: ['INVALID_ARGUMENT', 'UNKNOWN_PROVIDER'],
     mutates: true,
   },
+  {
+    call: 'verifyWebhook',
+    args: () => [
+      obj({
+        provider: id(PROVIDER),
+        tenantId: id(TENANT, true),
+        name: id('webhook', true),
+        headers: { type: 'json', valid: { 'attio-signature': '00'.repeat(32) } },
+        body: { type: 'bytes', valid: '{"events":[]}' },
+        method: str('POST', true),
+        url: str('https://app.example/webhooks/attio', true),
+      }),
+    ],
+    run: method('verifyWebhook'),
+    codes: ['INVALID_ARGUMENT', 'UNKNOWN_PROVIDER', 'WEBHOOK_UNSUPPORTED', 'WEBHOOK_SECRET_MISSING', 'WEBHOOK_SIGNATURE_MISSING', 'WEBHOOK_SIGNATURE_MALFORMED', 'WEBHOOK_SIGNATURE_MISMATCH'],
+  },
   { call: 'rotateMasterKey', args: () => [], run: method('rotateMasterKey'), mutates: true },
   { call: 'retireMasterKey', args: () => [id('primary')], run: method('retireMasterKey'), codes: ['INVALID_ARGUMENT', 'KEY_IN_USE'], mutates: true },
   { call: 'deleteTenant', args: () => [id('tenant_absent')], run: method('deleteTenant'), mutates: true },
@@ -219,6 +235,7 @@ export const NOT_IN_TABLE: Readonly<Record<string, string>> = {
   constructor: "the class itself: 'new Authpipe' is in the table",
   AuthpipeError: 'an Error subclass callers may construct themselves; it checks nothing',
   ERROR_CODES: 'a frozen list, not a call',
+  isWebhookRejection: 'a predicate on any value (it reads only instanceof and code); it rejects nothing',
 };
 
 /** Where a hostile value goes: argument index, then field names and array indexes. */

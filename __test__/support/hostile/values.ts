@@ -15,7 +15,8 @@ export type Oracle =
   /** Answer as the arguments with this field left out do. */
   | 'as-absent';
 
-export type NodeType = 'id' | 'string' | 'integer' | 'boolean' | 'timestamp' | 'json' | 'key' | 'function' | 'object' | 'array';
+/** `bytes`: a string or bytes (a raw request body); `key`: the same, read as key material. */
+export type NodeType = 'id' | 'string' | 'integer' | 'boolean' | 'timestamp' | 'json' | 'key' | 'bytes' | 'function' | 'object' | 'array';
 
 /** One argument or field of a public call: its type, whether it may be left out, a valid value. */
 export interface Node {
@@ -57,7 +58,7 @@ const boom = (what: string) => () => {
 };
 
 /** Strings are the right JS type for these; whether the value is fine is the core's to say. */
-const STRINGY: readonly NodeType[] = ['id', 'string', 'key'];
+const STRINGY: readonly NodeType[] = ['id', 'string', 'key', 'bytes'];
 const OBJECTY: readonly NodeType[] = ['object', 'json'];
 
 /** A value of the wrong JS type for `node`: refused, except where a wider type is accepted. */
@@ -154,7 +155,7 @@ export const HOSTILE_VALUES: readonly Hostile[] = [
   wrongType('function', () => () => 'hostile', ['function']),
   wrongType('Date', () => new Date(0), [...OBJECTY, 'timestamp']),
   wrongType('Map', () => new Map([['tenantId', 'org_acme']]), OBJECTY),
-  wrongType('Buffer', () => Buffer.from('hostile'), [...OBJECTY, 'key']),
+  wrongType('Buffer', () => Buffer.from('hostile'), [...OBJECTY, 'key', 'bytes']),
   wrongType('String object', () => new String('org_acme'), OBJECTY),
   oddNumber('NaN', NaN),
   oddNumber('Infinity', Infinity),

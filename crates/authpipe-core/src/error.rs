@@ -61,6 +61,29 @@ string_enum! {
         InsufficientScope = "INSUFFICIENT_SCOPE",
         /// A connect session token is unknown, expired, or not valid for that provider.
         SessionInvalid = "SESSION_INVALID",
+        /// `verifyWebhook`: the provider has no webhook signature scheme (a custom provider can
+        /// declare one in `providers.<id>.webhook`).
+        WebhookUnsupported = "WEBHOOK_UNSUPPORTED",
+        /// `verifyWebhook`: there is no key to verify with: no secret was stored with
+        /// `setSecret` under (tenantId, provider, name), or, for a provider that signs with the
+        /// app's client secret (HubSpot), `providers.<id>.clientSecret` is not configured. The
+        /// app's configuration is at fault, not the request.
+        WebhookSecretMissing = "WEBHOOK_SECRET_MISSING",
+        /// `verifyWebhook`: the request carries none of the provider's signature headers.
+        WebhookSignatureMissing = "WEBHOOK_SIGNATURE_MISSING",
+        /// `verifyWebhook`: the signature header is not a signature: not hex (or base64), of the
+        /// wrong length, or given twice.
+        WebhookSignatureMalformed = "WEBHOOK_SIGNATURE_MALFORMED",
+        /// `verifyWebhook`: the signature is well-formed but wrong: the body, method or URL differ
+        /// from what was signed (a body parsed and serialised again differs), or another secret
+        /// signed it.
+        WebhookSignatureMismatch = "WEBHOOK_SIGNATURE_MISMATCH",
+        /// `verifyWebhook`: the signed timestamp header (HubSpot's `X-HubSpot-Request-Timestamp`)
+        /// is missing or not a number.
+        WebhookTimestampInvalid = "WEBHOOK_TIMESTAMP_INVALID",
+        /// `verifyWebhook`: the signed timestamp is further from now than the provider allows
+        /// (5 minutes for HubSpot), in the past (a replay) or in the future.
+        WebhookTimestampExpired = "WEBHOOK_TIMESTAMP_EXPIRED",
         /// The instance was closed.
         Closed = "CLOSED",
         /// A bug in @authpipe/node (an invariant broke or Rust panicked); the operation did not

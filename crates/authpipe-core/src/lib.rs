@@ -7,12 +7,14 @@
 //! | module          | owns                                                                   |
 //! |-----------------|------------------------------------------------------------------------|
 //! | `connect`       | the connect flow: state, callback phases, sessions, deletion + revoke  |
+//! | `webhook`       | `verifyWebhook`: the provider's scheme, the key, then the pure check   |
 //! | `client`        | one `new Authpipe()`: an engine plus that instance's [`Connector`]     |
 //! | `engine`        | ties store, vault and cache together; one per store per process;       |
 //! |                 | serves credentials, refreshes (`engine/refresh/`) and probes           |
 //! |                 | (`engine/probe.rs`) under store leases, follows other processes        |
 //! | `protocol`      | OAuth on the wire: authorize URL, code exchange, refresh grant,        |
-//! |                 | identity probe, revocation, the HTTP client (no engine, no store)      |
+//! |                 | identity probe, revocation, the HTTP client (no engine, no store),     |
+//! |                 | webhook signatures (`protocol/webhook.rs`, pure)                       |
 //! | `providers`     | provider definitions (endpoints, quirks) and the app's settings        |
 //! | `input`         | what callers hand the engine (imports), validated                       |
 //! | `events`        | connection events, broadcast to every instance                          |
@@ -54,6 +56,7 @@ mod string_enum;
 #[cfg(test)]
 mod test_support;
 mod vault;
+mod webhook;
 
 pub use client::{encode_cursor, Client, ListFilter, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -69,10 +72,14 @@ pub use generations::{GenerationPage, PAGE_SLOTS};
 pub use ids::{ConnectionKey, ProviderId, SecretName, TenantId, UserId};
 pub use input::{ImportFields, ImportRequest, ImportedCredential};
 pub use protocol::http::client as http_client;
+pub use protocol::webhook::{verify_webhook_signature, WebhookRequest};
 pub use protocol::{Connector, ConnectorOptions, ConnectorSettings};
-pub use providers::{CallbackMethod, Catalog, ProviderSettings};
+pub use providers::{
+    CallbackMethod, Catalog, ProviderSettings, WebhookScheme, DEFAULT_WEBHOOK_SECRET_NAME,
+};
 pub use secrets::{
     AccessToken, ApiKey, BrowserBinding, ClientSecret, PkceVerifier, RefreshToken, SessionToken,
     StateToken,
 };
 pub use vault::MasterKeyConfig;
+pub use webhook::WebhookCall;

@@ -1,5 +1,6 @@
 //! OAuth as the provider sees it, and nothing of ours: building the authorize URL, exchanging a
-//! code, the refresh grant, the identity probe, revocation, and the HTTP client they share. No
+//! code, the refresh grant, the identity probe, revocation, the HTTP client they share, and
+//! verifying the signatures of the webhooks providers send (`webhook`). No
 //! store, vault or engine here; callers pass in what a request needs and get back what the
 //! provider said, classified ([`refresh::RefreshFailure`], [`Revocation`], typed errors).
 
@@ -11,6 +12,7 @@ pub mod refresh;
 pub mod revoke;
 pub(crate) mod scrub;
 pub mod token;
+pub mod webhook;
 
 mod connector;
 

@@ -2,6 +2,7 @@
 //! `builtin.json`; custom ones come from the app's configuration or from discovery. Every
 //! definition is validated when loaded, so a bad one fails at startup, not mid-connect.
 
+use super::webhook::WebhookScheme;
 use crate::error::{Error, Result};
 use crate::ids::ProviderId;
 use serde::Deserialize;
@@ -158,6 +159,9 @@ pub struct ProviderDefinition {
     pub provider_hosts: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub identity: Option<IdentityProbe>,
+    /// How the provider signs its webhook requests; `None`: `verifyWebhook` refuses it.
+    #[serde(default)]
+    pub webhook: Option<WebhookScheme>,
     #[serde(default)]
     pub notes: Option<String>,
 }
@@ -281,6 +285,9 @@ impl ProviderDefinition {
         }
         if let Some(issuer) = &self.issuer {
             check_endpoint(&field("issuer"), issuer)?;
+        }
+        if let Some(webhook) = &self.webhook {
+            webhook.validate(&field("webhook"))?;
         }
         Ok(())
     }

@@ -3,14 +3,17 @@
 //!
 //! - [`definition`]: what a provider is (endpoints and quirks, as validated data);
 //! - [`discovery`]: definitions from RFC 8414 / OIDC discovery of an issuer;
+//! - [`webhook`]: how a provider signs its webhook requests (part of a definition);
 //! - this module: app settings, merging, and the catalog an instance connects with.
 
 pub mod definition;
 pub mod discovery;
+pub mod webhook;
 
 pub use definition::{
     CallbackMethod, ClientAuth, IdentityProbe, ProbeStyle, ProviderDefinition, ValueSource,
 };
+pub use webhook::{WebhookKey, WebhookScheme, DEFAULT_WEBHOOK_SECRET_NAME};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::ProviderId;
@@ -78,6 +81,8 @@ pub struct ProviderSettings {
     pub token_fields: Option<Vec<String>>,
     pub default_expires_in: Option<u64>,
     pub identity: Option<IdentityProbe>,
+    /// How a custom provider signs its webhooks (or a replacement for a built-in's scheme).
+    pub webhook: Option<WebhookScheme>,
 }
 
 /// A provider as an instance uses it: its definition and the app's settings.
@@ -140,6 +145,7 @@ impl Provider {
                     },
                     provider_hosts: BTreeMap::new(),
                     identity: None,
+                    webhook: None,
                     notes: None,
                 }
             }
@@ -182,6 +188,9 @@ impl Provider {
         }
         if let Some(v) = settings.default_expires_in {
             definition.default_expires_in = Some(v);
+        }
+        if let Some(v) = settings.webhook {
+            definition.webhook = Some(v);
         }
         if let Some(v) = settings.identity {
             definition.identity = Some(v);
