@@ -18,7 +18,7 @@
 // file of the SQLite store's directory is copied there after each scenario while the store is
 // open (the WAL and shared-memory files exist only then).
 'use strict';
-const { randomBytes } = require('node:crypto');
+const { createHmac, randomBytes } = require('node:crypto');
 const { createServer } = require('node:http');
 const { copyFileSync, mkdirSync, readdirSync, writeFileSync } = require('node:fs');
 const { dirname, join } = require('node:path');
@@ -526,6 +526,37 @@ const SCENARIOS = [
       if ((await ctx.authpipe.getSecret(replaced)) !== replaced.value) throw new Error('a replaced secret is not served');
       await ctx.authpipe.deleteSecret(secrets[2]);
       await ctx.authpipe.getSecret(secrets[2]).catch(() => {}); // SECRET_NOT_FOUND
+    },
+  },
+  {
+    name: 'webhooks: verified, and refused for every reason (missing, malformed, wrong, tampered, expired, no secret)',
+    async run(ctx) {
+      const tenantId = 'org_scan';
+      const secret = plant('webhook_secret');
+      await ctx.authpipe.setSecret({ tenantId, provider: 'attio', name: 'webhook', value: secret });
+      const body = Buffer.from(JSON.stringify({ event_type: 'record.updated', token: plant('access_token') }));
+      const mac = (key, data) => createHmac('sha256', key).update(data).digest();
+      const attio = (headers, b = body) => ctx.authpipe.verifyWebhook({ provider: 'attio', tenantId, headers, body: b });
+      await attio({ 'attio-signature': mac(secret, body).toString('hex') });
+      const refusals = [
+        {},
+        { 'attio-signature': 'not hex' },
+        { 'x-attio-signature': mac(plant('webhook_secret'), body).toString('hex') },
+      ];
+      for (const headers of refusals) await attio(headers).catch(() => {});
+      await attio({ 'attio-signature': mac(secret, body).toString('hex') }, Buffer.concat([body, Buffer.from(' ')])).catch(() => {});
+      await ctx.authpipe.verifyWebhook({ provider: 'attio', tenantId: 'org_without_secret', headers: { 'attio-signature': mac(secret, body).toString('hex') }, body }).catch(() => {});
+
+      // HubSpot v3, keyed by a vault secret: method + URL + body + timestamp, base64.
+      const hubspotKey = plant('webhook_secret');
+      await ctx.authpipe.setSecret({ tenantId, provider: 'hubspot', name: 'webhook', value: hubspotKey });
+      const url = `https://app.example/webhooks/hubspot?token=${plant('access_token')}`;
+      const hubspot = (timestamp) => {
+        const signature = mac(hubspotKey, `POST${url}${body.toString('utf8')}${timestamp}`).toString('base64');
+        return ctx.authpipe.verifyWebhook({ provider: 'hubspot', tenantId, name: 'webhook', method: 'POST', url, body, headers: { 'x-hubspot-signature-v3': signature, 'x-hubspot-request-timestamp': String(timestamp) } });
+      };
+      await hubspot(Date.now());
+      await hubspot(Date.now() - 3_600_000).catch(() => {});
     },
   },
   {
