@@ -111,7 +111,13 @@ impl Engine {
             {
                 // Another process rotated the tenant's key since we loaded ours: the new
                 // tokens exist only here, so seal them again with the key the store has now.
-                Err(e) if e.code == ErrorCode::VaultKeyMissing && !sealed_again => {
+                // Not so after a deleteTenant(): this connection was deleted with its tenant,
+                // and a connection of the same name since then is another one.
+                Err(e)
+                    if e.code == ErrorCode::VaultKeyMissing
+                        && !sealed_again
+                        && !self.deleted_since(&record).await? =>
+                {
                     sealed_again = true;
                     self.vault.forget(&key.tenant);
                 }
@@ -129,6 +135,14 @@ impl Engine {
                 .emit(Event::about(EventKind::Recovered, &entry.record, now));
         }
         Ok(entry.record.clone())
+    }
+
+    /// Whether the tenant was deleted since `record` was sealed (its key, or a later one, was
+    /// destroyed), rather than its key rotated.
+    async fn deleted_since(&self, record: &ConnectionRecord) -> Result<bool> {
+        let sealed_with = crate::vault::sealed_generation(&record.credential)?;
+        let deleted = self.store.deleted_generation(&record.key.tenant).await?;
+        Ok(deleted.is_some_and(|deleted| deleted >= sealed_with))
     }
 
     /// Writes a refresh's result. The provider has rotated the refresh token, so the new one
