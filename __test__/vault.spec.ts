@@ -80,7 +80,7 @@ describe('master keys', () => {
 
 describe('tenant data keys', () => {
   test('rotateTenantKey re-seals the tenant online and says so; an unknown tenant is TENANT_NOT_FOUND', async () => {
-    const authpipe = open({ store: testStore(), masterKey: newKey() });
+    const authpipe = new Authpipe({ store: testStore(), masterKey: newKey() });
     const other = { ...ref, tenantId: 'org_other' };
     await authpipe.importConnection({ ...ref, accessToken: 'token-a', refreshToken: 'refresh-a' });
     await authpipe.importConnection({ ...ref, userId: 'user_2', accessToken: 'token-b' });
@@ -99,9 +99,10 @@ describe('tenant data keys', () => {
 
     await rejection(authpipe.rotateTenantKey('org_nobody'), 'TENANT_NOT_FOUND');
     await rejection(authpipe.rotateTenantKey(42 as unknown as string), 'INVALID_ARGUMENT');
+    await authpipe.close();
   });
 
-  test('tenantKeyRotation is checked at construction', () => {
+  test('tenantKeyRotation is checked at construction', async () => {
     for (const [tenantKeyRotation, message] of [
       [{ maxEncryptions: 0 }, /maxEncryptions must be 1 to 4294967296/],
       [{ maxEncryptions: 2 ** 33 }, /maxEncryptions must be 1 to 4294967296/],
@@ -112,8 +113,9 @@ describe('tenant data keys', () => {
         expect.objectContaining({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(message) }),
       );
     }
-    const authpipe = open({ store: testStore(), masterKey: newKey(), tenantKeyRotation: { maxAgeDays: 0, maxEncryptions: 1000 } });
-    expect(authpipe).toBeInstanceOf(Authpipe);
+    const authpipe = new Authpipe({ store: testStore(), masterKey: newKey(), tenantKeyRotation: { maxAgeDays: 0, maxEncryptions: 1000 } });
+    await authpipe.ready();
+    await authpipe.close();
   });
 });
 

@@ -268,14 +268,12 @@ impl Engine {
 
     /// One run of the maintenance job (tests call it directly); returns the rotations it made.
     pub async fn maintain_tenant_keys_now(&self) -> Result<Vec<TenantKeyRotation>> {
-        let mut unfinished: Vec<TenantId> = self
-            .store
-            .older_tenant_keys()
-            .await?
-            .into_iter()
-            .map(|k| k.tenant)
-            .collect();
-        unfinished.dedup();
+        let mut unfinished: Vec<TenantId> = Vec::new();
+        for older in self.store.older_tenant_keys().await? {
+            if !unfinished.contains(&older.tenant) {
+                unfinished.push(older.tenant);
+            }
+        }
         for tenant in &unfinished {
             self.finish_rotation(tenant).await?;
         }
