@@ -78,6 +78,47 @@ describe('master keys', () => {
   });
 });
 
+describe('tenant data keys', () => {
+  test('rotateTenantKey re-seals the tenant online and says so; an unknown tenant is TENANT_NOT_FOUND', async () => {
+    const authpipe = new Authpipe({ store: testStore(), masterKey: newKey() });
+    const other = { ...ref, tenantId: 'org_other' };
+    await authpipe.importConnection({ ...ref, accessToken: 'token-a', refreshToken: 'refresh-a' });
+    await authpipe.importConnection({ ...ref, userId: 'user_2', accessToken: 'token-b' });
+    await authpipe.importConnection({ ...other, accessToken: 'token-c' });
+    await authpipe.setSecret({ tenantId: 'org_acme', name: 'webhook', value: 's3cret' });
+    expect((await authpipe.getCredential(ref)).credential).toBe('token-a');
+
+    const rotation = await authpipe.rotateTenantKey('org_acme');
+    expect(rotation).toEqual({ tenantId: 'org_acme', generation: 2, resealed: 3 });
+    expect(Object.isFrozen(rotation)).toBe(true);
+    expect((await authpipe.getCredential(ref)).credential).toBe('token-a');
+    expect((await authpipe.getCredential({ ...ref, userId: 'user_2' })).credential).toBe('token-b');
+    expect(await authpipe.getSecret({ tenantId: 'org_acme', name: 'webhook' })).toBe('s3cret');
+    expect((await authpipe.getCredential(other)).credential).toBe('token-c');
+    expect(await authpipe.rotateTenantKey('org_acme')).toMatchObject({ generation: 3 });
+
+    await rejection(authpipe.rotateTenantKey('org_nobody'), 'TENANT_NOT_FOUND');
+    await rejection(authpipe.rotateTenantKey(42 as unknown as string), 'INVALID_ARGUMENT');
+    await authpipe.close();
+  });
+
+  test('tenantKeyRotation is checked at construction', async () => {
+    for (const [tenantKeyRotation, message] of [
+      [{ maxEncryptions: 0 }, /maxEncryptions must be 1 to 4294967296/],
+      [{ maxEncryptions: 2 ** 33 }, /maxEncryptions must be 1 to 4294967296/],
+      [{ maxAgeDays: -1 }, /maxAgeDays must be 0/],
+      [{ maxAgeDays: 1.5 }, /maxAgeDays must be an integer/],
+    ] as const) {
+      expect(() => new Authpipe({ store: testStore(), masterKey: newKey(), tenantKeyRotation })).toThrow(
+        expect.objectContaining({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(message) }),
+      );
+    }
+    const authpipe = new Authpipe({ store: testStore(), masterKey: newKey(), tenantKeyRotation: { maxAgeDays: 0, maxEncryptions: 1000 } });
+    await authpipe.ready();
+    await authpipe.close();
+  });
+});
+
 describe('what is on disk', () => {
   const dir = tempDir();
   const store = join(dir, 'scan.db');

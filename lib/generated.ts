@@ -16,6 +16,8 @@ export type AuthpipeErrorCode =
   | 'CONNECTION_REVOKED'
   /** No secret exists under (tenantId, provider, name). */
   | 'SECRET_NOT_FOUND'
+  /** The tenant has no data key: it has stored nothing yet, or was deleted (`rotateTenantKey`). */
+  | 'TENANT_NOT_FOUND'
   /** A master key does not match the store, or a key the store needs is not configured. */
   | 'VAULT_KEY_MISMATCH'
   /**
@@ -23,7 +25,10 @@ export type AuthpipeErrorCode =
    * cannot be decrypted.
    */
   | 'VAULT_KEY_MISSING'
-  /** A stored ciphertext failed authentication: altered, or copied from another row or tenant. */
+  /**
+   * A stored ciphertext failed authentication: altered, copied from another row or tenant,
+   * or put back to an older ciphertext of itself.
+   */
   | 'VAULT_INTEGRITY'
   /** The master key still wraps tenant keys; run `rotateMasterKey()` first. */
   | 'KEY_IN_USE'
@@ -106,6 +111,7 @@ export const ERROR_CODES = Object.freeze([
   'CONNECTION_EXPIRED',
   'CONNECTION_REVOKED',
   'SECRET_NOT_FOUND',
+  'TENANT_NOT_FOUND',
   'VAULT_KEY_MISMATCH',
   'VAULT_KEY_MISSING',
   'VAULT_INTEGRITY',

@@ -35,6 +35,7 @@ import type {
   ImportConnectionInput,
   ListConnectionsQuery,
   MasterKeyRotation,
+  TenantKeyRotation,
   SecretRef,
   TenantDeletion,
   VerifyWebhookInput,
@@ -96,6 +97,10 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
     const httpTimeoutMs = args.optionalInteger(opts.httpTimeoutMs, 'httpTimeoutMs');
     const providerConcurrency = args.optionalInteger(opts.providerConcurrency, 'providerConcurrency');
     const healthCheckIntervalMs = args.optionalInteger(opts.healthCheckIntervalMs, 'healthCheckIntervalMs');
+    const rotation =
+      opts.tenantKeyRotation === undefined ? {} : args.object(opts.tenantKeyRotation, 'tenantKeyRotation');
+    const tenantKeyMaxAgeDays = args.optionalInteger(rotation.maxAgeDays, 'tenantKeyRotation.maxAgeDays');
+    const tenantKeyMaxEncryptions = args.optionalInteger(rotation.maxEncryptions, 'tenantKeyRotation.maxEncryptions');
 
     const openInput = {
       store,
@@ -105,6 +110,8 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
       httpTimeoutMs,
       providerConcurrency,
       healthCheckIntervalMs,
+      tenantKeyMaxAgeDays,
+      tenantKeyMaxEncryptions,
     };
     try {
       native.checkOptions(openInput);
@@ -445,6 +452,26 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
   async rotateMasterKey(): Promise<MasterKeyRotation> {
     const handle = await this.#handle();
     return Object.freeze(await call(() => handle.rotateMasterKey()));
+  }
+
+  /**
+   * Rotates a tenant's data key, online: a new key seals every write from now on (in every
+   * instance sharing the store), every record of the tenant (connection tokens, secrets, pending
+   * connect flows) is re-sealed under it, and then the old key is deleted. Reads and refreshes
+   * go on meanwhile and never fail because of it. Keys are also rotated automatically (see
+   * `tenantKeyRotation`); call this after a suspected exposure of one tenant's key, say.
+   *
+   * @example
+   * const { generation, resealed } = await authpipe.rotateTenantKey('org_acme');
+   * console.log(`org_acme now uses data key ${generation}; ${resealed} rows re-sealed`);
+   * @throws {AuthpipeError} `TENANT_NOT_FOUND` if the tenant has no data key (it stored nothing
+   *   yet, or was deleted); `VAULT_INTEGRITY` if a record of the tenant fails authentication
+   *   (the rotation stops there, the old key stays, and reads of the other records go on).
+   */
+  async rotateTenantKey(tenantId: string): Promise<TenantKeyRotation> {
+    const id = args.string(tenantId, 'tenantId');
+    const handle = await this.#handle();
+    return Object.freeze(await call(() => handle.rotateTenantKey(id)));
   }
 
   /**

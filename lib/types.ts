@@ -59,6 +59,28 @@ export interface AuthpipeOptions {
    * 0 turns scheduled probes off (`checkConnection` still works).
    */
   healthCheckIntervalMs?: number;
+  /**
+   * When each tenant's data key is rotated on its own (see {@link Authpipe.rotateTenantKey}),
+   * checked every 10 minutes by a background job. Every instance sharing a store counts the
+   * values each key has sealed in the store itself, so the count survives restarts.
+   */
+  tenantKeyRotation?: TenantKeyRotationPolicy;
+}
+
+/** When tenant data keys are rotated automatically. */
+export interface TenantKeyRotationPolicy {
+  /**
+   * Rotate a key this many days old. Default 90, bounding what one leaked data key opens to a
+   * quarter's records; 0 turns rotation by age off.
+   */
+  maxAgeDays?: number;
+  /**
+   * Rotate a key once it has sealed this many values (tokens, secrets, PKCE verifiers).
+   * Default 2^30 (1,073,741,824): AES-GCM with random nonces must stay under 2^32 encryptions
+   * per key, and a tenant with 100,000 hourly refreshes would reach 2^32 in about 1.6 years.
+   * At most 2^32; cannot be turned off.
+   */
+  maxEncryptions?: number;
 }
 
 /**
@@ -280,6 +302,14 @@ export interface MasterKeyRotation {
   readonly rewrapped: number;
   /** Tenant keys that were already wrapped with the primary key. */
   readonly alreadyCurrent: number;
+}
+
+export interface TenantKeyRotation {
+  readonly tenantId: string;
+  /** The tenant's data key now (generations count up from 1). */
+  readonly generation: number;
+  /** Rows re-sealed under the new key by this call (connections, secrets, pending connect flows). */
+  readonly resealed: number;
 }
 
 export interface TenantDeletion {

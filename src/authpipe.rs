@@ -7,7 +7,7 @@ use crate::convert::{
     CallbackInput, ConnectionOutput, CredentialOutput, DeletionOutput, DevKeyInfo, EventOutput,
     HealthOutput, ImportInput, IntoNapi, ListInput, ListOutput, RotationOutput, SessionKeyOutput,
     SessionOutput, StartConnectInput, StartedOutput, StatsOutput, TenantDeletionOutput,
-    WebhookInput,
+    TenantKeyRotationOutput, WebhookInput,
 };
 use crate::generation_pages::{page_buffer, PageBuffer};
 use authpipe_core::CallbackMethod;
@@ -336,6 +336,20 @@ impl NativeAuthpipe {
         self.client()?
             .engine()
             .rotate_master_key()
+            .await
+            .map(Into::into)
+            .napi()
+    }
+
+    #[napi]
+    pub async fn rotate_tenant_key(
+        &self,
+        tenant_id: String,
+    ) -> napi::Result<TenantKeyRotationOutput> {
+        let tenant = authpipe_core::TenantId::parse(tenant_id).napi()?;
+        self.client()?
+            .engine()
+            .rotate_tenant_key(&tenant)
             .await
             .map(Into::into)
             .napi()

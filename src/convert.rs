@@ -5,7 +5,7 @@ use authpipe_core::records::ConnectionRecord;
 use authpipe_core::store::TenantDeletion;
 use authpipe_core::Client;
 use authpipe_core::{AccessToken, ApiKey, ImportFields, ImportRequest, RefreshToken};
-use authpipe_core::{Credential, EngineStats, Rotation};
+use authpipe_core::{Credential, EngineStats, Rotation, TenantKeyRotation};
 use authpipe_core::{Error, ErrorCode};
 use napi_derive::napi;
 use secrecy::{ExposeSecret, SecretString};
@@ -54,6 +54,10 @@ pub struct OpenInput {
     pub provider_concurrency: Option<i64>,
     /// Interval of scheduled health probes, ms; 0 turns them off.
     pub health_check_interval_ms: Option<i64>,
+    /// `tenantKeyRotation.maxAgeDays`: 0 turns rotation by age off.
+    pub tenant_key_max_age_days: Option<i64>,
+    /// `tenantKeyRotation.maxEncryptions`.
+    pub tenant_key_max_encryptions: Option<i64>,
 }
 
 #[napi(object)]
@@ -178,6 +182,23 @@ pub struct ListInput {
 pub struct ListOutput {
     pub connections: Vec<ConnectionOutput>,
     pub next_cursor: Option<String>,
+}
+
+#[napi(object)]
+pub struct TenantKeyRotationOutput {
+    pub tenant_id: String,
+    pub generation: u32,
+    pub resealed: u32,
+}
+
+impl From<TenantKeyRotation> for TenantKeyRotationOutput {
+    fn from(r: TenantKeyRotation) -> Self {
+        Self {
+            tenant_id: r.tenant.as_str().to_owned(),
+            generation: r.generation,
+            resealed: r.resealed.min(u32::MAX as u64) as u32,
+        }
+    }
 }
 
 #[napi(object)]

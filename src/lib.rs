@@ -9,7 +9,9 @@ mod generation_pages;
 use authpipe::NativeAuthpipe;
 use authpipe_core::Catalog;
 use authpipe_core::MasterKeyConfig;
-use authpipe_core::{open_shared, EngineOptions, MasterKeySource, StoreLocation};
+use authpipe_core::{
+    open_shared, EngineOptions, KeyRotationPolicy, MasterKeySource, StoreLocation,
+};
 use authpipe_core::{Client, Connector, ConnectorOptions, ConnectorSettings};
 use convert::{IntoNapi, OpenInput};
 use napi_derive::napi;
@@ -57,6 +59,10 @@ fn options(
             store,
             keys,
             clock: None,
+            key_rotation: KeyRotationPolicy::from_options(
+                input.tenant_key_max_age_days,
+                input.tenant_key_max_encryptions,
+            )?,
         },
         providers,
         connector,

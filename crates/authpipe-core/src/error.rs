@@ -24,12 +24,15 @@ string_enum! {
         ConnectionRevoked = "CONNECTION_REVOKED",
         /// No secret exists under (tenantId, provider, name).
         SecretNotFound = "SECRET_NOT_FOUND",
+        /// The tenant has no data key: it has stored nothing yet, or was deleted (`rotateTenantKey`).
+        TenantNotFound = "TENANT_NOT_FOUND",
         /// A master key does not match the store, or a key the store needs is not configured.
         VaultKeyMismatch = "VAULT_KEY_MISMATCH",
         /// The tenant's data key was destroyed (`deleteTenant`: crypto-shredded), so its records
         /// cannot be decrypted.
         VaultKeyMissing = "VAULT_KEY_MISSING",
-        /// A stored ciphertext failed authentication: altered, or copied from another row or tenant.
+        /// A stored ciphertext failed authentication: altered, copied from another row or tenant,
+        /// or put back to an older ciphertext of itself.
         VaultIntegrity = "VAULT_INTEGRITY",
         /// The master key still wraps tenant keys; run `rotateMasterKey()` first.
         KeyInUse = "KEY_IN_USE",

@@ -63,8 +63,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use connect::{Callback, Deletion, Revocation, SessionGrant, StartRequest, Started};
 pub use engine::{
     check_options, open_shared, open_unshared, ConnectionPage, ConnectionSecrets, Credential,
-    DevKeyNotice, Engine, EngineOptions, EngineStats, Health, Lookup, MasterKeySource, Opened,
-    Pending, RefreshReason, Rotation, StoreLocation,
+    DevKeyNotice, Engine, EngineOptions, EngineStats, Health, KeyRotationPolicy, Lookup,
+    MasterKeySource, Opened, Pending, RefreshReason, Rotation, StoreLocation, TenantKeyRotation,
 };
 pub use error::{Error, ErrorCode, Result};
 pub use events::{Event, EventKind};

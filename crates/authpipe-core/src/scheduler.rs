@@ -20,6 +20,8 @@ pub enum Job {
     Check(String),
     /// Drop ended connect flows and sessions from the store (and schedule the next time).
     PruneEnded,
+    /// Tenant-key maintenance: unfinished rotations, the format migration, the rotation policy.
+    TenantKeys,
 }
 
 /// Runs the jobs the timer task does not run itself.

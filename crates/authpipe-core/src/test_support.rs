@@ -305,6 +305,7 @@ impl Fixture {
             store: StoreLocation::Memory,
             keys,
             clock: Some(clock.clone()),
+            key_rotation: Default::default(),
         })
         .await
         .unwrap()

@@ -14,8 +14,8 @@ use authpipe_core::records::{
 use authpipe_core::store::postgres::PostgresStore;
 use authpipe_core::store::sqlite::SqliteStore;
 use authpipe_core::store::{
-    Change, ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
-    ENDED_RETENTION_MS, MAX_PENDING_FLOWS_PER_USER,
+    Change, ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SealedRow, SecretKey,
+    Store, ENDED_RETENTION_MS, MAX_PENDING_FLOWS_PER_USER,
 };
 use authpipe_core::ErrorCode;
 use authpipe_core::{ConnectionKey, ProviderId, SecretName, TenantId};
@@ -64,6 +64,209 @@ fn connection(tenant: &str, provider: &str, user: &str, token: u8) -> Connection
         extras: None,
         version: 0,
     }
+}
+
+/// A stand-in for a format-2 record of `generation` (header, write id, then filler).
+fn sealed_v2(generation: u32, fill: u8) -> Sealed {
+    let mut bytes = vec![2];
+    bytes.extend_from_slice(&generation.to_be_bytes());
+    bytes.resize(48, fill);
+    Sealed(bytes)
+}
+
+/// Tenant-key rotation and the record format, on a store of its own: values sealed are counted
+/// in the writes' transactions, a rotation makes the new key the one every write is checked
+/// against and keeps the old one until nothing is sealed with it, and the format-2 mark is set
+/// only when no format-1 record is left.
+async fn rotation(store: Arc<dyn Store>) {
+    let t = TenantId::parse("rot").unwrap();
+    assert_eq!(
+        store.oldest_record_format().await.unwrap(),
+        2,
+        "a new store"
+    );
+    store
+        .insert_tenant_key(tenant_key("rot", "k1"))
+        .await
+        .unwrap();
+    let mut c = connection("rot", "attio", "u1", 1);
+    c.credential = sealed_v2(1, 1);
+    c.refresh_token = Some(sealed_v2(1, 2));
+    let c = store.put_connections(vec![c]).await.unwrap().remove(0);
+    let encryptions = |store: Arc<dyn Store>| async move {
+        let usage = store.tenant_key_usage().await.unwrap();
+        assert_eq!(usage.len(), 1);
+        (usage[0].generation, usage[0].encryptions)
+    };
+    assert_eq!(
+        encryptions(store.clone()).await,
+        (1, 2),
+        "two values sealed"
+    );
+    let c = store
+        .update_connection(
+            ConnectionRecord {
+                credential: sealed_v2(1, 3),
+                ..c.clone()
+            },
+            c.version,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(encryptions(store.clone()).await, (1, 3), "one new value");
+    let c = store
+        .update_connection(
+            ConnectionRecord {
+                status: ConnectionStatus::Degraded,
+                ..c.clone()
+            },
+            c.version,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(encryptions(store.clone()).await, (1, 3), "nothing sealed");
+    let secret_key = SecretKey {
+        tenant: t.clone(),
+        provider: None,
+        name: SecretName::parse("s").unwrap(),
+    };
+    let secret = SecretRecord {
+        tenant: t.clone(),
+        provider: None,
+        name: secret_key.name.clone(),
+        value: sealed_v2(1, 4),
+        created_at: 1,
+        updated_at: 1,
+    };
+    store.put_secret(secret.clone()).await.unwrap();
+    let flow = FlowRecord {
+        state_hash: "rot-h".into(),
+        key: c.key.clone(),
+        verifier: Some(sealed_v2(1, 5)),
+        redirect_uri: "https://app.example/cb".into(),
+        scopes: vec![],
+        browser_hash: None,
+        created_at: 1,
+        expires_at: 10_000,
+        consumed_at: None,
+    };
+    store.put_flow(flow.clone()).await.unwrap();
+    assert_eq!(encryptions(store.clone()).await, (1, 5));
+
+    // The rotation: compare and swap on the generation.
+    let next = TenantKeyRecord {
+        generation: 2,
+        wrapped: Sealed(vec![2; 60]),
+        created_at: 9,
+        ..tenant_key("rot", "k1")
+    };
+    assert!(!store.rotate_tenant_key(next.clone(), 7).await.unwrap());
+    assert!(store.rotate_tenant_key(next.clone(), 1).await.unwrap());
+    assert_eq!(store.tenant_key(&t).await.unwrap().unwrap(), next);
+    assert_eq!(encryptions(store.clone()).await, (2, 0));
+    assert_eq!(
+        store.older_tenant_key(&t, 1).await.unwrap(),
+        Some(tenant_key("rot", "k1"))
+    );
+    assert_eq!(store.older_tenant_keys().await.unwrap().len(), 1);
+    assert_eq!(
+        store.deleted_generation(&t).await.unwrap(),
+        None,
+        "a rotation is no deletion"
+    );
+    // A writer still holding the old key is refused.
+    let stale = ConnectionRecord {
+        credential: sealed_v2(1, 6),
+        ..c.clone()
+    };
+    assert_eq!(
+        store
+            .update_connection(stale.clone(), c.version)
+            .await
+            .unwrap_err()
+            .code,
+        ErrorCode::VaultKeyMissing
+    );
+    assert_eq!(
+        store.put_connections(vec![stale]).await.unwrap_err().code,
+        ErrorCode::VaultKeyMissing
+    );
+    // What is left to re-seal, and the old key stays while anything is.
+    let mut left = store.rows_sealed_otherwise(&t, 2, 100).await.unwrap();
+    left.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(
+        left,
+        vec![
+            SealedRow::Connection(c.key.clone()),
+            SealedRow::Flow("rot-h".into()),
+            SealedRow::Secret(secret_key.clone()),
+        ]
+    );
+    assert!(!store.delete_older_tenant_key(&t, 1).await.unwrap());
+    let resealed = ConnectionRecord {
+        credential: sealed_v2(2, 7),
+        refresh_token: Some(sealed_v2(2, 8)),
+        ..c.clone()
+    };
+    store
+        .update_connection(resealed, c.version)
+        .await
+        .unwrap()
+        .unwrap();
+    let new_value = SecretRecord {
+        value: sealed_v2(2, 9),
+        ..secret.clone()
+    };
+    assert!(
+        !store
+            .reseal_secret(new_value.clone(), &sealed_v2(1, 99))
+            .await
+            .unwrap(),
+        "changed meanwhile"
+    );
+    assert!(store.reseal_secret(new_value, &secret.value).await.unwrap());
+    assert_eq!(store.flow("rot-h").await.unwrap(), Some(flow.clone()));
+    assert!(!store.delete_older_tenant_key(&t, 1).await.unwrap());
+    assert!(store
+        .reseal_flow(&flow, sealed_v2(2, 10), flow.verifier.as_ref().unwrap())
+        .await
+        .unwrap());
+    assert!(store
+        .rows_sealed_otherwise(&t, 2, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        encryptions(store.clone()).await,
+        (2, 4),
+        "the re-seals counted"
+    );
+    assert!(store.delete_older_tenant_key(&t, 1).await.unwrap());
+    assert!(store.older_tenant_keys().await.unwrap().is_empty());
+
+    // A format-1 record keeps the format-2 mark from being set.
+    let mut old = connection("rot", "attio", "u2", 11);
+    old.credential = sealed(2, 11);
+    old.refresh_token = None;
+    store.put_connections(vec![old.clone()]).await.unwrap();
+    let rows = store.rows_sealed_otherwise(&t, 2, 100).await.unwrap();
+    assert_eq!(rows, vec![SealedRow::Connection(old.key.clone())]);
+    assert!(!store.finish_format_migration().await.unwrap());
+    store.delete_connection(&old.key).await.unwrap();
+    assert!(store.finish_format_migration().await.unwrap());
+    assert_eq!(store.oldest_record_format().await.unwrap(), 2);
+
+    // A tenant deleted mid-rotation takes its older keys along.
+    let third = TenantKeyRecord {
+        generation: 3,
+        ..next.clone()
+    };
+    assert!(store.rotate_tenant_key(third, 2).await.unwrap());
+    store.delete_tenant(&t).await.unwrap();
+    assert!(store.older_tenant_keys().await.unwrap().is_empty());
+    assert_eq!(store.deleted_generation(&t).await.unwrap(), Some(3));
 }
 
 async fn conformance(store: Arc<dyn Store>) {
@@ -766,6 +969,7 @@ async fn next_change(feed: &mut ChangeFeed) -> Change {
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_store() {
     conformance(Arc::new(SqliteStore::open_in_memory().unwrap())).await;
+    rotation(Arc::new(SqliteStore::open_in_memory().unwrap())).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -813,6 +1017,13 @@ async fn postgres_store() {
     };
     let store = Arc::new(store);
     conformance(store.clone()).await;
+    let rotation_schema = format!("{schema}_rotation");
+    rotation(Arc::new(
+        PostgresStore::connect(&url, &rotation_schema)
+            .await
+            .unwrap(),
+    ))
+    .await;
     let second = Arc::new(second.expect("the second store starts too"));
     coordination(store.clone(), second.clone()).await;
 
@@ -853,7 +1064,9 @@ async fn postgres_store() {
     );
     drop(feed);
     client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .batch_execute(&format!(
+            "DROP SCHEMA {schema} CASCADE; DROP SCHEMA {rotation_schema} CASCADE"
+        ))
         .await
         .unwrap();
 }

@@ -23,6 +23,7 @@ async fn engine(path: &Path) -> Arc<Engine> {
         store: StoreLocation::File(path.to_path_buf()),
         keys,
         clock: None,
+        key_rotation: Default::default(),
     })
     .await
     .unwrap()

@@ -11,6 +11,7 @@ use crate::input::{ImportRequest, ImportedCredential};
 use crate::records::{ConnectionRecord, ConnectionStatus, CredentialKind, Sealed};
 use crate::secrets::RefreshToken;
 use crate::store::ListQuery;
+use crate::vault::{check_one_write, WriteId};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
@@ -112,9 +113,11 @@ impl Engine {
         let tenant_key = self
             .tenant_key(&key.tenant, use_key == TenantKeyUse::CreateIfMissing)
             .await?;
+        let write = WriteId::random();
         let seal = |field: &str, value: &dyn ExposeSecret<str>| {
             self.vault.seal(
                 &tenant_key,
+                write,
                 &connection_place(key, field),
                 value.expose_secret().as_bytes(),
             )
@@ -171,6 +174,7 @@ impl Engine {
     /// (revocation, refresh).
     pub async fn secrets_of(&self, record: &ConnectionRecord) -> Result<ConnectionSecrets> {
         let key = &record.key;
+        check_one_write(|| format!("connection {key}"), record.sealed_fields())?;
         let tenant_key = self.tenant_key_for(&key.tenant, &record.credential).await?;
         let open = |field: &str, sealed: &Sealed| -> Result<SecretString> {
             utf8(

@@ -7,7 +7,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::ids::ConnectionKey;
 use crate::maintenance;
 use crate::records::{ConnectionStatus, CredentialKind};
-use crate::vault::sealed_generation;
+use crate::vault::{check_one_write, sealed_generation};
 use secrecy::SecretString;
 use std::sync::Arc;
 
@@ -191,13 +191,12 @@ impl Engine {
             }
         }
         let generation = sealed_generation(&record.credential)?;
-        let Some(tenant_key) = self
-            .vault
-            .cached(&key.tenant)
-            .filter(|k| k.generation() == generation)
-        else {
+        let Some(tenant_key) = self.vault.cached_generation(&key.tenant, generation) else {
             return Ok(Reveal::NeedsKey);
         };
+        // A header comparison: a field put back to an older ciphertext is caught here even
+        // when it is one (the refresh token) that serving does not open.
+        check_one_write(|| format!("connection {key}"), record.sealed_fields())?;
         let secret = self.vault.open(
             &tenant_key,
             &connection_place(key, FIELD_CREDENTIAL),

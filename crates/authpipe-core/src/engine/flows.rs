@@ -10,6 +10,7 @@ use crate::records::{FlowRecord, Sealed, SecretRecord, SessionRecord};
 use crate::scheduler::Job;
 use crate::secrets::PkceVerifier;
 use crate::store::{FlowTake, SecretKey, PRUNE_INTERVAL_MS};
+use crate::vault::WriteId;
 use secrecy::{ExposeSecret, SecretString};
 
 impl Engine {
@@ -24,9 +25,12 @@ impl Engine {
             let mut flow = flow.clone();
             if let Some(secret) = verifier {
                 let place = flow_place(&flow.key, &flow.state_hash);
-                let sealed =
-                    self.vault
-                        .seal(&tenant_key, &place, secret.expose_secret().as_bytes())?;
+                let sealed = self.vault.seal(
+                    &tenant_key,
+                    WriteId::random(),
+                    &place,
+                    secret.expose_secret().as_bytes(),
+                )?;
                 flow.verifier = Some(sealed);
             }
             self.store.put_flow(flow).await
@@ -41,13 +45,21 @@ impl Engine {
         state_hash: &str,
         sealed: &Sealed,
     ) -> Result<PkceVerifier> {
+        let place = flow_place(key, state_hash);
         let tenant_key = self.tenant_key_for(&key.tenant, sealed).await?;
-        let opened = utf8(
-            &self
-                .vault
-                .open(&tenant_key, &flow_place(key, state_hash), sealed)?,
-        )?;
-        Ok(PkceVerifier::from(opened))
+        let opened = match self.vault.open(&tenant_key, &place, sealed) {
+            // A rotation re-sealed it, and deleted the old key, since the flow was read.
+            Err(e) if e.code == ErrorCode::VaultKeyMissing => {
+                let resealed = self.store.flow(state_hash).await?.and_then(|f| f.verifier);
+                let Some(resealed) = resealed.filter(|v| v != sealed) else {
+                    return Err(e);
+                };
+                let tenant_key = self.tenant_key_for(&key.tenant, &resealed).await?;
+                self.vault.open(&tenant_key, &place, &resealed)?
+            }
+            opened => opened?,
+        };
+        Ok(PkceVerifier::from(utf8(&opened)?))
     }
 
     /// Consumes a flow, if `browser_hash` is the binding it was started with.
@@ -89,6 +101,7 @@ impl Engine {
             let tenant_key = self.tenant_key(&key.tenant, true).await?;
             let sealed = self.vault.seal(
                 &tenant_key,
+                WriteId::random(),
                 &secret_place(key),
                 value.expose_secret().as_bytes(),
             )?;
@@ -108,6 +121,14 @@ impl Engine {
     }
 
     pub async fn secret(&self, key: &SecretKey) -> Result<SecretString> {
+        match self.secret_once(key).await {
+            // A rotation re-sealed it, and deleted the old key, between our two reads.
+            Err(e) if e.code == ErrorCode::VaultKeyMissing => self.secret_once(key).await,
+            read => read,
+        }
+    }
+
+    async fn secret_once(&self, key: &SecretKey) -> Result<SecretString> {
         self.count_read();
         let record = self.store.secret(key).await?.ok_or_else(|| {
             let provider = key

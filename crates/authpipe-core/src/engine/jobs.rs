@@ -37,6 +37,7 @@ impl Runner for Engine {
                     }
                 }
                 Job::PruneEnded => engine.prune_ended().await,
+                Job::TenantKeys => engine.maintain_tenant_keys().await,
                 Job::Invalidate { .. } => {}
             }
         });

@@ -42,22 +42,34 @@ impl Engine {
         self.vault.unwrap(&record)
     }
 
-    /// The key to open `sealed` of `tenant` with: ours if it is of the generation `sealed` was
-    /// sealed with, else the store's (another process may have deleted the tenant and created
-    /// it again, under a newer key than ours).
+    /// The key to open `sealed` of `tenant` with: ours of the generation `sealed` was sealed
+    /// with (current or older), else the store's current key (another process may have rotated
+    /// it, or deleted the tenant and created it again), else the older key of that generation
+    /// the store still holds while a rotation re-seals the tenant's records. If none is of that
+    /// generation, the current key is returned, and opening with it says why.
     pub(super) async fn tenant_key_for(
         &self,
         tenant: &TenantId,
         sealed: &Sealed,
     ) -> Result<Arc<TenantKey>> {
         let generation = sealed_generation(sealed)?;
-        match self.vault.cached(tenant) {
-            Some(key) if key.generation() == generation => Ok(key),
+        if let Some(key) = self.vault.cached_generation(tenant, generation) {
+            return Ok(key);
+        }
+        let current = match self.vault.cached(tenant) {
+            Some(key) if key.generation() > generation => key,
             _ => {
                 self.vault.forget(tenant);
-                self.tenant_key(tenant, false).await
+                self.tenant_key(tenant, false).await?
+            }
+        };
+        if generation < current.generation() {
+            self.count_read();
+            if let Some(older) = self.store.older_tenant_key(tenant, generation).await? {
+                return self.vault.unwrap_older(&older);
             }
         }
+        Ok(current)
     }
 
     /// Stores a new data key for `tenant`, of a later generation than any it had (or the one
@@ -76,9 +88,9 @@ impl Engine {
     }
 
     /// Runs `write` (seal with a tenant's key, then store), and once more if the store refused
-    /// it as sealed with a key that a `deleteTenant()` elsewhere destroyed meanwhile
-    /// (`VAULT_KEY_MISSING`): `tenants`' keys are forgotten first, so the second run seals with
-    /// the key the store has now (or makes one, where `write` may).
+    /// it as sealed with a key that is not the tenant's current one any more (`VAULT_KEY_MISSING`:
+    /// a `deleteTenant()` or a key rotation elsewhere): `tenants`' keys are forgotten first, so
+    /// the second run seals with the key the store has now (or makes one, where `write` may).
     pub(super) async fn sealed_write<T, F, Fut>(&self, tenants: &[&TenantId], write: F) -> Result<T>
     where
         F: Fn() -> Fut,

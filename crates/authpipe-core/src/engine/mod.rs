@@ -21,12 +21,14 @@ mod keys;
 mod open;
 mod probe;
 mod refresh;
+mod rotation;
 
 pub use connections::{ConnectionPage, ConnectionSecrets};
 pub use credentials::{Credential, Lookup, Pending};
 pub use health::Health;
 pub use keys::Rotation;
 pub use refresh::RefreshReason;
+pub use rotation::{KeyRotationPolicy, TenantKeyRotation};
 
 pub use open::{
     check_options, open_shared, open_unshared, DevKeyNotice, EngineOptions, MasterKeySource,
@@ -91,6 +93,8 @@ pub struct Engine {
     refreshes: refresh::Refreshes,
     probes: probe::Probes,
     events: EventBus,
+    /// When tenant keys are rotated on their own (`rotation.rs`).
+    key_rotation: parking_lot::RwLock<KeyRotationPolicy>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -183,13 +187,19 @@ impl Engine {
         store: Arc<dyn Store>,
         vault: Vault,
         clock: Arc<dyn Clock>,
+        key_rotation: KeyRotationPolicy,
     ) -> Result<Arc<Self>> {
         let now = clock.now_ms();
         let tenant_keys = store.tenant_keys().await?;
+        let older_keys = store.older_tenant_keys().await?;
         let wrapping = tenant_keys
             .iter()
+            .chain(&older_keys)
             .map(|k| k.master_key_id.clone())
             .collect();
+        if store.oldest_record_format().await? >= crate::vault::RECORD_FORMAT_V2 {
+            vault.refuse_format_1();
+        }
         let new_checks = vault.reconcile(&store.master_keys().await?, &wrapping, now)?;
         if !new_checks.is_empty() {
             store.add_master_keys(new_checks).await?;
@@ -222,6 +232,7 @@ impl Engine {
                 refreshes: Default::default(),
                 probes: Default::default(),
                 events: Default::default(),
+                key_rotation: parking_lot::RwLock::new(key_rotation),
             }
         });
         for record in records {
@@ -235,6 +246,9 @@ impl Engine {
         engine
             .scheduler
             .at(now + PRUNE_INTERVAL_MS, Job::PruneEnded);
+        engine
+            .scheduler
+            .at(now + rotation::FIRST_KEY_MAINTENANCE_MS, Job::TenantKeys);
         Ok(engine)
     }
 

@@ -2,7 +2,7 @@
 //! among all instances that open the same store in this process (worker threads included,
 //! since they share the process's native statics).
 
-use super::Engine;
+use super::{Engine, KeyRotationPolicy};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::postgres::tls::PostgresTls;
@@ -130,6 +130,8 @@ pub struct EngineOptions {
     pub keys: MasterKeySource,
     /// Time source; the system clock unless a test brings its own.
     pub clock: Option<Arc<dyn Clock>>,
+    /// When tenant data keys are rotated on their own.
+    pub key_rotation: KeyRotationPolicy,
 }
 
 /// Tells the caller a development key is in use, so it can say so.
@@ -167,7 +169,14 @@ pub async fn open_shared(options: EngineOptions) -> Result<Opened> {
     let id = || NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed);
     let Some(shared_key) = options.store.shared_key() else {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory()?);
-        let engine = Engine::new(id(), store, Vault::new(keyring), clock).await?;
+        let engine = Engine::new(
+            id(),
+            store,
+            Vault::new(keyring),
+            clock,
+            options.key_rotation,
+        )
+        .await?;
         return Ok(Opened { engine, dev_key });
     };
 
@@ -177,6 +186,13 @@ pub async fn open_shared(options: EngineOptions) -> Result<Opened> {
             return Err(Error::invalid_argument(format!(
                 "another Authpipe instance in this process has {} open with different master keys; \
                  instances that share a store must be configured with the same keys",
+                engine.store.describe()
+            )));
+        }
+        if engine.key_rotation_policy() != options.key_rotation {
+            return Err(Error::invalid_argument(format!(
+                "another Authpipe instance in this process has {} open with a different tenantKeyRotation; \
+                 instances that share a store must configure the same rotation policy",
                 engine.store.describe()
             )));
         }
@@ -198,7 +214,14 @@ pub async fn open_shared(options: EngineOptions) -> Result<Opened> {
         }
         StoreLocation::Memory => unreachable!("an in-memory store is never shared"),
     };
-    let engine = Engine::new(id(), store, Vault::new(keyring), clock).await?;
+    let engine = Engine::new(
+        id(),
+        store,
+        Vault::new(keyring),
+        clock,
+        options.key_rotation,
+    )
+    .await?;
     engines.insert(shared_key, Arc::downgrade(&engine));
     Ok(Opened { engine, dev_key })
 }
@@ -218,6 +241,7 @@ pub async fn open_unshared(
         store,
         vault,
         clock,
+        KeyRotationPolicy::default(),
     )
     .await
 }

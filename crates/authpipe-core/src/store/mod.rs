@@ -62,6 +62,26 @@ pub struct TenantDeletion {
     pub had_key: bool,
 }
 
+/// A tenant's current data key: how old it is and how many values the store sealed with it
+/// (counted in the transaction of every write of a sealed value, by every process).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantKeyUsage {
+    pub tenant: TenantId,
+    pub generation: u32,
+    pub created_at: i64,
+    pub encryptions: i64,
+}
+
+/// A row holding a sealed value that is not of the tenant's current key and record format
+/// ([`Store::rows_sealed_otherwise`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SealedRow {
+    Connection(ConnectionKey),
+    Secret(SecretKey),
+    /// A connect flow, by its state hash.
+    Flow(String),
+}
+
 /// A secret's address: (tenant, provider or none, name).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretKey {
@@ -205,6 +225,55 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         record: TenantKeyRecord,
         expected_master_key_id: &str,
     ) -> Result<bool>;
+    /// Makes `record` (a later generation) the tenant's data key if its key is still of
+    /// `expected_generation`, keeping that one among the tenant's older keys, in one
+    /// transaction; returns whether it did. From then on every write of sealed data is checked
+    /// against the new generation. A wrapping by a retired master key is refused with
+    /// `VAULT_KEY_MISMATCH`.
+    async fn rotate_tenant_key(
+        &self,
+        record: TenantKeyRecord,
+        expected_generation: u32,
+    ) -> Result<bool>;
+    /// Every tenant's older keys (rotations not finished).
+    async fn older_tenant_keys(&self) -> Result<Vec<TenantKeyRecord>>;
+    async fn older_tenant_key(
+        &self,
+        tenant: &TenantId,
+        generation: u32,
+    ) -> Result<Option<TenantKeyRecord>>;
+    /// Deletes an older key of the tenant if the store holds nothing sealed with it any more
+    /// (checked in the same transaction); returns whether it did.
+    async fn delete_older_tenant_key(&self, tenant: &TenantId, generation: u32) -> Result<bool>;
+    /// The current keys' ages and counts of values sealed.
+    async fn tenant_key_usage(&self) -> Result<Vec<TenantKeyUsage>>;
+    /// Up to `limit` rows of each kind of the tenant holding a sealed value that is not in
+    /// format 2 under the key of `generation`: what a rotation (or the format migration) has
+    /// left to re-seal.
+    async fn rows_sealed_otherwise(
+        &self,
+        tenant: &TenantId,
+        generation: u32,
+        limit: u32,
+    ) -> Result<Vec<SealedRow>>;
+    /// Replaces a secret's value if it is still `expected` (compare and swap); returns whether
+    /// it did. Same tenant-key check as `put_connections`.
+    async fn reseal_secret(&self, record: SecretRecord, expected: &Sealed) -> Result<bool>;
+    /// Reads a connect flow without consuming it.
+    async fn flow(&self, state_hash: &str) -> Result<Option<FlowRecord>>;
+    /// Replaces a flow's verifier if it is still `expected`; returns whether it did. Same
+    /// tenant-key check as `put_connections`.
+    async fn reseal_flow(
+        &self,
+        flow: &FlowRecord,
+        verifier: Sealed,
+        expected: &Sealed,
+    ) -> Result<bool>;
+    /// The oldest record format the store may hold: 1, or 2 once migrated.
+    async fn oldest_record_format(&self) -> Result<u8>;
+    /// Marks the store as holding format-2 records only if it holds no format-1 record
+    /// (checked in the same transaction); returns whether it is so marked now.
+    async fn finish_format_migration(&self) -> Result<bool>;
     /// Deletes the tenant's data key, connections, secrets, connect sessions and flows (and
     /// leases) in one transaction, and makes sure the deleted key bytes do not linger in the
     /// store's live files. The key row's deletion also records its generation (see

@@ -249,6 +249,45 @@ pub fn tenant_key_from_row(row: &impl SqlRow) -> Result<TenantKeyRecord> {
     })
 }
 
+/// A row of [`crate::store::sql::TENANT_KEY_USAGE`].
+pub fn tenant_key_usage_from_row(row: &impl SqlRow) -> Result<crate::store::TenantKeyUsage> {
+    Ok(crate::store::TenantKeyUsage {
+        tenant: TenantId::parse(row.text(0)?).map_err(|_| row.invalid("tenant id"))?,
+        generation: row.generation(1)?,
+        created_at: row.read(2)?,
+        encryptions: row.read(3)?,
+    })
+}
+
+/// A row of `sql::rows_sealed_otherwise` for `SEALED_TABLES[table]`.
+pub fn sealed_row(
+    table: usize,
+    tenant: &TenantId,
+    row: &impl SqlRow,
+) -> Result<crate::store::SealedRow> {
+    use crate::store::{SealedRow, SecretKey};
+    Ok(match table {
+        0 => SealedRow::Connection(
+            ConnectionKey::parse(&row.text(0)?, tenant.as_str(), &row.text(1)?)
+                .map_err(|_| row.invalid("connection key"))?,
+        ),
+        1 => {
+            let provider = row.text(0)?;
+            SealedRow::Secret(SecretKey {
+                tenant: tenant.clone(),
+                provider: if provider.is_empty() {
+                    None
+                } else {
+                    Some(ProviderId::parse(provider).map_err(|_| row.invalid("provider id"))?)
+                },
+                name: crate::ids::SecretName::parse(row.text(1)?)
+                    .map_err(|_| row.invalid("secret name"))?,
+            })
+        }
+        _ => SealedRow::Flow(row.text(0)?),
+    })
+}
+
 /// The columns [`master_key_from_row`] reads.
 pub const MASTER_KEY_COLUMNS: &str = "id, key_check, created_at, retired_at";
 

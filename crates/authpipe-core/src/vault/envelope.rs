@@ -1,18 +1,27 @@
 //! Byte formats of everything the vault encrypts, and the associated data (AAD) that binds each
 //! ciphertext to the one place it belongs.
 //!
-//! Record (a secret field of a connection or a secret):
+//! Record (a secret field of a connection, a secret, or a flow's PKCE verifier), format 2:
 //!
 //! ```text
-//! [0]      format version (1)
-//! [1..5]   tenant data-key generation, u32 big-endian
-//! [5..17]  96-bit random nonce
-//! [17..]   AES-256-GCM ciphertext || 16-byte tag
+//! [0]       format version (2)
+//! [1..5]    tenant data-key generation, u32 big-endian
+//! [5..13]   write id, 64 random bits: the same in every sealed field of one write of a row
+//! [13..25]  96-bit random nonce
+//! [25..]    AES-256-GCM ciphertext || 16-byte tag
 //! ```
 //!
 //! The AAD of a record is its header plus (tenant, scope, provider, subject, field), each part
 //! length-prefixed so no two different tuples encode alike. A ciphertext copied into another
-//! row, field, user or tenant therefore fails authentication.
+//! row, field, user or tenant therefore fails authentication. The write id (authenticated as
+//! part of the header) ties a connection's fields to one write: every write that seals any field
+//! of a row seals all of them anew under one fresh id, and a reader refuses a row whose fields
+//! name different ids (`VAULT_INTEGRITY`). So one field cannot be rolled back to an older
+//! ciphertext of itself (see `vault` on rollback for why this stands in for the row version).
+//!
+//! Format 1 (`[1][generation][nonce][ct||tag]`, AAD domain `authpipe.record.v1`) had no write
+//! id. It is still opened until the store is marked migrated (`vault` on migration), and then
+//! refused, so that nobody can downgrade a field to an old format-1 ciphertext.
 //!
 //! A wrapped tenant key is `nonce || ciphertext || tag` under a master key, with AAD
 //! (tenant, master key id, generation); a key check is the same under (master key id).
@@ -24,9 +33,31 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use zeroize::Zeroizing;
 
 pub const RECORD_FORMAT_V1: u8 = 1;
+pub const RECORD_FORMAT_V2: u8 = 2;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
-const RECORD_HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
+const WRITE_ID_LEN: usize = 8;
+const V1_HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
+const RECORD_HEADER_LEN: usize = 1 + 4 + WRITE_ID_LEN + NONCE_LEN;
+
+/// Names one write of a row: every field sealed in it carries the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteId(pub(super) u64);
+
+impl WriteId {
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+}
+
+/// What a record's header says, read without a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub format: u8,
+    pub generation: u32,
+    /// `None` in format 1.
+    pub write: Option<WriteId>,
+}
 
 /// Where a sealed value lives. Every part goes into the AAD.
 #[derive(Clone, Copy, Debug)]
@@ -55,8 +86,13 @@ fn associated_data(domain: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 }
 
 fn record_aad(header: &[u8], place: &RecordPlace<'_>) -> Vec<u8> {
+    let domain: &[u8] = if header[0] == RECORD_FORMAT_V1 {
+        b"authpipe.record.v1"
+    } else {
+        b"authpipe.record.v2"
+    };
     associated_data(
-        b"authpipe.record.v1",
+        domain,
         &[
             header,
             place.tenant.as_bytes(),
@@ -68,18 +104,20 @@ fn record_aad(header: &[u8], place: &RecordPlace<'_>) -> Vec<u8> {
     )
 }
 
-/// Encrypts `plaintext` for `place` under a tenant data key.
+/// Encrypts `plaintext` for `place` under a tenant data key, as part of write `write`.
 pub fn seal_record(
     cipher: &Aes256Gcm,
     generation: u32,
+    write: WriteId,
     place: &RecordPlace<'_>,
     plaintext: &[u8],
 ) -> Result<Sealed> {
     let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
     let mut header = [0u8; RECORD_HEADER_LEN];
-    header[0] = RECORD_FORMAT_V1;
+    header[0] = RECORD_FORMAT_V2;
     header[1..5].copy_from_slice(&generation.to_be_bytes());
-    header[5..].copy_from_slice(&nonce);
+    header[5..13].copy_from_slice(&write.0.to_be_bytes());
+    header[13..].copy_from_slice(&nonce);
     let aad = record_aad(&header, place);
     let ciphertext = cipher
         .encrypt(
@@ -96,16 +134,36 @@ pub fn seal_record(
     Ok(Sealed(out))
 }
 
-/// The tenant data-key generation a record was sealed with, read from its header.
-pub fn record_generation(sealed: &Sealed) -> Result<u32> {
+/// The header of a record (format, generation, write id), read without a key.
+pub fn record_header(sealed: &Sealed) -> Result<RecordHeader> {
     let bytes = &sealed.0;
-    if bytes.len() < RECORD_HEADER_LEN + TAG_LEN || bytes[0] != RECORD_FORMAT_V1 {
+    let header_len = match bytes.first() {
+        Some(&RECORD_FORMAT_V1) => V1_HEADER_LEN,
+        Some(&RECORD_FORMAT_V2) => RECORD_HEADER_LEN,
+        _ => 0,
+    };
+    if header_len == 0 || bytes.len() < header_len + TAG_LEN {
         return Err(Error::new(
             ErrorCode::VaultIntegrity,
             "a stored ciphertext is truncated or in an unknown format",
         ));
     }
-    Ok(u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]))
+    let generation = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    let write = (bytes[0] == RECORD_FORMAT_V2).then(|| {
+        WriteId(u64::from_be_bytes(
+            bytes[5..13].try_into().expect("eight bytes"),
+        ))
+    });
+    Ok(RecordHeader {
+        format: bytes[0],
+        generation,
+        write,
+    })
+}
+
+/// The tenant data-key generation a record was sealed with, read from its header.
+pub fn record_generation(sealed: &Sealed) -> Result<u32> {
+    record_header(sealed).map(|h| h.generation)
 }
 
 /// Decrypts a record sealed for `place`. Any change to the bytes, or a different place, fails
@@ -115,11 +173,14 @@ pub fn open_record(
     place: &RecordPlace<'_>,
     sealed: &Sealed,
 ) -> Result<Zeroizing<Vec<u8>>> {
-    record_generation(sealed)?;
-    let (header, ciphertext) = sealed.0.split_at(RECORD_HEADER_LEN);
+    let header_len = match record_header(sealed)?.format {
+        RECORD_FORMAT_V1 => V1_HEADER_LEN,
+        _ => RECORD_HEADER_LEN,
+    };
+    let (header, ciphertext) = sealed.0.split_at(header_len);
     let aad = record_aad(header, place);
     cipher
-        .decrypt(Nonce::from_slice(&header[5..]), Payload { msg: ciphertext, aad: &aad })
+        .decrypt(Nonce::from_slice(&header[header_len - NONCE_LEN..]), Payload { msg: ciphertext, aad: &aad })
         .map(Zeroizing::new)
         .map_err(|_| {
             Error::new(
@@ -130,6 +191,32 @@ pub fn open_record(
                 ),
             )
         })
+}
+
+/// A record in format 1, as stores written before format 2 hold them (for migration tests).
+#[cfg(test)]
+pub fn seal_record_v1(
+    cipher: &Aes256Gcm,
+    generation: u32,
+    place: &RecordPlace<'_>,
+    plaintext: &[u8],
+) -> Result<Sealed> {
+    let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+    let mut header = [0u8; V1_HEADER_LEN];
+    header[0] = RECORD_FORMAT_V1;
+    header[1..5].copy_from_slice(&generation.to_be_bytes());
+    header[5..].copy_from_slice(&nonce);
+    let aad = record_aad(&header, place);
+    let ciphertext = cipher
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad: &aad,
+            },
+        )
+        .map_err(|_| Error::internal("AES-GCM encryption failed"))?;
+    Ok(Sealed([&header[..], &ciphertext].concat()))
 }
 
 fn tenant_key_aad(tenant: &str, master_key_id: &str, generation: u32) -> Vec<u8> {
@@ -245,18 +332,52 @@ mod tests {
     fn round_trip_and_fresh_nonces() {
         let c = cipher(1);
         let p = place("org_acme", "u1", "credential");
-        let a = seal_record(&c, 7, &p, b"token").unwrap();
-        let b = seal_record(&c, 7, &p, b"token").unwrap();
+        let a = seal_record(&c, 7, WriteId(3), &p, b"token").unwrap();
+        let b = seal_record(&c, 7, WriteId(3), &p, b"token").unwrap();
         assert_ne!(a, b, "each seal uses a fresh nonce");
-        assert_eq!(record_generation(&a).unwrap(), 7);
+        assert_eq!(
+            record_header(&a).unwrap(),
+            RecordHeader {
+                format: RECORD_FORMAT_V2,
+                generation: 7,
+                write: Some(WriteId(3))
+            }
+        );
         assert_eq!(open_record(&c, &p, &a).unwrap().as_slice(), b"token");
         assert_eq!(a.0.len(), RECORD_HEADER_LEN + 5 + TAG_LEN);
     }
 
     #[test]
+    fn format_1_records_still_open() {
+        let c = cipher(1);
+        let p = place("t", "u", "credential");
+        let old = seal_record_v1(&c, 4, &p, b"token").unwrap();
+        assert_eq!(
+            record_header(&old).unwrap(),
+            RecordHeader {
+                format: RECORD_FORMAT_V1,
+                generation: 4,
+                write: None
+            }
+        );
+        assert_eq!(open_record(&c, &p, &old).unwrap().as_slice(), b"token");
+        // Relabelled as format 2 it is another AAD (and header length): it fails.
+        let mut relabelled = old.0.clone();
+        relabelled[0] = RECORD_FORMAT_V2;
+        assert!(open_record(&c, &p, &Sealed(relabelled)).is_err());
+    }
+
+    #[test]
     fn any_other_place_fails() {
         let c = cipher(1);
-        let sealed = seal_record(&c, 1, &place("t1", "u1", "credential"), b"token").unwrap();
+        let sealed = seal_record(
+            &c,
+            1,
+            WriteId(3),
+            &place("t1", "u1", "credential"),
+            b"token",
+        )
+        .unwrap();
         for other in [
             place("t2", "u1", "credential"),
             place("t1", "u2", "credential"),
@@ -266,7 +387,7 @@ mod tests {
             assert_eq!(err.code, ErrorCode::VaultIntegrity);
         }
         // Length prefixes keep ("ab","c") and ("a","bc") apart.
-        let s = seal_record(&c, 1, &place("ab", "c", "f"), b"x").unwrap();
+        let s = seal_record(&c, 1, WriteId(3), &place("ab", "c", "f"), b"x").unwrap();
         assert!(open_record(&c, &place("a", "bc", "f"), &s).is_err());
     }
 
@@ -274,7 +395,7 @@ mod tests {
     fn every_flipped_bit_fails() {
         let c = cipher(1);
         let p = place("t", "u", "credential");
-        let sealed = seal_record(&c, 1, &p, b"some token").unwrap();
+        let sealed = seal_record(&c, 1, WriteId(3), &p, b"some token").unwrap();
         for i in 0..sealed.0.len() * 8 {
             let mut bytes = sealed.0.clone();
             bytes[i / 8] ^= 1 << (i % 8);

@@ -25,11 +25,53 @@
 //!
 //! Reading, a record of another generation than the cached key's makes the engine reload the
 //! key (and, for its cache, the row) from the store instead of failing.
+//!
+//! # Rotation: a tenant holds more than one data key while its records are re-sealed
+//!
+//! `rotateTenantKey` (or the automatic policy: by age, or by the number of values a key sealed,
+//! which the store counts in the transaction of each write, so that no key comes near the 2^32
+//! random-nonce limit of AES-GCM) makes a key of the next generation and, in one store
+//! transaction, makes it the tenant's key and keeps the old one among the tenant's *older* keys.
+//! From then on:
+//!
+//! - every write seals with the newest key: the in-transaction check above compares against the
+//!   tenant's current generation, so a process still holding only the old key is refused
+//!   (`VAULT_KEY_MISSING`), reloads the key and seals again;
+//! - reads open a record with the key of the generation its header names, the current one or
+//!   an older one the store still holds ([`Vault::cached_generation`]);
+//! - a sweep re-seals every record of the tenant (connection fields, secrets, pending flows'
+//!   verifiers) under the new key, each with a compare-and-swap, so a concurrent refresh is
+//!   never lost (a conflict is read again and re-sealed);
+//! - once the store holds nothing sealed with an older key (checked in the transaction that
+//!   deletes it), the older key is deleted. A reader that read a row before its re-seal and
+//!   looks for the old key after its deletion reads the row again.
+//!
+//! # Rollback: one field cannot be put back to an older ciphertext of itself
+//!
+//! The issue asked for the row version in the AAD. The record header carries a random *write
+//! id* instead, the same in every field sealed by one write of a row, and every write that
+//! seals one field of a connection seals all of them anew. A reader refuses a row whose
+//! fields name different write ids (`VAULT_INTEGRITY`), and since the header is part of the
+//! AAD, the id cannot be changed without failing authentication. This gives what the row
+//! version would, without its costs: the version changes on writes that seal nothing (a probe's
+//! time, a status), which would have to re-seal every field, and an upsert does not know the
+//! version it will write; and unlike the version, a write id does not start again at 1 when a
+//! connection is deleted and created again. What no scheme inside the database can stop is
+//! putting back *every* sealed field of a row together (a whole older row), or the single
+//! sealed value of a secret or an API-key connection: that needs a counter outside the store.
+//!
+//! # Migration: format-1 records
+//!
+//! Records written before format 2 (no write id) are still opened. A job after open re-seals
+//! them in format 2 (the sweep above, with the tenant's current key); when the store holds
+//! none, it is marked in the same transaction that checks so, and from then on every engine
+//! refuses format 1 (`VAULT_INTEGRITY`): otherwise someone could downgrade a field to an old
+//! format-1 ciphertext, which carries no write id.
 
 mod envelope;
 mod keyring;
 
-pub use envelope::RecordPlace;
+pub use envelope::{RecordHeader, RecordPlace, WriteId, RECORD_FORMAT_V1, RECORD_FORMAT_V2};
 pub(crate) use keyring::check_key_id;
 pub use keyring::{Keyring, MasterKey, MasterKeyConfig, KEY_BYTES};
 
@@ -37,6 +79,32 @@ pub use keyring::{Keyring, MasterKey, MasterKeyConfig, KEY_BYTES};
 /// not in the record format). Needs no key: stores check it against the tenant key they hold.
 pub fn sealed_generation(sealed: &Sealed) -> Result<u32> {
     envelope::record_generation(sealed)
+}
+
+/// Whether the sealed fields of one row come from one write (see the module docs on rollback):
+/// all in format 2 with one write id, or (before migration) all in format 1.
+pub fn check_one_write<'a>(
+    what: impl FnOnce() -> String,
+    fields: impl IntoIterator<Item = &'a Sealed>,
+) -> Result<()> {
+    let mut first: Option<RecordHeader> = None;
+    for field in fields {
+        let header = envelope::record_header(field)?;
+        match first {
+            None => first = Some(header),
+            Some(f) if f.format == header.format && f.write == header.write => {}
+            Some(_) => {
+                return Err(Error::new(
+                    ErrorCode::VaultIntegrity,
+                    format!(
+                        "the sealed fields of {} were not written together: one was put back to an older ciphertext",
+                        what()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 use crate::error::{Error, ErrorCode, Result};
@@ -47,6 +115,7 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -75,11 +144,21 @@ impl fmt::Debug for TenantKey {
     }
 }
 
+/// A tenant's keys in memory: the current one, and older ones still needed to read records a
+/// rotation has not re-sealed yet.
+#[derive(Debug, Clone)]
+struct TenantKeys {
+    current: Arc<TenantKey>,
+    older: Vec<Arc<TenantKey>>,
+}
+
 /// Master keyring plus the tenant data keys unwrapped so far.
 #[derive(Debug)]
 pub struct Vault {
     keyring: RwLock<Keyring>,
-    tenant_keys: DashMap<TenantId, Arc<TenantKey>>,
+    tenant_keys: DashMap<TenantId, TenantKeys>,
+    /// Whether format-1 records are still opened (until the store is marked migrated).
+    opens_format_1: AtomicBool,
 }
 
 impl Vault {
@@ -87,7 +166,17 @@ impl Vault {
         Self {
             keyring: RwLock::new(keyring),
             tenant_keys: DashMap::new(),
+            opens_format_1: AtomicBool::new(true),
         }
+    }
+
+    /// From now on, format-1 records are refused (the store holds none: see the module docs).
+    pub fn refuse_format_1(&self) {
+        self.opens_format_1.store(false, Ordering::Relaxed);
+    }
+
+    pub fn opens_format_1(&self) -> bool {
+        self.opens_format_1.load(Ordering::Relaxed)
     }
 
     pub fn same_keys(&self, other: &Keyring) -> bool {
@@ -222,40 +311,80 @@ impl Vault {
         })
     }
 
-    /// Unwraps a stored tenant key and keeps it in memory.
+    /// Unwraps a stored tenant key, the tenant's current one, and keeps it in memory (older
+    /// keys in memory are kept, for records not re-sealed yet).
     pub fn unwrap(&self, record: &TenantKeyRecord) -> Result<Arc<TenantKey>> {
         if let Some(key) = self.cached(&record.tenant) {
             if key.generation == record.generation {
                 return Ok(key);
             }
         }
-        let bytes = unwrap_key_bytes(&self.keyring.read(), record)?;
-        let cipher =
-            Aes256Gcm::new_from_slice(&bytes).map_err(|_| Error::internal("tenant key length"))?;
-        let key = Arc::new(TenantKey {
-            generation: record.generation,
-            cipher,
-        });
-        self.tenant_keys.insert(record.tenant.clone(), key.clone());
+        let key = unwrap_tenant_key(&self.keyring.read(), record)?;
+        let mut entry = self
+            .tenant_keys
+            .entry(record.tenant.clone())
+            .or_insert_with(|| TenantKeys {
+                current: key.clone(),
+                older: Vec::new(),
+            });
+        if entry.current.generation != key.generation {
+            let previous = std::mem::replace(&mut entry.current, key.clone());
+            entry.older.push(previous);
+            let current = key.generation;
+            entry.older.retain(|k| k.generation < current);
+        }
         Ok(key)
     }
 
-    pub fn cached(&self, tenant: &TenantId) -> Option<Arc<TenantKey>> {
-        self.tenant_keys.get(tenant).map(|k| k.clone())
+    /// Unwraps one of a tenant's older keys (a rotation is re-sealing its records) and keeps it
+    /// in memory beside the current one.
+    pub fn unwrap_older(&self, record: &TenantKeyRecord) -> Result<Arc<TenantKey>> {
+        if let Some(key) = self.cached_generation(&record.tenant, record.generation) {
+            return Ok(key);
+        }
+        let key = unwrap_tenant_key(&self.keyring.read(), record)?;
+        if let Some(mut entry) = self.tenant_keys.get_mut(&record.tenant) {
+            if key.generation < entry.current.generation {
+                entry.older.push(key.clone());
+            }
+        }
+        Ok(key)
     }
 
-    /// Drops a tenant's key from memory (after `deleteTenant`).
+    /// The tenant's current key, if in memory.
+    pub fn cached(&self, tenant: &TenantId) -> Option<Arc<TenantKey>> {
+        self.tenant_keys.get(tenant).map(|k| k.current.clone())
+    }
+
+    /// The tenant's key of `generation` (current or older), if in memory.
+    pub fn cached_generation(&self, tenant: &TenantId, generation: u32) -> Option<Arc<TenantKey>> {
+        let keys = self.tenant_keys.get(tenant)?;
+        std::iter::once(&keys.current)
+            .chain(&keys.older)
+            .find(|k| k.generation == generation)
+            .cloned()
+    }
+
+    /// Drops a tenant's keys from memory (after `deleteTenant`).
     pub fn forget(&self, tenant: &TenantId) {
         self.tenant_keys.remove(tenant);
     }
 
+    /// Drops an older key of a tenant from memory (its rotation is done).
+    pub fn forget_older(&self, tenant: &TenantId, generation: u32) {
+        if let Some(mut keys) = self.tenant_keys.get_mut(tenant) {
+            keys.older.retain(|k| k.generation != generation);
+        }
+    }
+
     /// Drops the keys in memory that are not in `stored` (as generation), after the change feed
-    /// may have missed a `deleteTenant`.
+    /// may have missed a `deleteTenant`; older keys go too (they are read again when needed).
     pub fn forget_all_but(&self, stored: &[TenantKeyRecord]) {
-        self.tenant_keys.retain(|tenant, key| {
+        self.tenant_keys.retain(|tenant, keys| {
+            keys.older.clear();
             stored
                 .iter()
-                .any(|r| &r.tenant == tenant && r.generation == key.generation)
+                .any(|r| &r.tenant == tenant && r.generation == keys.current.generation)
         });
     }
 
@@ -291,13 +420,27 @@ impl Vault {
         self.keyring.write().remove(id)
     }
 
+    /// Seals one field of write `write` (every field a write of a row seals shares one id).
     pub fn seal(
+        &self,
+        key: &TenantKey,
+        write: WriteId,
+        place: &RecordPlace<'_>,
+        plaintext: &[u8],
+    ) -> Result<Sealed> {
+        envelope::seal_record(&key.cipher, key.generation, write, place, plaintext)
+    }
+
+    /// Seals in record format 1, as stores written before format 2 hold records (tests of the
+    /// migration).
+    #[cfg(test)]
+    pub fn seal_format_1(
         &self,
         key: &TenantKey,
         place: &RecordPlace<'_>,
         plaintext: &[u8],
     ) -> Result<Sealed> {
-        envelope::seal_record(&key.cipher, key.generation, place, plaintext)
+        envelope::seal_record_v1(&key.cipher, key.generation, place, plaintext)
     }
 
     pub fn open(
@@ -307,6 +450,16 @@ impl Vault {
         sealed: &Sealed,
     ) -> Result<Zeroizing<Vec<u8>>> {
         self.check_generation(key, place, sealed)?;
+        if envelope::record_header(sealed)?.format == RECORD_FORMAT_V1 && !self.opens_format_1() {
+            return Err(Error::new(
+                ErrorCode::VaultIntegrity,
+                format!(
+                    "the stored {} of {} {}/{}/{} is in record format 1, which this store no longer holds \
+                     (every record was re-sealed in format 2): it was put back from an older copy",
+                    place.field, place.scope, place.provider, place.tenant, place.subject
+                ),
+            ));
+        }
         envelope::open_record(&key.cipher, place, sealed)
     }
 
@@ -330,7 +483,7 @@ impl Vault {
             std::cmp::Ordering::Less => Err(Error::new(
                 ErrorCode::VaultKeyMissing,
                 format!(
-                    "{}, which deleteTenant() destroyed (the tenant's key is now generation {})",
+                    "{}, which deleteTenant() destroyed or a finished rotation deleted (the tenant's key is now generation {})",
                     what(),
                     key.generation
                 ),
@@ -345,6 +498,16 @@ impl Vault {
             )),
         }
     }
+}
+
+fn unwrap_tenant_key(keyring: &Keyring, record: &TenantKeyRecord) -> Result<Arc<TenantKey>> {
+    let bytes = unwrap_key_bytes(keyring, record)?;
+    let cipher =
+        Aes256Gcm::new_from_slice(&bytes).map_err(|_| Error::internal("tenant key length"))?;
+    Ok(Arc::new(TenantKey {
+        generation: record.generation,
+        cipher,
+    }))
 }
 
 /// A tenant's data key, unwrapped with the master key its record names.
@@ -409,7 +572,9 @@ mod tests {
         let t2 = TenantId::parse("t2").unwrap();
         let k1 = v.unwrap(&v.new_tenant_key(&t1, None, 0).unwrap()).unwrap();
         let k2 = v.unwrap(&v.new_tenant_key(&t2, None, 0).unwrap()).unwrap();
-        let sealed = v.seal(&k1, &place("t1"), b"tok").unwrap();
+        let sealed = v
+            .seal(&k1, WriteId::random(), &place("t1"), b"tok")
+            .unwrap();
         assert_eq!(
             v.open(&k1, &place("t1"), &sealed).unwrap().as_slice(),
             b"tok"
@@ -427,7 +592,12 @@ mod tests {
         let t = TenantId::parse("t").unwrap();
         let record = old_vault.new_tenant_key(&t, None, 0).unwrap();
         let sealed = old_vault
-            .seal(&old_vault.unwrap(&record).unwrap(), &place("t"), b"tok")
+            .seal(
+                &old_vault.unwrap(&record).unwrap(),
+                WriteId::random(),
+                &place("t"),
+                b"tok",
+            )
             .unwrap();
 
         let (new_key, _) = MasterKey::generate(Some("new")).unwrap();
@@ -551,7 +721,9 @@ mod tests {
         let again = v.new_tenant_key(&t, Some(first.generation), 0).unwrap();
         assert_eq!(again.generation, FIRST_GENERATION + 1);
         let old_key = v.unwrap(&first).unwrap();
-        let sealed = v.seal(&old_key, &place("t"), b"tok").unwrap();
+        let sealed = v
+            .seal(&old_key, WriteId::random(), &place("t"), b"tok")
+            .unwrap();
         assert_eq!(sealed_generation(&sealed).unwrap(), FIRST_GENERATION);
         let new_key = v.unwrap(&again).unwrap();
         assert_eq!(
@@ -560,5 +732,63 @@ mod tests {
             "sealed with the destroyed key"
         );
         assert!(v.new_tenant_key(&t, Some(u32::MAX), 0).is_err());
+    }
+
+    #[test]
+    fn older_keys_open_their_records_beside_the_current_one() {
+        let (v, _) = vault(&["k1"]);
+        let t = TenantId::parse("t").unwrap();
+        let first = v.new_tenant_key(&t, None, 0).unwrap();
+        let old_key = v.unwrap(&first).unwrap();
+        let sealed = v
+            .seal(&old_key, WriteId::random(), &place("t"), b"tok")
+            .unwrap();
+        let second = v.new_tenant_key(&t, Some(first.generation), 0).unwrap();
+        let new_key = v.unwrap(&second).unwrap();
+        assert_eq!(v.cached(&t).unwrap().generation(), second.generation);
+        let older = v.cached_generation(&t, first.generation).unwrap();
+        assert_eq!(
+            v.open(&older, &place("t"), &sealed).unwrap().as_slice(),
+            b"tok"
+        );
+        v.forget_older(&t, first.generation);
+        assert!(v.cached_generation(&t, first.generation).is_none());
+        assert_eq!(
+            v.unwrap_older(&first).unwrap().generation(),
+            first.generation,
+            "read again from its record"
+        );
+        assert!(v.cached_generation(&t, first.generation).is_some());
+        assert_eq!(v.cached(&t).unwrap().generation(), new_key.generation());
+    }
+
+    #[test]
+    fn fields_of_two_writes_and_refused_format_1_fail_integrity() {
+        let (v, _) = vault(&["k1"]);
+        let t = TenantId::parse("t").unwrap();
+        let key = v.unwrap(&v.new_tenant_key(&t, None, 0).unwrap()).unwrap();
+        let (w1, w2) = (WriteId::random(), WriteId::random());
+        let a = v.seal(&key, w1, &place("t"), b"a").unwrap();
+        let b = v.seal(&key, w1, &place("t"), b"b").unwrap();
+        let c = v.seal(&key, w2, &place("t"), b"c").unwrap();
+        assert!(check_one_write(String::new, [&a, &b]).is_ok());
+        assert_eq!(
+            check_one_write(|| "x".into(), [&a, &c]).unwrap_err().code,
+            ErrorCode::VaultIntegrity
+        );
+        let old =
+            envelope::seal_record_v1(&key.cipher, key.generation, &place("t"), b"v1").unwrap();
+        assert_eq!(
+            check_one_write(String::new, [&old, &a]).unwrap_err().code,
+            ErrorCode::VaultIntegrity,
+            "format 1 mixed with format 2"
+        );
+        assert_eq!(v.open(&key, &place("t"), &old).unwrap().as_slice(), b"v1");
+        v.refuse_format_1();
+        assert_eq!(
+            v.open(&key, &place("t"), &old).unwrap_err().code,
+            ErrorCode::VaultIntegrity
+        );
+        assert_eq!(v.open(&key, &place("t"), &a).unwrap().as_slice(), b"a");
     }
 }

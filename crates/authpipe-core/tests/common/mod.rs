@@ -18,6 +18,7 @@ pub async fn memory_engine() -> Arc<Engine> {
         store: StoreLocation::Memory,
         keys,
         clock: None,
+        key_rotation: Default::default(),
     })
     .await
     .unwrap()

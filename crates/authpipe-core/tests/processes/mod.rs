@@ -8,13 +8,14 @@
 
 use async_trait::async_trait;
 use authpipe_core::records::{
-    ConnectionRecord, FlowRecord, MasterKeyRecord, SecretRecord, SessionRecord, TenantKeyRecord,
+    ConnectionRecord, FlowRecord, MasterKeyRecord, Sealed, SecretRecord, SessionRecord,
+    TenantKeyRecord,
 };
 use authpipe_core::store::postgres::PostgresStore;
 use authpipe_core::store::sqlite::SqliteStore;
 use authpipe_core::store::{
-    Change, ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store,
-    TenantDeletion,
+    Change, ChangeFeed, FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SealedRow, SecretKey,
+    Store, TenantDeletion, TenantKeyUsage,
 };
 use authpipe_core::MasterKeyConfig;
 use authpipe_core::Result;
@@ -271,6 +272,55 @@ impl Store for HeldFeed {
     }
     async fn delete_tenant(&self, tenant: &TenantId) -> Result<TenantDeletion> {
         self.inner.delete_tenant(tenant).await
+    }
+    async fn rotate_tenant_key(&self, record: TenantKeyRecord, expected: u32) -> Result<bool> {
+        self.inner.rotate_tenant_key(record, expected).await
+    }
+    async fn older_tenant_keys(&self) -> Result<Vec<TenantKeyRecord>> {
+        self.inner.older_tenant_keys().await
+    }
+    async fn older_tenant_key(
+        &self,
+        tenant: &TenantId,
+        generation: u32,
+    ) -> Result<Option<TenantKeyRecord>> {
+        self.inner.older_tenant_key(tenant, generation).await
+    }
+    async fn delete_older_tenant_key(&self, tenant: &TenantId, generation: u32) -> Result<bool> {
+        self.inner.delete_older_tenant_key(tenant, generation).await
+    }
+    async fn tenant_key_usage(&self) -> Result<Vec<TenantKeyUsage>> {
+        self.inner.tenant_key_usage().await
+    }
+    async fn rows_sealed_otherwise(
+        &self,
+        tenant: &TenantId,
+        generation: u32,
+        limit: u32,
+    ) -> Result<Vec<SealedRow>> {
+        self.inner
+            .rows_sealed_otherwise(tenant, generation, limit)
+            .await
+    }
+    async fn reseal_secret(&self, record: SecretRecord, expected: &Sealed) -> Result<bool> {
+        self.inner.reseal_secret(record, expected).await
+    }
+    async fn flow(&self, state_hash: &str) -> Result<Option<FlowRecord>> {
+        self.inner.flow(state_hash).await
+    }
+    async fn reseal_flow(
+        &self,
+        flow: &FlowRecord,
+        verifier: Sealed,
+        expected: &Sealed,
+    ) -> Result<bool> {
+        self.inner.reseal_flow(flow, verifier, expected).await
+    }
+    async fn oldest_record_format(&self) -> Result<u8> {
+        self.inner.oldest_record_format().await
+    }
+    async fn finish_format_migration(&self) -> Result<bool> {
+        self.inner.finish_format_migration().await
     }
     async fn put_connections(&self, r: Vec<ConnectionRecord>) -> Result<Vec<ConnectionRecord>> {
         self.inner.put_connections(r).await

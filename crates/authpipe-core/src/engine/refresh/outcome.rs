@@ -2,7 +2,9 @@
 //! through a store outage, since a rotated refresh token exists nowhere else), or a failure
 //! classified into revoked, backing off, or expired.
 
-use super::super::{connection_place, Engine, FIELD_CREDENTIAL, FIELD_EXTRAS, FIELD_REFRESH_TOKEN};
+use super::super::{
+    connection_place, utf8, Engine, FIELD_CREDENTIAL, FIELD_EXTRAS, FIELD_REFRESH_TOKEN,
+};
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::{Event, EventKind};
 use crate::ids::ConnectionKey;
@@ -12,6 +14,7 @@ use crate::protocol::token::TokenSet;
 use crate::records::{ConnectionRecord, ConnectionStatus, LastError};
 use crate::scheduler::Job;
 use crate::store::{Lease, LeasePurpose};
+use crate::vault::WriteId;
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -49,51 +52,78 @@ impl Engine {
     ) -> Result<ConnectionRecord> {
         let key = record.key.clone();
         let now = self.now_ms();
-        // The key that opened the row this replaces: the store refuses anything else.
-        let tenant_key = self.tenant_key_for(&key.tenant, &record.credential).await?;
-        let seal = |field: &str, value: &str| {
-            self.vault.seal(
-                &tenant_key,
-                &connection_place(&key, field),
-                value.as_bytes(),
-            )
-        };
         values.extend(tokens.extras.clone());
-        let updated = ConnectionRecord {
-            credential: seal(FIELD_CREDENTIAL, tokens.access_token.expose_secret())?,
-            // RFC 6749 §6: a new refresh token replaces the old; without one, the old stays.
-            refresh_token: match &tokens.refresh_token {
-                Some(rt) => Some(seal(FIELD_REFRESH_TOKEN, rt.expose_secret())?),
-                None => record.refresh_token.clone(),
-            },
-            extras: if values.is_empty() {
-                None
-            } else {
-                Some(seal(FIELD_EXTRAS, &Value::Object(values).to_string())?)
-            },
-            expires_at: tokens.expires_at(requested_at),
-            scopes: tokens
-                .scopes
-                .clone()
-                .unwrap_or_else(|| record.scopes.clone()),
-            status: ConnectionStatus::Active,
-            last_error: None,
-            last_refresh_at: Some(now),
-            token_issued_at: Some(requested_at),
-            updated_at: now,
-            next_refresh_at: None,
-            ..record.clone()
+        let extras = (!values.is_empty()).then(|| Value::Object(values).to_string());
+        // RFC 6749 §6: a new refresh token replaces the old; without one, the old stays, sealed
+        // again (every field of a write shares its write id: see `vault` on rollback).
+        let kept_refresh_token = match (&tokens.refresh_token, &record.refresh_token) {
+            (None, Some(sealed)) => {
+                let old_key = self.tenant_key_for(&key.tenant, sealed).await?;
+                let place = connection_place(&key, FIELD_REFRESH_TOKEN);
+                Some(utf8(&self.vault.open(&old_key, &place, sealed)?)?)
+            }
+            _ => None,
         };
-        let updated = ConnectionRecord {
-            next_refresh_at: updated
-                .expires_at
-                .map(|e| timing::refresh_at(requested_at, e, 0.5)),
-            ..updated
+        let refresh_token = match (&tokens.refresh_token, &kept_refresh_token) {
+            (Some(new), _) => Some(new.expose_secret()),
+            (None, kept) => kept.as_ref().map(|kept| kept.expose_secret()),
         };
-        // Commit before anyone is handed the new access token.
-        let stored = self
-            .commit_refreshed(updated, record.version, lease_ms)
-            .await?;
+        let mut sealed_again = false;
+        let stored = loop {
+            // The tenant's current key: the store refuses any other.
+            let tenant_key = self.tenant_key(&key.tenant, false).await?;
+            let write = WriteId::random();
+            let seal = |field: &str, value: &str| {
+                self.vault.seal(
+                    &tenant_key,
+                    write,
+                    &connection_place(&key, field),
+                    value.as_bytes(),
+                )
+            };
+            let expires_at = tokens.expires_at(requested_at);
+            let updated = ConnectionRecord {
+                credential: seal(FIELD_CREDENTIAL, tokens.access_token.expose_secret())?,
+                refresh_token: refresh_token
+                    .map(|rt| seal(FIELD_REFRESH_TOKEN, rt))
+                    .transpose()?,
+                extras: extras
+                    .as_deref()
+                    .map(|e| seal(FIELD_EXTRAS, e))
+                    .transpose()?,
+                expires_at,
+                scopes: tokens
+                    .scopes
+                    .clone()
+                    .unwrap_or_else(|| record.scopes.clone()),
+                status: ConnectionStatus::Active,
+                last_error: None,
+                last_refresh_at: Some(now),
+                token_issued_at: Some(requested_at),
+                updated_at: now,
+                next_refresh_at: expires_at.map(|e| timing::refresh_at(requested_at, e, 0.5)),
+                ..record.clone()
+            };
+            // Commit before anyone is handed the new access token.
+            match self
+                .commit_refreshed(updated, record.version, lease_ms)
+                .await
+            {
+                // Another process rotated the tenant's key since we loaded ours: the new
+                // tokens exist only here, so seal them again with the key the store has now.
+                // Not so after a deleteTenant(): this connection was deleted with its tenant,
+                // and a connection of the same name since then is another one.
+                Err(e)
+                    if e.code == ErrorCode::VaultKeyMissing
+                        && !sealed_again
+                        && !self.deleted_since(&record).await? =>
+                {
+                    sealed_again = true;
+                    self.vault.forget(&key.tenant);
+                }
+                stored => break stored?,
+            }
+        };
         self.refreshes.succeeded(&key);
         let entry = self.cache_put(stored);
         let mut event = Event::new(EventKind::Refreshed, &key, now);
@@ -105,6 +135,14 @@ impl Engine {
                 .emit(Event::about(EventKind::Recovered, &entry.record, now));
         }
         Ok(entry.record.clone())
+    }
+
+    /// Whether the tenant was deleted since `record` was sealed (its key, or a later one, was
+    /// destroyed), rather than its key rotated.
+    async fn deleted_since(&self, record: &ConnectionRecord) -> Result<bool> {
+        let sealed_with = crate::vault::sealed_generation(&record.credential)?;
+        let deleted = self.store.deleted_generation(&record.key.tenant).await?;
+        Ok(deleted.is_some_and(|deleted| deleted >= sealed_with))
     }
 
     /// Writes a refresh's result. The provider has rotated the refresh token, so the new one

@@ -18,6 +18,7 @@ async fn engine() -> Arc<Engine> {
         store: StoreLocation::Memory,
         keys,
         clock: None,
+        key_rotation: Default::default(),
     };
     open_shared(options).await.unwrap().engine
 }
@@ -305,4 +306,31 @@ async fn a_scheduled_refresh_stands_by_while_another_process_holds_the_lease_and
     assert_eq!(refreshed.key, key);
     assert_eq!(f.provider.token_requests().len(), 1);
     assert_eq!(f.served().await.unwrap(), "at-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_in_flight_while_the_tenant_key_rotates_stores_its_tokens_under_the_new_key() {
+    let f = Fixture::start().await;
+    f.connect(HOUR_MS).await;
+    f.provider.reply([Reply::tokens(1, 3600)]);
+    f.provider.close_gate();
+    f.clock.advance(TO_STALE_MS);
+    let caller = {
+        let (engine, key) = (f.engine.clone(), f.key());
+        tokio::spawn(async move { engine.credential(&key).await })
+    };
+    f.provider.received(1).await;
+    // The row is re-sealed under the lease, and the old key deleted, while the provider answers.
+    let rotation = f.engine.rotate_tenant_key(&f.key().tenant).await.unwrap();
+    assert_eq!((rotation.generation, rotation.resealed), (2, 1));
+    f.provider.open_gate();
+    let credential = caller.await.unwrap().unwrap();
+    assert_eq!(credential.secret.expose_secret(), "at-1");
+    let stored = f.stored().await;
+    assert_eq!(
+        crate::vault::sealed_generation(&stored.credential).unwrap(),
+        2
+    );
+    let secrets = f.engine.secrets_of(&stored).await.unwrap();
+    assert_eq!(secrets.refresh_token.unwrap().expose_secret(), "rt-1");
 }

@@ -12,13 +12,14 @@ pub mod tls;
 pub use schema::check_schema;
 
 use super::row::{
-    connection_from_row, flow_from_row, master_key_from_row, session_from_row, tenant_key_from_row,
-    SqlRow, CONNECTION_COLUMNS,
+    connection_from_row, flow_from_row, master_key_from_row, sealed_row, session_from_row,
+    tenant_key_from_row, tenant_key_usage_from_row, SqlRow, CONNECTION_COLUMNS,
 };
 use super::sql::{self, Params, Placeholders::Postgres, Statement};
 use super::{
     check_after_deleted, check_sealed_with, connection_generation, retired_master_key, ChangeFeed,
-    FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store, TenantDeletion,
+    FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SealedRow, SecretKey, Store,
+    TenantDeletion, TenantKeyUsage,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, TenantId};
@@ -155,9 +156,11 @@ fn take_lease(lease: &Lease<'_>, now: i64) -> Statement {
 }
 
 /// The generation of the tenant's data key as stored, for [`check_sealed_with`], locked until
-/// the transaction ends: the key cannot be deleted under the write it checks.
+/// the transaction ends: the key cannot be deleted or rotated under the write it checks. The
+/// lock is the one the write's count of sealed values (a trigger updating the key's row) takes
+/// anyway: taking a weaker one first would let two writers deadlock on the upgrade.
 async fn stored_generation(tx: &impl GenericClient, tenant: &TenantId) -> Result<Option<u32>> {
-    let statement = sql::tenant_key_generation(Postgres, tenant).then("FOR SHARE");
+    let statement = sql::tenant_key_generation(Postgres, tenant).then("FOR NO KEY UPDATE");
     query_opt(tx, &statement, "check tenant key")
         .await?
         .map(|r| r.generation(0))
@@ -222,7 +225,13 @@ impl Store for PostgresStore {
         let count = Params::one(Postgres, id, |key| {
             format!("SELECT count(*) FROM (SELECT 1 FROM tenant_keys WHERE master_key_id = {key} FOR UPDATE) t")
         });
-        let in_use: i64 = query_one(&tx, &count, "count tenant keys").await?.read(0)?;
+        let mut in_use: i64 = query_one(&tx, &count, "count tenant keys").await?.read(0)?;
+        let older = Params::one(Postgres, id, |key| {
+            format!("SELECT count(*) FROM (SELECT 1 FROM older_tenant_keys WHERE master_key_id = {key} FOR UPDATE) t")
+        });
+        in_use += query_one(&tx, &older, "count older tenant keys")
+            .await?
+            .read::<i64>(0)?;
         if in_use > 0 {
             return Err(Error::new(
                 ErrorCode::KeyInUse,
@@ -293,6 +302,160 @@ impl Store for PostgresStore {
         Ok(changed == 1)
     }
 
+    async fn rotate_tenant_key(
+        &self,
+        record: TenantKeyRecord,
+        expected_generation: u32,
+    ) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        execute(&tx, &tenant_key_lock(&record.tenant), "lock tenant key").await?;
+        check_wrapping_key(&tx, &record.master_key_id).await?;
+        let keep = sql::keep_older_tenant_key(Postgres, &record.tenant, expected_generation);
+        if execute(&tx, &keep, "keep older tenant key").await? == 0 {
+            return Ok(false);
+        }
+        let replace = sql::replace_tenant_key(Postgres, &record, expected_generation);
+        execute(&tx, &replace, "rotate tenant key").await?;
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(true)
+    }
+
+    async fn older_tenant_keys(&self) -> Result<Vec<TenantKeyRecord>> {
+        let rows = self
+            .client()
+            .await?
+            .query(&sql::older_tenant_keys(), &[])
+            .await
+            .map_err(pg("read older tenant keys"))?;
+        rows.iter().map(tenant_key_from_row).collect()
+    }
+
+    async fn older_tenant_key(
+        &self,
+        tenant: &TenantId,
+        generation: u32,
+    ) -> Result<Option<TenantKeyRecord>> {
+        let statement = sql::older_tenant_key(Postgres, tenant, generation);
+        let row = query_opt(&self.client().await?, &statement, "read older tenant key").await?;
+        row.as_ref().map(tenant_key_from_row).transpose()
+    }
+
+    async fn delete_older_tenant_key(&self, tenant: &TenantId, generation: u32) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        // Waits for every write of the tenant in flight (each holds its key's row, see
+        // `stored_generation`); one that starts later is checked against the newer key.
+        let lock = sql::tenant_key_generation(Postgres, tenant).then("FOR UPDATE");
+        execute(&tx, &lock, "lock tenant key").await?;
+        let count = sql::count_sealed_with(Postgres, Some(tenant), 2, &generation.to_be_bytes());
+        let left: i64 = query_one(&tx, &count, "count sealed values")
+            .await?
+            .read(0)?;
+        if left > 0 {
+            return Ok(false);
+        }
+        let delete = sql::delete_older_tenant_key(Postgres, tenant, generation);
+        execute(&tx, &delete, "delete older tenant key").await?;
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(true)
+    }
+
+    async fn tenant_key_usage(&self) -> Result<Vec<TenantKeyUsage>> {
+        let rows = self
+            .client()
+            .await?
+            .query(sql::TENANT_KEY_USAGE, &[])
+            .await
+            .map_err(pg("read tenant keys"))?;
+        rows.iter().map(tenant_key_usage_from_row).collect()
+    }
+
+    async fn rows_sealed_otherwise(
+        &self,
+        tenant: &TenantId,
+        generation: u32,
+        limit: u32,
+    ) -> Result<Vec<SealedRow>> {
+        let prefix = sql::current_prefix(generation);
+        let client = self.client().await?;
+        let mut rows = Vec::new();
+        for table in 0..sql::SEALED_TABLES.len() {
+            let statement = sql::rows_sealed_otherwise(Postgres, table, tenant, &prefix, limit);
+            for row in driver::query(&client, &statement, "find rows to re-seal").await? {
+                rows.push(sealed_row(table, tenant, &row)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    async fn reseal_secret(&self, record: SecretRecord, expected: &Sealed) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        let generation = stored_generation(&tx, &record.tenant).await?;
+        check_sealed_with(&record.tenant, generation, [&record.value])?;
+        let update = sql::reseal_secret(Postgres, &record, expected);
+        let changed = execute(&tx, &update, "re-seal secret").await?;
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(changed == 1)
+    }
+
+    async fn flow(&self, state_hash: &str) -> Result<Option<FlowRecord>> {
+        let statement = sql::flow(Postgres, state_hash);
+        let row = query_opt(&self.client().await?, &statement, "read connect flow").await?;
+        row.map(|r| flow_from_row(state_hash, &r)).transpose()
+    }
+
+    async fn reseal_flow(
+        &self,
+        flow: &FlowRecord,
+        verifier: Sealed,
+        expected: &Sealed,
+    ) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        let generation = stored_generation(&tx, &flow.key.tenant).await?;
+        check_sealed_with(&flow.key.tenant, generation, [&verifier])?;
+        let update = sql::reseal_flow(Postgres, &flow.state_hash, &verifier, expected);
+        let changed = execute(&tx, &update, "re-seal connect flow").await?;
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(changed == 1)
+    }
+
+    async fn oldest_record_format(&self) -> Result<u8> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(sql::OLDEST_RECORD_FORMAT, &[])
+            .await
+            .map_err(pg("read the record format"))?;
+        let format: i32 = match row {
+            Some(row) => row.read(0)?,
+            None => 1,
+        };
+        Ok(format as u8)
+    }
+
+    async fn finish_format_migration(&self) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        tx.execute("LOCK TABLE vault_state IN EXCLUSIVE MODE", &[])
+            .await
+            .map_err(pg("lock the record format"))?;
+        let count = sql::count_sealed_with(Postgres, None, 1, &[crate::vault::RECORD_FORMAT_V1]);
+        let left: i64 = query_one(&tx, &count, "count format-1 records")
+            .await?
+            .read(0)?;
+        if left > 0 {
+            return Ok(false);
+        }
+        tx.execute(sql::FORMAT_2_ONLY, &[])
+            .await
+            .map_err(pg("mark the record format"))?;
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(true)
+    }
+
     async fn delete_tenant(&self, tenant: &TenantId) -> Result<TenantDeletion> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
@@ -301,6 +464,8 @@ impl Store for PostgresStore {
         // First the key (its trigger keeps its generation and tells the listeners).
         let delete = sql::delete_tenant_rows(Postgres, "tenant_keys", tenant);
         let had_key = execute(&tx, &delete, "delete tenant").await? > 0;
+        let older = sql::delete_tenant_rows(Postgres, "older_tenant_keys", tenant);
+        execute(&tx, &older, "delete tenant").await?;
         let mut counts = [0u64; sql::TENANT_TABLES.len()];
         for (count, table) in counts.iter_mut().zip(sql::TENANT_TABLES) {
             let delete = sql::delete_tenant_rows(Postgres, table, tenant);
@@ -354,23 +519,23 @@ impl Store for PostgresStore {
     ) -> Result<Option<ConnectionRecord>> {
         let generation = connection_generation(&record)?;
         let update = sql::update_connection(Postgres, &record, expected_version, generation)?;
-        let client = self.client().await?;
-        let row = query_opt_cached(&client, &update, "update connection").await?;
-        if let Some(row) = row {
-            return Ok(Some(ConnectionRecord {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        // The tenant key's row before the connection's, as every write of sealed data locks them
+        // (the count of values sealed updates the key's row): the other order deadlocks.
+        let tenant = &record.key.tenant;
+        let stored = stored_generation(&tx, tenant).await?;
+        check_sealed_with(tenant, stored, record.sealed_fields())?;
+        let row = query_opt(&tx, &update, "update connection").await?;
+        tx.commit().await.map_err(pg("commit"))?;
+        // `None`: lost to another writer.
+        row.map(|row| {
+            Ok(ConnectionRecord {
                 version: row.read(0)?,
                 ..record
-            }));
-        }
-        // Lost to another writer, or refused by the key check: which one, reported.
-        let tenant = &record.key.tenant;
-        let check = sql::tenant_key_generation(Postgres, tenant);
-        let stored = query_opt(&client, &check, "check tenant key")
-            .await?
-            .map(|r| r.generation(0))
-            .transpose()?;
-        check_sealed_with(tenant, stored, record.sealed_fields())?;
-        Ok(None)
+            })
+        })
+        .transpose()
     }
 
     async fn connections(&self, keys: &[ConnectionKey]) -> Result<Vec<ConnectionRecord>> {

@@ -123,6 +123,63 @@ $$;
 CREATE TRIGGER tenant_keys_deleted AFTER DELETE ON tenant_keys
     FOR EACH ROW EXECUTE FUNCTION tenant_keys_deleted();
 "#,
+    r#"
+-- Tenant-key rotation: a tenant's older keys while its records are re-sealed, how many values
+-- each current key sealed (counted below, in the transaction of each write), and whether the
+-- store may still hold records of format 1 (a new store holds none).
+ALTER TABLE tenant_keys ADD COLUMN encryptions bigint NOT NULL DEFAULT 0;
+CREATE TABLE older_tenant_keys (
+    tenant_id     text NOT NULL,
+    generation    integer NOT NULL,
+    master_key_id text NOT NULL,
+    wrapped       bytea NOT NULL,
+    created_at    bigint NOT NULL,
+    PRIMARY KEY (tenant_id, generation)
+);
+CREATE TABLE vault_state (
+    id                   integer PRIMARY KEY CHECK (id = 1),
+    oldest_record_format integer NOT NULL
+);
+INSERT INTO vault_state (id, oldest_record_format)
+    SELECT 1, CASE WHEN EXISTS (SELECT 1 FROM tenant_keys) THEN 1 ELSE 2 END;
+CREATE FUNCTION count_sealed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := 0;
+BEGIN
+    IF TG_TABLE_NAME = 'connections' THEN
+        IF TG_OP = 'INSERT' THEN
+            n := 1 + (NEW.refresh_token IS NOT NULL)::int + (NEW.extras IS NOT NULL)::int;
+        ELSE
+            n := (NEW.credential IS DISTINCT FROM OLD.credential)::int
+                + (NEW.refresh_token IS NOT NULL AND NEW.refresh_token IS DISTINCT FROM OLD.refresh_token)::int
+                + (NEW.extras IS NOT NULL AND NEW.extras IS DISTINCT FROM OLD.extras)::int;
+        END IF;
+    ELSIF TG_TABLE_NAME = 'secrets' THEN
+        IF TG_OP = 'INSERT' THEN
+            n := 1;
+        ELSE
+            n := (NEW.value IS DISTINCT FROM OLD.value)::int;
+        END IF;
+    ELSE
+        IF TG_OP = 'INSERT' THEN
+            n := (NEW.verifier IS NOT NULL)::int;
+        ELSE
+            n := (NEW.verifier IS NOT NULL AND NEW.verifier IS DISTINCT FROM OLD.verifier)::int;
+        END IF;
+    END IF;
+    IF n > 0 THEN
+        UPDATE tenant_keys SET encryptions = encryptions + n WHERE tenant_id = NEW.tenant_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER connections_count_sealed AFTER INSERT OR UPDATE ON connections
+    FOR EACH ROW EXECUTE FUNCTION count_sealed();
+CREATE TRIGGER secrets_count_sealed AFTER INSERT OR UPDATE ON secrets
+    FOR EACH ROW EXECUTE FUNCTION count_sealed();
+CREATE TRIGGER connect_flows_count_sealed AFTER INSERT OR UPDATE ON connect_flows
+    FOR EACH ROW EXECUTE FUNCTION count_sealed();
+"#,
 ];
 
 /// Applies the migrations `schema` (created if missing) has not run yet.

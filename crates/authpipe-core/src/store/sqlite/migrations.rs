@@ -141,6 +141,51 @@ CREATE TRIGGER tenant_keys_deleted AFTER DELETE ON tenant_keys BEGIN
     VALUES (OLD.tenant_id, '', '', NULL, 'tenant_deleted');
 END;
 "#,
+    r#"
+-- Tenant-key rotation: a tenant's older keys while its records are re-sealed, how many values
+-- each current key sealed (counted below, in the transaction of each write), and whether the
+-- store may still hold records of format 1 (a new store holds none).
+ALTER TABLE tenant_keys ADD COLUMN encryptions INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE older_tenant_keys (
+    tenant_id     TEXT NOT NULL,
+    generation    INTEGER NOT NULL,
+    master_key_id TEXT NOT NULL,
+    wrapped       BLOB NOT NULL,
+    created_at    INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, generation)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE vault_state (
+    id                   INTEGER PRIMARY KEY CHECK (id = 1),
+    oldest_record_format INTEGER NOT NULL
+) STRICT;
+INSERT INTO vault_state (id, oldest_record_format)
+    SELECT 1, CASE WHEN EXISTS (SELECT 1 FROM tenant_keys) THEN 1 ELSE 2 END;
+CREATE TRIGGER connections_sealed AFTER INSERT ON connections BEGIN
+    UPDATE tenant_keys
+    SET encryptions = encryptions + 1 + (NEW.refresh_token IS NOT NULL) + (NEW.extras IS NOT NULL)
+    WHERE tenant_id = NEW.tenant_id;
+END;
+CREATE TRIGGER connections_resealed AFTER UPDATE OF credential, refresh_token, extras ON connections BEGIN
+    UPDATE tenant_keys
+    SET encryptions = encryptions + (NEW.credential IS NOT OLD.credential)
+        + (NEW.refresh_token IS NOT NULL AND NEW.refresh_token IS NOT OLD.refresh_token)
+        + (NEW.extras IS NOT NULL AND NEW.extras IS NOT OLD.extras)
+    WHERE tenant_id = NEW.tenant_id;
+END;
+CREATE TRIGGER secrets_sealed AFTER INSERT ON secrets BEGIN
+    UPDATE tenant_keys SET encryptions = encryptions + 1 WHERE tenant_id = NEW.tenant_id;
+END;
+CREATE TRIGGER secrets_resealed AFTER UPDATE OF value ON secrets WHEN NEW.value IS NOT OLD.value BEGIN
+    UPDATE tenant_keys SET encryptions = encryptions + 1 WHERE tenant_id = NEW.tenant_id;
+END;
+CREATE TRIGGER connect_flows_sealed AFTER INSERT ON connect_flows WHEN NEW.verifier IS NOT NULL BEGIN
+    UPDATE tenant_keys SET encryptions = encryptions + 1 WHERE tenant_id = NEW.tenant_id;
+END;
+CREATE TRIGGER connect_flows_resealed AFTER UPDATE OF verifier ON connect_flows
+    WHEN NEW.verifier IS NOT NULL AND NEW.verifier IS NOT OLD.verifier BEGIN
+    UPDATE tenant_keys SET encryptions = encryptions + 1 WHERE tenant_id = NEW.tenant_id;
+END;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

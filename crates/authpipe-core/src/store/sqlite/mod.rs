@@ -22,13 +22,14 @@ mod migrations;
 mod tests;
 
 use super::row::{
-    connection_from_row, flow_from_row, master_key_from_row, session_from_row, tenant_key_from_row,
-    SqlRow,
+    connection_from_row, flow_from_row, master_key_from_row, sealed_row, session_from_row,
+    tenant_key_from_row, tenant_key_usage_from_row, SqlRow,
 };
 use super::sql::{self, Params, Placeholders::Sqlite, Statement};
 use super::{
     check_after_deleted, check_sealed_with, connection_generation, retired_master_key, ChangeFeed,
-    FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SecretKey, Store, TenantDeletion,
+    FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SealedRow, SecretKey, Store,
+    TenantDeletion, TenantKeyUsage,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{ConnectionKey, TenantId};
@@ -243,7 +244,10 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let count = Params::one(Sqlite, id.as_str(), |key| {
-                format!("SELECT count(*) FROM tenant_keys WHERE master_key_id = {key}")
+                format!(
+                    "SELECT (SELECT count(*) FROM tenant_keys WHERE master_key_id = {key}) \
+                          + (SELECT count(*) FROM older_tenant_keys WHERE master_key_id = {key})"
+                )
             });
             let in_use: i64 = query_opt(&tx, &count, |r| r.read(0))?.unwrap_or(0);
             if in_use > 0 {
@@ -313,6 +317,158 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn rotate_tenant_key(
+        &self,
+        record: TenantKeyRecord,
+        expected_generation: u32,
+    ) -> Result<bool> {
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            check_wrapping_key(&tx, &record.master_key_id)?;
+            let keep = sql::keep_older_tenant_key(Sqlite, &record.tenant, expected_generation);
+            if execute(&tx, &keep)? == 0 {
+                return Ok(false);
+            }
+            execute(
+                &tx,
+                &sql::replace_tenant_key(Sqlite, &record, expected_generation),
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn older_tenant_keys(&self) -> Result<Vec<TenantKeyRecord>> {
+        self.run(|conn| {
+            query(conn, &plain(sql::older_tenant_keys()), |r| {
+                tenant_key_from_row(r)
+            })
+        })
+        .await
+    }
+
+    async fn older_tenant_key(
+        &self,
+        tenant: &TenantId,
+        generation: u32,
+    ) -> Result<Option<TenantKeyRecord>> {
+        let statement = sql::older_tenant_key(Sqlite, tenant, generation);
+        self.run(move |conn| query_opt(conn, &statement, |r| tenant_key_from_row(r)))
+            .await
+    }
+
+    async fn delete_older_tenant_key(&self, tenant: &TenantId, generation: u32) -> Result<bool> {
+        let count = sql::count_sealed_with(Sqlite, Some(tenant), 2, &generation.to_be_bytes());
+        let delete = sql::delete_older_tenant_key(Sqlite, tenant, generation);
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let left: i64 = query_opt(&tx, &count, |r| r.read(0))?.unwrap_or(0);
+            if left > 0 {
+                return Ok(false);
+            }
+            execute(&tx, &delete)?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn tenant_key_usage(&self) -> Result<Vec<TenantKeyUsage>> {
+        self.run(|conn| {
+            query(conn, &plain(sql::TENANT_KEY_USAGE.to_owned()), |r| {
+                tenant_key_usage_from_row(r)
+            })
+        })
+        .await
+    }
+
+    async fn rows_sealed_otherwise(
+        &self,
+        tenant: &TenantId,
+        generation: u32,
+        limit: u32,
+    ) -> Result<Vec<SealedRow>> {
+        let prefix = sql::current_prefix(generation);
+        let statements: Vec<Statement> = (0..sql::SEALED_TABLES.len())
+            .map(|table| sql::rows_sealed_otherwise(Sqlite, table, tenant, &prefix, limit))
+            .collect();
+        let tenant = tenant.clone();
+        self.run(move |conn| {
+            let mut rows = Vec::new();
+            for (table, statement) in statements.iter().enumerate() {
+                let found = query(conn, statement, |r| sealed_row(table, &tenant, r))?;
+                rows.extend(found);
+            }
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn reseal_secret(&self, record: SecretRecord, expected: &Sealed) -> Result<bool> {
+        let update = sql::reseal_secret(Sqlite, &record, expected);
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let generation = stored_generation(&tx, &record.tenant)?;
+            check_sealed_with(&record.tenant, generation, [&record.value])?;
+            let changed = execute(&tx, &update)?;
+            tx.commit()?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn flow(&self, state_hash: &str) -> Result<Option<FlowRecord>> {
+        let (statement, state_hash) = (sql::flow(Sqlite, state_hash), state_hash.to_owned());
+        self.run(move |conn| query_opt(conn, &statement, |r| flow_from_row(&state_hash, r)))
+            .await
+    }
+
+    async fn reseal_flow(
+        &self,
+        flow: &FlowRecord,
+        verifier: Sealed,
+        expected: &Sealed,
+    ) -> Result<bool> {
+        let update = sql::reseal_flow(Sqlite, &flow.state_hash, &verifier, expected);
+        let tenant = flow.key.tenant.clone();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let generation = stored_generation(&tx, &tenant)?;
+            check_sealed_with(&tenant, generation, [&verifier])?;
+            let changed = execute(&tx, &update)?;
+            tx.commit()?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn oldest_record_format(&self) -> Result<u8> {
+        self.run(|conn| {
+            let format: Option<i64> =
+                query_opt(conn, &plain(sql::OLDEST_RECORD_FORMAT.to_owned()), |r| {
+                    r.read(0)
+                })?;
+            Ok(format.unwrap_or(1) as u8)
+        })
+        .await
+    }
+
+    async fn finish_format_migration(&self) -> Result<bool> {
+        let count = sql::count_sealed_with(Sqlite, None, 1, &[crate::vault::RECORD_FORMAT_V1]);
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let left: i64 = query_opt(&tx, &count, |r| r.read(0))?.unwrap_or(0);
+            if left > 0 {
+                return Ok(false);
+            }
+            execute(&tx, &plain(sql::FORMAT_2_ONLY.to_owned()))?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn delete_tenant(&self, tenant: &TenantId) -> Result<TenantDeletion> {
         let tenant = tenant.clone();
         self.run(move |conn| {
@@ -322,6 +478,10 @@ impl Store for SqliteStore {
                 &tx,
                 &sql::delete_tenant_rows(Sqlite, "tenant_keys", &tenant),
             )? > 0;
+            execute(
+                &tx,
+                &sql::delete_tenant_rows(Sqlite, "older_tenant_keys", &tenant),
+            )?;
             let mut counts = [0u64; sql::TENANT_TABLES.len()];
             for (count, table) in counts.iter_mut().zip(sql::TENANT_TABLES) {
                 *count = execute(&tx, &sql::delete_tenant_rows(Sqlite, table, &tenant))? as u64;
