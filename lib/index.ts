@@ -59,7 +59,8 @@ interface StartInput {
   browserBinding: string | undefined;
 }
 const DEFAULT_MEMO_LIMIT = 100_000;
-const OPTION_FIELDS = ['store', 'masterKey', 'masterKeys', 'providers', 'memoLimit', 'httpTimeoutMs', 'providerConcurrency', 'healthCheckIntervalMs'] as const;
+const OPTION_FIELDS = ['store', 'masterKey', 'masterKeys', 'providers', 'memoLimit', 'httpTimeoutMs', 'providerConcurrency', 'healthCheckIntervalMs', 'tenantKeyRotation'] as const;
+const ROTATION_FIELDS = ['maxAgeDays', 'maxEncryptions'] as const;
 const OBJECT_PROTOTYPE: { provider?: unknown; tenantId?: unknown; userId?: unknown } = Object.prototype;
 /** Whether Object.prototype carries a connection id: the memo's plain reads would then see it. */
 const POLLUTED_REF = () => OBJECT_PROTOTYPE.provider !== undefined || OBJECT_PROTOTYPE.tenantId !== undefined || OBJECT_PROTOTYPE.userId !== undefined;
@@ -97,8 +98,10 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
     const httpTimeoutMs = args.optionalInteger(opts.httpTimeoutMs, 'httpTimeoutMs');
     const providerConcurrency = args.optionalInteger(opts.providerConcurrency, 'providerConcurrency');
     const healthCheckIntervalMs = args.optionalInteger(opts.healthCheckIntervalMs, 'healthCheckIntervalMs');
-    const rotation =
-      opts.tenantKeyRotation === undefined ? {} : args.object(opts.tenantKeyRotation, 'tenantKeyRotation');
+    const rotation: Partial<Record<(typeof ROTATION_FIELDS)[number], unknown>> =
+      opts.tenantKeyRotation === undefined || opts.tenantKeyRotation === null
+        ? {}
+        : args.fields(opts.tenantKeyRotation, 'tenantKeyRotation', ROTATION_FIELDS, 'tenantKeyRotation.');
     const tenantKeyMaxAgeDays = args.optionalInteger(rotation.maxAgeDays, 'tenantKeyRotation.maxAgeDays');
     const tenantKeyMaxEncryptions = args.optionalInteger(rotation.maxEncryptions, 'tenantKeyRotation.maxEncryptions');
 

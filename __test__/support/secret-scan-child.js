@@ -614,6 +614,23 @@ const SCENARIOS = [
     },
   },
   {
+    name: 'tenant data-key rotation: connections, secrets and a pending flow re-sealed, twice; an unknown tenant',
+    async run(ctx) {
+      const tenantId = 'org_rotating';
+      const ref = { provider: 'echo', ...newUser(tenantId) };
+      const { accessToken } = await importPlanted(ctx, ref);
+      const secret = { tenantId, provider: 'attio', name: 'webhook', value: plant('webhook_secret') };
+      await ctx.authpipe.setSecret(secret);
+      await ctx.authpipe.startConnect({ provider: 'echo', ...newUser(tenantId) });
+      for (let i = 0; i < 2; i++) {
+        await ctx.authpipe.rotateTenantKey(tenantId);
+        await expectCredential(ctx, ref, accessToken);
+        if ((await ctx.authpipe.getSecret(secret)) !== secret.value) throw new Error('a re-sealed secret is not served');
+      }
+      await ctx.authpipe.rotateTenantKey('org_never_stored').catch(() => {}); // TENANT_NOT_FOUND
+    },
+  },
+  {
     name: 'tenant deletion: connections, secrets, sessions and flows of a tenant, then calls on it',
     async run(ctx) {
       const who = newUser('org_doomed');

@@ -191,6 +191,7 @@ export const SCHEMAS: readonly CallSchema[] = [
   { call: 'rotateMasterKey', args: () => [], run: method('rotateMasterKey'), mutates: true },
   { call: 'retireMasterKey', args: () => [id('primary')], run: method('retireMasterKey'), codes: ['INVALID_ARGUMENT', 'KEY_IN_USE'], mutates: true },
   { call: 'deleteTenant', args: () => [id('tenant_absent')], run: method('deleteTenant'), mutates: true },
+  { call: 'rotateTenantKey', args: () => [id('tenant_absent')], run: method('rotateTenantKey'), codes: ['INVALID_ARGUMENT', 'TENANT_NOT_FOUND'], mutates: true },
   { call: 'refreshConnection', args: () => [refNode('user_2')], run: method('refreshConnection'), codes: REF_CODES, mutates: true },
   { call: 'checkConnection', args: () => [refNode('user_2')], run: method('checkConnection'), codes: REF_CODES, mutates: true },
   { call: 'health', args: () => [], run: method('health') },

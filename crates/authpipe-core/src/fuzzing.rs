@@ -15,7 +15,7 @@ use crate::providers::definition::{placeholders, ValueSource};
 use crate::providers::discovery;
 use crate::providers::{builtin_definitions, Catalog, ProviderDefinition};
 use crate::records::{Sealed, TenantKeyRecord};
-use crate::vault::{Keyring, MasterKey, RecordPlace, Vault};
+use crate::vault::{Keyring, MasterKey, RecordPlace, Vault, WriteId};
 use secrecy::SecretString;
 use std::sync::LazyLock;
 
@@ -236,7 +236,7 @@ pub fn sealed_record(stored: &[u8], plaintext: &[u8], flip: usize) {
 
     let sealed = fixture
         .vault
-        .seal(&fixture.key, &PLACE, plaintext)
+        .seal(&fixture.key, WriteId::random(), &PLACE, plaintext)
         .expect("sealing succeeds");
     let opened = fixture
         .vault
