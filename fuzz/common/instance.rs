@@ -35,6 +35,7 @@ pub async fn client() -> Client {
         store: StoreLocation::Memory,
         keys,
         clock: None,
+        key_rotation: Default::default(),
     })
     .await
     .expect("an in-memory engine")
