@@ -72,3 +72,39 @@ pub async fn client() -> Client {
     );
     Client::new(engine, connector)
 }
+
+/// An instance and a few things it issued (started flows, connect sessions) that inputs name by
+/// index, so the fuzzer gets past the check that they are ours; one used up is issued anew.
+pub struct Issued<T> {
+    pub runtime: tokio::runtime::Runtime,
+    pub client: Client,
+    items: std::sync::Mutex<Vec<T>>,
+    issue: fn(&tokio::runtime::Runtime, &Client, usize) -> T,
+}
+
+impl<T: Clone> Issued<T> {
+    pub fn new(count: usize, issue: fn(&tokio::runtime::Runtime, &Client, usize) -> T) -> Self {
+        let runtime = runtime();
+        let client = runtime.block_on(self::client());
+        let items = (0..count).map(|n| issue(&runtime, &client, n)).collect();
+        Self {
+            runtime,
+            client,
+            items: std::sync::Mutex::new(items),
+            issue,
+        }
+    }
+
+    /// The item an input's index names, and its slot.
+    pub fn get(&self, index: usize) -> (usize, T) {
+        let items = self.items.lock().unwrap();
+        let slot = index % items.len();
+        (slot, items[slot].clone())
+    }
+
+    /// Issues the slot's item again (its predecessor may have been used up).
+    pub fn reissue(&self, slot: usize) {
+        let fresh = (self.issue)(&self.runtime, &self.client, slot);
+        self.items.lock().unwrap()[slot] = fresh;
+    }
+}

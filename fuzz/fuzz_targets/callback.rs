@@ -11,7 +11,7 @@ mod instance;
 use authpipe_core::{BrowserBinding, Callback, Client, ConnectionKey, StartRequest};
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 
 /// Which state the callback carries.
 enum State {
@@ -52,57 +52,37 @@ impl Input {
     }
 }
 
+#[derive(Clone)]
 struct Flow {
     state: String,
     binding: String,
 }
 
-struct Fixture {
-    runtime: tokio::runtime::Runtime,
-    client: Client,
-    flows: Mutex<Vec<Flow>>,
-}
-
-const FLOWS: usize = 16;
-
-impl Fixture {
-    fn start(&self, n: usize) -> Flow {
-        let provider = instance::PROVIDERS[n % instance::PROVIDERS.len()];
-        let binding = format!("binding-{n}-0123456789abcdef");
-        let started = self
-            .runtime
-            .block_on(self.client.start_connect(StartRequest {
-                key: ConnectionKey::parse(provider, "tenant-1", &format!("user-{n}")).unwrap(),
-                scopes: None,
-                redirect_uri: None,
-                browser_binding: Some(BrowserBinding::from(binding.clone())),
-            }))
-            .expect("a flow starts");
-        Flow {
-            state: secrecy::ExposeSecret::expose_secret(&started.state).to_owned(),
-            binding,
-        }
+/// Started flows, one per user, across the three providers.
+fn start(runtime: &tokio::runtime::Runtime, client: &Client, n: usize) -> Flow {
+    let provider = instance::PROVIDERS[n % instance::PROVIDERS.len()];
+    let binding = format!("binding-{n}-0123456789abcdef");
+    let started = runtime
+        .block_on(client.start_connect(StartRequest {
+            key: ConnectionKey::parse(provider, "tenant-1", &format!("user-{n}")).unwrap(),
+            scopes: None,
+            redirect_uri: None,
+            browser_binding: Some(BrowserBinding::from(binding.clone())),
+        }))
+        .expect("a flow starts");
+    Flow {
+        state: secrecy::ExposeSecret::expose_secret(&started.state).to_owned(),
+        binding,
     }
 }
 
-static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
-    let runtime = instance::runtime();
-    let client = runtime.block_on(instance::client());
-    let fixture = Fixture {
-        runtime,
-        client,
-        flows: Mutex::new(Vec::new()),
-    };
-    let flows = (0..FLOWS).map(|n| fixture.start(n)).collect();
-    *fixture.flows.lock().unwrap() = flows;
-    fixture
-});
+static FLOWS: LazyLock<instance::Issued<Flow>> = LazyLock::new(|| instance::Issued::new(16, start));
 
 fuzz_target!(|data: &[u8]| {
     let Some(input) = Input::parse(data) else {
         return;
     };
-    let fixture = &*FIXTURE;
+    let flows = &*FLOWS;
     let mut params = BTreeMap::new();
     for (name, value) in url::form_urlencoded::parse(&input.query) {
         // The handler refuses a repeated parameter before the core sees the callback.
@@ -113,17 +93,15 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     }
-    let started = match input.state {
-        State::Started(i) => Some(i % FLOWS),
-        _ => None,
-    };
-    let (state, own_binding) = match (&input.state, started) {
-        (_, Some(i)) => {
-            let flows = fixture.flows.lock().unwrap();
-            (Some(flows[i].state.clone()), Some(flows[i].binding.clone()))
+    let mut started = None;
+    let (state, own_binding) = match &input.state {
+        State::Started(i) => {
+            let (slot, flow) = flows.get(*i);
+            started = Some(slot);
+            (Some(flow.state), Some(flow.binding))
         }
-        (State::Raw(raw), None) => (Some(raw.clone()), None),
-        _ => (None, None),
+        State::Raw(raw) => (Some(raw.clone()), None),
+        State::Absent => (None, None),
     };
     if let Some(state) = state {
         params.insert("state".into(), state);
@@ -137,9 +115,9 @@ fuzz_target!(|data: &[u8]| {
         .provider
         .map(|i| instance::PROVIDERS[i % instance::PROVIDERS.len()].to_owned());
     let had_error = params.contains_key("error");
-    let result = fixture
+    let result = flows
         .runtime
-        .block_on(fixture.client.handle_callback(Callback {
+        .block_on(flows.client.handle_callback(Callback {
             params,
             provider,
             browser_binding,
@@ -152,8 +130,7 @@ fuzz_target!(|data: &[u8]| {
     );
     // A started flow the callback may have used up is replaced, so later inputs reach past the
     // state check again.
-    if let Some(i) = started {
-        let fresh = fixture.start(i);
-        fixture.flows.lock().unwrap()[i] = fresh;
+    if let Some(slot) = started {
+        flows.reissue(slot);
     }
 });

@@ -9,7 +9,7 @@ use arbitrary::Arbitrary;
 use authpipe_core::{Client, ConnectionKey, ListFilter, ProviderId, TenantId, UserId};
 use libfuzzer_sys::fuzz_target;
 use secrecy::ExposeSecret;
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 
 #[derive(Arbitrary, Debug)]
 enum Token {
@@ -26,56 +26,35 @@ struct Input {
     ids: (String, String, String),
 }
 
-struct Fixture {
-    runtime: tokio::runtime::Runtime,
-    client: Client,
-    /// Session tokens issued for `user-<n>`, allowed to connect `attio` only.
-    sessions: Mutex<Vec<String>>,
+/// Session tokens issued for `user-<n>`, allowed to connect `attio` only.
+fn issue(runtime: &tokio::runtime::Runtime, client: &Client, n: usize) -> String {
+    let grant = runtime
+        .block_on(client.create_session(
+            TenantId::parse("tenant-1").unwrap(),
+            UserId::parse(format!("user-{n}")).unwrap(),
+            vec![ProviderId::parse("attio").unwrap()],
+            None,
+        ))
+        .expect("a session");
+    grant.token.expose_secret().to_owned()
 }
 
-const SESSIONS: usize = 16;
-
-impl Fixture {
-    fn issue(&self, n: usize) -> String {
-        let grant = self
-            .runtime
-            .block_on(self.client.create_session(
-                TenantId::parse("tenant-1").unwrap(),
-                UserId::parse(format!("user-{n}")).unwrap(),
-                vec![ProviderId::parse("attio").unwrap()],
-                None,
-            ))
-            .expect("a session");
-        grant.token.expose_secret().to_owned()
-    }
-}
-
-static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
-    let runtime = instance::runtime();
-    let client = runtime.block_on(instance::client());
-    let fixture = Fixture {
-        runtime,
-        client,
-        sessions: Mutex::new(Vec::new()),
-    };
-    let sessions = (0..SESSIONS).map(|n| fixture.issue(n)).collect();
-    *fixture.sessions.lock().unwrap() = sessions;
-    fixture
-});
+static SESSIONS: LazyLock<instance::Issued<String>> =
+    LazyLock::new(|| instance::Issued::new(16, issue));
 
 fuzz_target!(|input: Input| {
-    let fixture = &*FIXTURE;
+    let sessions = &*SESSIONS;
     let (token, issued) = match &input.session {
         Token::Issued(i) => {
-            let i = usize::from(*i) % SESSIONS;
-            (fixture.sessions.lock().unwrap()[i].clone(), Some(i))
+            let (slot, token) = sessions.get(usize::from(*i));
+            (token, Some(slot))
         }
         Token::Raw(raw) => (raw.clone(), None),
     };
     if let Ok(provider) = ProviderId::parse(input.provider.as_str()) {
-        let result = fixture
+        let result = sessions
             .runtime
-            .block_on(fixture.client.session_key(&token, &provider));
+            .block_on(sessions.client.session_key(&token, &provider));
         match result {
             Ok(key) => {
                 let i = issued.expect("only an issued token names a connection");
@@ -86,8 +65,7 @@ fuzz_target!(|input: Input| {
                 );
                 assert_eq!(key.user.as_str(), format!("user-{i}"));
                 // Used up: issue another for later inputs.
-                let fresh = fixture.issue(i);
-                fixture.sessions.lock().unwrap()[i] = fresh;
+                sessions.reissue(i);
             }
             Err(_) => {}
         }
@@ -98,10 +76,10 @@ fuzz_target!(|input: Input| {
         limit: input.limit,
         ..Default::default()
     };
-    if let Ok(query) = fixture.client.list_query(&filter) {
-        let _ = fixture
+    if let Ok(query) = sessions.client.list_query(&filter) {
+        let _ = sessions
             .runtime
-            .block_on(fixture.client.engine().list(query));
+            .block_on(sessions.client.engine().list(query));
     }
 
     let (p, t, u) = &input.ids;
@@ -112,7 +90,7 @@ fuzz_target!(|input: Input| {
             ..Default::default()
         };
         assert!(
-            fixture.client.list_query(&filter).is_ok(),
+            sessions.client.list_query(&filter).is_ok(),
             "a cursor we encoded was refused"
         );
     }

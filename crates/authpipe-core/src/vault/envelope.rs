@@ -118,20 +118,29 @@ pub fn seal_record(
     header[1..5].copy_from_slice(&generation.to_be_bytes());
     header[5..13].copy_from_slice(&write.0.to_be_bytes());
     header[13..].copy_from_slice(&nonce);
-    let aad = record_aad(&header, place);
+    encrypt_after_header(cipher, &header, &nonce, place, plaintext)
+}
+
+/// `header || AES-256-GCM(plaintext)`, the header (which ends with `nonce`) authenticated with
+/// the place: the one way a record of either format is sealed.
+fn encrypt_after_header(
+    cipher: &Aes256Gcm,
+    header: &[u8],
+    nonce: &aes_gcm::aead::Nonce<Aes256Gcm>,
+    place: &RecordPlace<'_>,
+    plaintext: &[u8],
+) -> Result<Sealed> {
+    let aad = record_aad(header, place);
     let ciphertext = cipher
         .encrypt(
-            &nonce,
+            nonce,
             Payload {
                 msg: plaintext,
                 aad: &aad,
             },
         )
         .map_err(|_| Error::internal("AES-GCM encryption failed"))?;
-    let mut out = Vec::with_capacity(RECORD_HEADER_LEN + ciphertext.len());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(&ciphertext);
-    Ok(Sealed(out))
+    Ok(Sealed([header, &ciphertext].concat()))
 }
 
 /// The header of a record (format, generation, write id), read without a key.
@@ -206,17 +215,7 @@ pub fn seal_record_v1(
     header[0] = RECORD_FORMAT_V1;
     header[1..5].copy_from_slice(&generation.to_be_bytes());
     header[5..].copy_from_slice(&nonce);
-    let aad = record_aad(&header, place);
-    let ciphertext = cipher
-        .encrypt(
-            &nonce,
-            Payload {
-                msg: plaintext,
-                aad: &aad,
-            },
-        )
-        .map_err(|_| Error::internal("AES-GCM encryption failed"))?;
-    Ok(Sealed([&header[..], &ciphertext].concat()))
+    encrypt_after_header(cipher, &header, &nonce, place, plaintext)
 }
 
 fn tenant_key_aad(tenant: &str, master_key_id: &str, generation: u32) -> Vec<u8> {
