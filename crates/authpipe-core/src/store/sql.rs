@@ -638,7 +638,7 @@ pub fn consume_flow(p: Placeholders, state_hash: &str, now: i64) -> Statement {
 /// `now`.
 pub fn prune_ended_flows(p: Placeholders, now: i64) -> Statement {
     let mut params = Params::new(p);
-    let before = params.bind(now - ENDED_RETENTION_MS);
+    let before = params.bind(now.saturating_sub(ENDED_RETENTION_MS));
     params.statement(format!(
         "DELETE FROM connect_flows WHERE expires_at < {before} OR consumed_at < {before}"
     ))
