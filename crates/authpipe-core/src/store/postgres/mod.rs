@@ -3,6 +3,9 @@
 //! (deadpool + tokio-postgres). What differs from SQLite is here: row locks (`FOR SHARE`,
 //! `FOR UPDATE`, advisory locks) where SQLite has one writer at a time, the lease statement, and
 //! the schema ([`schema`]) and change feed ([`feed`]: LISTEN/NOTIFY).
+//!
+//! Why this file is long: it is the one `impl Store for PostgresStore`, each method one
+//! transaction with its locks; what the two stores share is in `sql.rs` and `row.rs`.
 
 mod driver;
 mod feed;

@@ -13,6 +13,10 @@
 //! - Other processes' changes are found by polling: triggers append every connection write and
 //!   every deleted tenant key to `connection_changes`, and [`Store::watch`] reads what is new
 //!   whenever `PRAGMA data_version` says another connection committed.
+//!
+//! Why this file is long: it is the one `impl Store for SqliteStore`, each method one
+//! transaction; what the two stores share is in `sql.rs` and `row.rs`, the rest in the modules
+//! below.
 
 mod driver;
 mod feed;
