@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { renderToString } from 'react-dom/server';
 import { ConnectButton, useConnect } from '../src';
+import { ERROR_CODES } from '../src/generated';
 
 declare const EXPECTED_REACT_MAJOR: string;
 const root = join(__dirname, '..');
@@ -47,6 +48,6 @@ describe('the built package (npm run build)', () => {
         console.log(JSON.stringify([typeof cjs.ConnectButton, typeof cjs.useConnect, typeof esm.ConnectButton, typeof esm.useConnect, esm.ERROR_CODES.length]));
       });`;
     const out = execFileSync(process.execPath, ['-e', script], { cwd: root, encoding: 'utf8' });
-    expect(JSON.parse(out)).toEqual(['object', 'function', 'object', 'function', 26]);
+    expect(JSON.parse(out)).toEqual(['object', 'function', 'object', 'function', ERROR_CODES.length]);
   });
 });
