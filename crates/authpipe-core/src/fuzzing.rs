@@ -203,14 +203,19 @@ struct SealingFixture {
     record: TenantKeyRecord,
 }
 
-static SEALING: LazyLock<SealingFixture> = LazyLock::new(|| {
+/// A vault holding the one master key the fuzz targets use, and no tenant key yet.
+fn fuzz_vault() -> Vault {
     let master = MasterKey::parse(
         Some("fuzz"),
         &SecretString::from("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
         "masterKey",
     )
     .expect("a valid test key");
-    let vault = Vault::new(Keyring::new(vec![master]).expect("one key"));
+    Vault::new(Keyring::new(vec![master]).expect("one key"))
+}
+
+static SEALING: LazyLock<SealingFixture> = LazyLock::new(|| {
+    let vault = fuzz_vault();
     let tenant = TenantId::parse("fuzz-tenant").expect("a valid id");
     let record = vault.new_tenant_key(&tenant, None, 0).expect("a new key");
     let key = vault.unwrap(&record).expect("our own key");
@@ -276,15 +281,7 @@ pub fn wrapped_tenant_key(wrapped: &[u8], generation: u32, master_key: &str) {
         generation,
         ..fixture.record.clone()
     };
-    let fresh = Vault::new(
-        Keyring::new(vec![MasterKey::parse(
-            Some("fuzz"),
-            &SecretString::from("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
-            "masterKey",
-        )
-        .expect("a valid test key")])
-        .expect("one key"),
-    );
+    let fresh = fuzz_vault();
     if fresh.unwrap(&record).is_ok() {
         assert!(
             record.wrapped == fixture.record.wrapped
