@@ -24,6 +24,15 @@ use tokio::sync::{Notify, Semaphore};
 /// 2026-12-01T00:00:00Z: where test clocks start.
 pub const T0: i64 = 1_796_083_200_000;
 
+/// The one fixed master key the unit tests open engines with.
+pub fn test_keys() -> MasterKeySource {
+    MasterKeySource::Configured(vec![MasterKeyConfig {
+        id: None,
+        key: SecretString::from("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+        retired: false,
+    }])
+}
+
 /// How the fake provider answers one request.
 #[derive(Clone, Debug)]
 pub enum Reply {
@@ -296,14 +305,9 @@ impl Fixture {
     pub async fn with_probes(interval_ms: Option<i64>) -> Self {
         let provider = FakeProvider::start().await;
         let clock = Arc::new(ManualClock::new(T0));
-        let keys = MasterKeySource::Configured(vec![MasterKeyConfig {
-            id: None,
-            key: SecretString::from("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
-            retired: false,
-        }]);
         let engine = open_shared(EngineOptions {
             store: StoreLocation::Memory,
-            keys,
+            keys: test_keys(),
             clock: Some(clock.clone()),
             key_rotation: Default::default(),
         })

@@ -321,23 +321,19 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{open_shared, EngineOptions, MasterKeySource, StoreLocation};
+    use crate::engine::{open_shared, EngineOptions, StoreLocation};
     use crate::ids::ConnectionKey;
     use crate::input::{ImportFields, ImportRequest};
     use crate::secrets::{AccessToken, RefreshToken};
-    use crate::vault::{MasterKeyConfig, RECORD_FORMAT_V1};
-    use secrecy::{ExposeSecret, SecretString};
+    use crate::test_support::test_keys;
+    use crate::vault::RECORD_FORMAT_V1;
+    use secrecy::ExposeSecret;
     use std::path::Path;
 
     async fn engine(path: &Path) -> Arc<Engine> {
-        let keys = MasterKeySource::Configured(vec![MasterKeyConfig {
-            id: None,
-            key: SecretString::from("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
-            retired: false,
-        }]);
         open_shared(EngineOptions {
             store: StoreLocation::File(path.to_path_buf()),
-            keys,
+            keys: test_keys(),
             clock: None,
             key_rotation: Default::default(),
         })

@@ -1,22 +1,16 @@
 //! The refresh state machine, driven in-process.
 
 use super::*;
-use crate::engine::{open_shared, EngineOptions, MasterKeySource, StoreLocation};
+use crate::engine::{open_shared, EngineOptions, StoreLocation};
 use crate::ids::ConnectionKey;
 use crate::ids::{ProviderId, TenantId, UserId};
-use crate::vault::MasterKeyConfig;
-use secrecy::SecretString;
+use crate::test_support::test_keys;
 use std::sync::Arc;
 
 async fn engine() -> Arc<Engine> {
-    let keys = MasterKeySource::Configured(vec![MasterKeyConfig {
-        id: None,
-        key: SecretString::from("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
-        retired: false,
-    }]);
     let options = EngineOptions {
         store: StoreLocation::Memory,
-        keys,
+        keys: test_keys(),
         clock: None,
         key_rotation: Default::default(),
     };
