@@ -65,7 +65,7 @@ impl NativeAuthpipe {
         Ok((client, key))
     }
 
-    fn client(&self) -> napi::Result<Arc<Client>> {
+    pub(crate) fn client(&self) -> napi::Result<Arc<Client>> {
         self.client
             .read()
             .clone()

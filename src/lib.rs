@@ -4,6 +4,7 @@
 
 mod authpipe;
 mod convert;
+mod diagnostics;
 mod generation_pages;
 
 use authpipe::NativeAuthpipe;

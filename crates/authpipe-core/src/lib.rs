@@ -63,8 +63,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use connect::{Callback, Deletion, Revocation, SessionGrant, StartRequest, Started};
 pub use engine::{
     check_options, open_shared, open_unshared, ConnectionPage, ConnectionSecrets, Credential,
-    DevKeyNotice, Engine, EngineOptions, EngineStats, Health, KeyRotationPolicy, Lookup,
-    MasterKeySource, Opened, Pending, RefreshReason, Rotation, StoreLocation, TenantKeyRotation,
+    DevKeyNotice, Diagnostics, Engine, EngineOptions, EngineStats, Health, KeyRotationPolicy,
+    Lookup, MasterKeySource, MasterKeyStatus, Opened, Pending, RefreshReason, Rotation,
+    StoreLocation, TenantKeyRotation,
 };
 pub use error::{Error, ErrorCode, Result};
 pub use events::{Event, EventKind};

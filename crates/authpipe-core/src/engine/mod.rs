@@ -13,6 +13,7 @@
 mod connections;
 mod connectors;
 mod credentials;
+mod diagnostics;
 mod flows;
 mod follow;
 mod health;
@@ -25,6 +26,7 @@ mod rotation;
 
 pub use connections::{ConnectionPage, ConnectionSecrets};
 pub use credentials::{Credential, Lookup, Pending};
+pub use diagnostics::{Diagnostics, MasterKeyStatus};
 pub use health::Health;
 pub use keys::Rotation;
 pub use refresh::RefreshReason;

@@ -13,6 +13,7 @@
 //! - [`postgres::PostgresStore`]: many app instances on one database (pooled, async; the change
 //!   feed is LISTEN/NOTIFY), over TLS as [`postgres::tls`] sets it up.
 
+mod info;
 pub mod postgres;
 mod row;
 mod sql;
@@ -25,6 +26,7 @@ use crate::records::{
     SessionRecord, TenantKeyRecord,
 };
 use async_trait::async_trait;
+pub use info::StoreInfo;
 
 /// How long ended connect flows are kept (to tell a replay from a forged state) before a
 /// store drops them.
@@ -196,6 +198,9 @@ pub type ChangeFeed = tokio::sync::mpsc::UnboundedReceiver<Change>;
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// A description for messages, without credentials (e.g. `sqlite:/srv/app/.authpipe/authpipe.db`).
     fn describe(&self) -> String;
+
+    /// Its schema version and a clock reference, for `authpipe doctor` ([`StoreInfo`]).
+    async fn info(&self) -> Result<StoreInfo>;
 
     // Master keys and tenant keys -------------------------------------------------------------
 

@@ -390,6 +390,21 @@ impl Vault {
         });
     }
 
+    /// Every configured master key id with its role: `primary`, `active` or `retired`.
+    pub fn configured_keys(&self) -> Vec<(String, &'static str)> {
+        let keyring = self.keyring.read();
+        let role = |i: usize, id: &str| match () {
+            _ if i == 0 => "primary",
+            _ if keyring.is_retired(id) => "retired",
+            _ => "active",
+        };
+        keyring
+            .ids()
+            .enumerate()
+            .map(|(i, id)| (id.to_owned(), role(i, id)))
+            .collect()
+    }
+
     /// Whether a master key with this id is configured (active or retired).
     pub fn has_master_key(&self, id: &str) -> bool {
         self.keyring.read().get(id).is_some()

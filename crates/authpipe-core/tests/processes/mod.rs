@@ -246,6 +246,9 @@ impl Store for HeldFeed {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    async fn info(&self) -> Result<authpipe_core::store::StoreInfo> {
+        self.inner.info().await
+    }
     async fn master_keys(&self) -> Result<Vec<MasterKeyRecord>> {
         self.inner.master_keys().await
     }

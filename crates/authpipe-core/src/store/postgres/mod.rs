@@ -19,6 +19,7 @@ use super::row::{
     tenant_key_from_row, tenant_key_usage_from_row, SqlRow, CONNECTION_COLUMNS,
 };
 use super::sql::{self, Params, Placeholders::Postgres, Statement};
+use super::StoreInfo;
 use super::{
     check_after_deleted, check_sealed_with, connection_generation, retired_master_key, ChangeFeed,
     FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SealedRow, SecretKey, Store,
@@ -193,6 +194,10 @@ async fn check_wrapping_key(tx: &impl GenericClient, master_key_id: &str) -> Res
 impl Store for PostgresStore {
     fn describe(&self) -> String {
         self.label.clone()
+    }
+
+    async fn info(&self) -> Result<StoreInfo> {
+        schema::info(&self.client().await?).await
     }
 
     async fn master_keys(&self) -> Result<Vec<MasterKeyRecord>> {

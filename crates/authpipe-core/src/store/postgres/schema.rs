@@ -5,6 +5,7 @@
 use super::pg;
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::sql;
+use crate::store::StoreInfo;
 
 /// The advisory lock key that serialises migrations ("authpipe" in ASCII, truncated).
 const MIGRATION_LOCK: i64 = 0x6175_7468_7069_7065;
@@ -237,4 +238,28 @@ pub fn check_schema(schema: &str) -> Result<()> {
             "the PostgreSQL schema name must be 1-63 lowercase letters, digits or '_', not starting with a digit",
         ))
     }
+}
+
+/// The migrations the schema has run, beside this build's, the server's clock and the newest
+/// write ([`StoreInfo`]).
+pub(super) async fn info(client: &deadpool_postgres::Client) -> Result<StoreInfo> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(*) FROM schema_migrations), \
+                        (extract(epoch FROM clock_timestamp()) * 1000)::bigint, ({})",
+                crate::store::info::NEWEST_WRITE
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg("read the schema version"))?;
+    let applied: i64 = row.get(0);
+    Ok(StoreInfo {
+        kind: "postgres",
+        schema_version: applied as u32,
+        expected_schema_version: MIGRATIONS.len() as u32,
+        server_now_ms: row.get(1),
+        newest_write_ms: row.get(2),
+    })
 }

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::sql;
+use crate::store::StoreInfo;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// `PRAGMA application_id` of an Authpipe store ("APP1"): tells our files from others.
@@ -204,4 +205,17 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
     tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     tx.commit()?;
     Ok(())
+}
+
+/// The schema version the file is at, beside this build's, and its newest write ([`StoreInfo`]).
+pub(super) fn info(conn: &mut Connection) -> Result<StoreInfo> {
+    let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let newest: Option<i64> = conn.query_row(crate::store::info::NEWEST_WRITE, [], |r| r.get(0))?;
+    Ok(StoreInfo {
+        kind: "sqlite",
+        schema_version: applied as u32,
+        expected_schema_version: MIGRATIONS.len() as u32,
+        server_now_ms: None,
+        newest_write_ms: newest,
+    })
 }

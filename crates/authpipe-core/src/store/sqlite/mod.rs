@@ -30,6 +30,7 @@ use super::row::{
     tenant_key_from_row, tenant_key_usage_from_row, SqlRow,
 };
 use super::sql::{self, Params, Placeholders::Sqlite, Statement};
+use super::StoreInfo;
 use super::{
     check_after_deleted, check_sealed_with, connection_generation, retired_master_key, ChangeFeed,
     FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SealedRow, SecretKey, Store,
@@ -224,6 +225,10 @@ fn check_wrapping_key(conn: &Connection, master_key_id: &str) -> Result<()> {
 impl Store for SqliteStore {
     fn describe(&self) -> String {
         self.label.clone()
+    }
+
+    async fn info(&self) -> Result<StoreInfo> {
+        self.run(migrations::info).await
     }
 
     async fn master_keys(&self) -> Result<Vec<MasterKeyRecord>> {
