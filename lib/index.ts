@@ -13,6 +13,7 @@ import { createFetchHandler } from './handler/fetch';
 import { createNodeHandler } from './handler/node';
 import type { HandlerBackend, HandlerOptions } from './handler/routes';
 import { call, callbackParams, connectionRef, importInput, secretRef, toConnection, toCredential, toEvent } from './convert';
+import { internals } from './internal';
 import { CredentialMemo } from './memo';
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -79,6 +80,11 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
   #memo: CredentialMemo | undefined;
   readonly #opening: Promise<NativeAuthpipe>;
   #closed = false;
+
+  static {
+    // The CLI's internal calls reach the handle through lib/internal.ts, not a public method.
+    internals.handle = (authpipe) => authpipe.#handle();
+  }
 
   /**
    * @throws {AuthpipeError} `INVALID_ARGUMENT` naming the bad option.

@@ -25,7 +25,7 @@ const rootManifest = readJson(join(root, 'package.json'));
 const { version } = rootManifest;
 
 /** The manifest keys a published package keeps; scripts, devDependencies and napi stay home. */
-const PUBLISHED_KEYS = ['name', 'version', 'description', 'license', 'keywords', 'repository', 'homepage', 'sideEffects', 'main', 'module', 'types', 'exports', 'files', 'os', 'cpu', 'libc', 'engines', 'peerDependencies', 'peerDependenciesMeta', 'dependencies', 'optionalDependencies'];
+const PUBLISHED_KEYS = ['name', 'version', 'description', 'license', 'keywords', 'repository', 'homepage', 'sideEffects', 'main', 'module', 'types', 'exports', 'bin', 'files', 'os', 'cpu', 'libc', 'engines', 'peerDependencies', 'peerDependenciesMeta', 'dependencies', 'optionalDependencies'];
 
 const args = process.argv.slice(2);
 const binariesFlag = args.indexOf('--binaries');

@@ -84,6 +84,8 @@ test('@authpipe/node lists a platform package for each napi target, at its own v
   expect(node.manifest.exports).toMatchObject({
     '.': { import: { types: './dist/index.d.mts', default: './dist/index.mjs' }, require: { types: './dist/index.d.ts', default: './dist/index.js' } },
   });
+  // The command line ships with it (`npx authpipe`).
+  expect(node.manifest.bin).toEqual({ authpipe: 'dist/cli/main.js' });
 });
 
 test('the binary is the release build: stripped, without the test-only calls', () => {
