@@ -7,7 +7,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Authpipe, type Connection, type ImportConnectionInput } from '../..';
 import { newKey, psql } from '../helpers';
-import { authpipe, json, seededStore, STORE_KINDS, workDir, type Run, type StoreKind } from './cli';
+import { authpipe, CLI, json, seededStore, STORE_KINDS, workDir, type Run, type StoreKind } from './cli';
 
 const dir = workDir();
 const SECRET = `planted-secret-${newKey()}`;
@@ -291,4 +291,15 @@ describe.each(STORE_KINDS)('on %s', (kind: StoreKind) => {
     expectExit(await authpipe(['status', '--store', store, '--master-key-file', join(dir, 'nope.key')]), 2, 'INVALID_ARGUMENT');
     expectExit(await cli(['check', '--all', '--providers', join(dir, 'nope.json')]), 2, 'INVALID_ARGUMENT');
   });
+});
+
+test('a reader that stops early (| head) ends a long listing quietly', async () => {
+  const many = Array.from({ length: 2000 }, (_, i) => ({ provider: 'attio', tenantId: 'org_many', userId: `user${i}`, accessToken: `token-${i}` }));
+  const { store, keyFile } = await seededStore('sqlite', dir, 'epipe', many);
+  const errors = join(dir, 'epipe.txt');
+  // 2000 rows are more than a pipe holds: the CLI is still writing when head has gone.
+  const shell = `node ${CLI} list --all --store '${store}' --master-key-file ${keyFile} 2> ${errors} | head -n 1; echo "exit \${PIPESTATUS[0]}"`;
+  const out = execFileSync('bash', ['-c', shell], { encoding: 'utf8' });
+  expect(out).toMatch(/^TENANT\s+PROVIDER.*\nexit 0\n$/);
+  expect(readFileSync(errors, 'utf8')).toBe('');
 });

@@ -97,6 +97,11 @@ function report(err: unknown, debug: boolean): void {
 }
 
 if (require.main === module) {
+  // `authpipe list | head`: the reader has gone, so there is nobody left to tell; stop quietly.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? EXIT_OK);
+    throw err;
+  });
   main(process.argv.slice(2)).then(
     (code) => {
       process.exitCode = code;
