@@ -116,6 +116,13 @@ test('delete-tenant on a terminal asks for the tenant id', async () => {
   await waitFor(/^__asked 2$/m);
   expect(screen()).toContain("authpipe: INVALID_ARGUMENT: not confirmed: tenant 'org_a' was not deleted");
 
+  tmux('send-keys', '-t', 'cli', '-l', `clear; ${cli} delete-tenant org_a; echo __interrupted $?`);
+  tmux('send-keys', '-t', 'cli', 'Enter');
+  await waitFor(/Type the tenant id to confirm: $/m);
+  tmux('send-keys', '-t', 'cli', 'C-c'); // means no
+  await waitFor(/^__interrupted 2$/m);
+  expect(screen()).toContain("not confirmed: tenant 'org_a' was not deleted");
+
   tmux('send-keys', '-t', 'cli', '-l', `clear; ${cli} delete-tenant org_a; echo __confirmed $?`);
   tmux('send-keys', '-t', 'cli', 'Enter');
   await waitFor(/Type the tenant id to confirm: $/m);
@@ -123,4 +130,20 @@ test('delete-tenant on a terminal asks for the tenant id', async () => {
   tmux('send-keys', '-t', 'cli', 'Enter');
   await waitFor(/^__confirmed 0$/m);
   expect(screen()).toContain("Deleted tenant 'org_a': 2 connections");
+});
+
+test('Ctrl-C during an import: the batch under way is stored, the rest is not, exit 2', async () => {
+  const file = join(dir, 'slow.jsonl');
+  const total = 20000;
+  writeFileSync(file, Array.from({ length: total }, (_, i) => JSON.stringify({ provider: 'attio', tenantId: 'org_slow', userId: `user${i}`, accessToken: `token-${i}` })).join('\n'));
+  tmux('send-keys', '-t', 'cli', '-l', `clear; ${cli} import ${file} --batch-size 1; echo __stopped $?`);
+  tmux('send-keys', '-t', 'cli', 'Enter');
+  await waitFor(/Importing \[[= >]+\] [1-9]\d*\/20000/); // under way
+  tmux('send-keys', '-t', 'cli', 'C-c');
+  await waitFor(/^__stopped 2$/m);
+  const [, imported] = /^Imported (\d+) connections from .* Interrupted: the remaining (\d+) were not imported/m.exec(screen())!;
+  expect(Number(imported)).toBeGreaterThan(0);
+  expect(Number(imported)).toBeLessThan(total);
+  expect(await run(`${cli} list --tenant org_slow --all --json > ${join(dir, 'slow.json')}`)).toBe(0);
+  expect(JSON.parse(readFileSync(join(dir, 'slow.json'), 'utf8')).connections).toHaveLength(Number(imported));
 });

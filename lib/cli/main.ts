@@ -30,6 +30,9 @@ const COMMANDS: ReadonlyArray<readonly [CommandSpec, Run]> = [
   [doctorCommand, doctor],
 ];
 
+/** Commands whose work the first Ctrl-C lets finish (a refresh's new token must be stored). */
+const WRITERS = new Set(['check', 'refresh', 'rotate-key', 'delete-tenant', 'import']);
+
 /** What to do next, for the codes whose fix is a CLI flag rather than an API call. */
 const HINTS: Partial<Record<string, string>> = {
   VAULT_KEY_MISMATCH: 'the master key is not the one this store was written with: check AUTHPIPE_MASTER_KEY, --master-key-file or --master-keys-file',
@@ -74,11 +77,13 @@ export async function main(argv: readonly string[]): Promise<number> {
       context.interrupt.abort();
       process.stderr.write('\nauthpipe: stopping after the work under way (Ctrl-C again to quit at once)\n');
     };
-    process.on('SIGINT', onInterrupt);
+    // Commands that write stop between steps; the read-only ones just end on Ctrl-C.
+    const graceful = WRITERS.has(spec.name);
+    if (graceful) process.on('SIGINT', onInterrupt);
     try {
       return await run(ctx, parsed);
     } finally {
-      process.off('SIGINT', onInterrupt);
+      if (graceful) process.off('SIGINT', onInterrupt);
     }
   } catch (err) {
     report(err, debug);

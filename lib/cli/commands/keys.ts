@@ -124,12 +124,16 @@ export async function deleteTenant(ctx: Context, parsed: Parsed): Promise<number
     ctx.err.line('It cannot be undone (connections are not revoked at their providers).');
     const prompt = createInterface({ input: process.stdin, output: process.stderr });
     const onAbort = () => prompt.close();
+    // Ctrl-C at the prompt: readline takes it from the terminal; it means no.
+    prompt.on('SIGINT', onAbort);
     ctx.interrupt.signal.addEventListener('abort', onAbort, { once: true });
-    let answer = '';
+    let answer: string;
     try {
-      answer = await prompt.question(`Type the tenant id to confirm: `);
-    } catch {
-      answer = '';
+      // A closed prompt (Ctrl-C, end of input) answers nothing: readline leaves its question pending.
+      answer = await new Promise<string>((resolve) => {
+        prompt.once('close', () => resolve(''));
+        prompt.question('Type the tenant id to confirm: ').then(resolve, () => resolve(''));
+      });
     } finally {
       ctx.interrupt.signal.removeEventListener('abort', onAbort);
       prompt.close();
