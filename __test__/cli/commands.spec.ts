@@ -234,6 +234,11 @@ describe.each(STORE_KINDS)('on %s', (kind: StoreKind) => {
     const wrong = await authpipe(['doctor', '--store', store, '--master-key-file', wrongKeyFile]);
     expectExit(wrong, 1);
     expect(wrong.stdout).toMatch(/^fail\s+master keys\s+VAULT_KEY_MISMATCH: /m);
+    const unreachable = kind === 'sqlite' ? join(dir, 'doctor-missing.db') : 'postgres://postgres@127.0.0.1:1/test?schema=nowhere';
+    const missing = await authpipe(['doctor', '--store', unreachable, '--master-key-file', keyFile]);
+    expectExit(missing, 1);
+    expect(missing.stdout).toMatch(/^fail\s+store\s+STORE_ERROR: /m);
+    expect(missing.stdout).toMatch(/^skip\s+clock\s+the store did not open$/m);
   });
 
   test('doctor: a write from the future fails the clock check', async () => {

@@ -53,31 +53,35 @@ export async function doctor(ctx: Context): Promise<number> {
   try {
     providers = ctx.providers();
   } catch (err) {
-    providersError = err as AuthpipeError;
+    providersError = asAuthpipeError(err);
   }
 
   let authpipe: Authpipe | undefined;
-  try {
-    // Without providers: a provider that fails must not hide what the store says.
-    authpipe = await ctx.open({});
-  } catch (err) {
-    const e = err instanceof AuthpipeError ? err : new AuthpipeError('INTERNAL', String(err));
-    if (e.code === 'VAULT_KEY_MISMATCH') {
-      add('store', 'ok', 'reachable (it refused the master key)');
-      add('schema', 'skip', 'the store did not open');
-      add('master keys', 'fail', `${e.code}: ${e.message}`);
-    } else if (e.code === 'STORE_ERROR' && /schema version/.test(e.message)) {
-      add('store', 'ok', 'reachable');
-      add('schema', 'fail', e.message);
-      add('master keys', 'skip', 'the store did not open');
-    } else if (e.code === 'INVALID_ARGUMENT' && /master key|masterKey/i.test(e.message)) {
-      add('store', 'skip', 'no usable master key to open it with');
-      add('schema', 'skip', 'the store did not open');
-      add('master keys', 'fail', `${e.code}: ${e.message}`);
-    } else {
-      add('store', 'fail', `${e.code}: ${e.message}`);
-      add('schema', 'skip', 'the store did not open');
-      add('master keys', 'skip', 'the store did not open');
+  const keysError = failure(() => ctx.keys());
+  const storeError = failure(() => ctx.store());
+  if (keysError || storeError) {
+    add('store', storeError ? 'fail' : 'skip', storeError ? `${storeError.code}: ${storeError.message}` : 'no usable master key to open it with');
+    add('schema', 'skip', 'the store did not open');
+    add('master keys', keysError ? 'fail' : 'skip', keysError ? `${keysError.code}: ${keysError.message}` : 'the store did not open');
+  } else {
+    try {
+      // Without providers: a provider that fails must not hide what the store says.
+      authpipe = await ctx.open({});
+    } catch (err) {
+      const e = asAuthpipeError(err);
+      if (e.code === 'VAULT_KEY_MISMATCH' || (e.code === 'INVALID_ARGUMENT' && /master ?key/i.test(e.message))) {
+        add('store', 'ok', 'reachable (it refused the master key)');
+        add('schema', 'skip', 'the store did not open');
+        add('master keys', 'fail', `${e.code}: ${e.message}`);
+      } else if (e.code === 'STORE_ERROR' && /schema version/.test(e.message)) {
+        add('store', 'ok', 'reachable');
+        add('schema', 'fail', e.message);
+        add('master keys', 'skip', 'the store did not open');
+      } else {
+        add('store', 'fail', `${e.code}: ${e.message}`);
+        add('schema', 'skip', 'the store did not open');
+        add('master keys', 'skip', 'the store did not open');
+      }
     }
   }
 
@@ -116,6 +120,20 @@ export async function doctor(ctx: Context): Promise<number> {
   const count = (s: Status) => checks.filter((c) => c.status === s).length;
   ctx.out.line(failed ? colors.red(`${plural(count('fail'), 'check')} failed.`) : `All checks passed${count('warn') ? ` (${plural(count('warn'), 'warning')})` : ''}.`);
   return failed ? EXIT_PROBLEMS : EXIT_OK;
+}
+
+function asAuthpipeError(err: unknown): AuthpipeError {
+  return err instanceof AuthpipeError ? err : new AuthpipeError('INTERNAL', err instanceof Error ? err.message : String(err));
+}
+
+/** What `read` threw, or nothing. */
+function failure(read: () => unknown): AuthpipeError | undefined {
+  try {
+    read();
+    return undefined;
+  } catch (err) {
+    return asAuthpipeError(err);
+  }
 }
 
 function sum(byProvider: Record<string, unknown>): number {
@@ -159,14 +177,16 @@ async function checkProviders(
       if (!settings.clientId || !settings.clientSecret) add(`provider ${id}`, 'warn', 'valid, but without clientId and clientSecret its connections cannot refresh');
       else add(`provider ${id}`, 'ok', 'valid');
     } catch (err) {
-      const e = err instanceof AuthpipeError ? err : new AuthpipeError('INTERNAL', String(err));
+      const e = asAuthpipeError(err);
       add(`provider ${id}`, 'fail', `${e.code}: ${e.message}`);
     } finally {
       await probe?.close();
     }
   }
   if (!opened) return;
-  const missing = Object.keys(byProvider).filter((p) => !ids.includes(p));
+  const missing = Object.keys(byProvider)
+    .filter((p) => !ids.includes(p))
+    .sort();
   if (missing.length > 0) {
     const counts = missing.map((p) => `${p} (${sum({ [p]: byProvider[p] })})`).join(', ');
     add('providers', 'warn', `the store has connections of providers the file does not configure, which this configuration cannot refresh: ${counts}`);
