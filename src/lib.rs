@@ -5,7 +5,9 @@
 mod authpipe;
 mod convert;
 mod diagnostics;
+mod forward;
 mod generation_pages;
+mod telemetry;
 
 use authpipe::NativeAuthpipe;
 use authpipe_core::Catalog;

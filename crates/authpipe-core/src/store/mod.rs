@@ -13,7 +13,9 @@
 //! - [`postgres::PostgresStore`]: many app instances on one database (pooled, async; the change
 //!   feed is LISTEN/NOTIFY), over TLS as [`postgres::tls`] sets it up.
 
+mod health;
 mod info;
+mod observed;
 pub mod postgres;
 mod row;
 mod sql;
@@ -26,7 +28,9 @@ use crate::records::{
     SessionRecord, TenantKeyRecord,
 };
 use async_trait::async_trait;
+pub use health::{Availability, StoreHealth};
 pub use info::StoreInfo;
+pub use observed::Observed;
 
 /// How long ended connect flows are kept (to tell a replay from a forged state) before a
 /// store drops them.
@@ -169,8 +173,11 @@ pub struct Lease<'a> {
 /// What asking for a lease found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseTake {
-    /// Ours until the requested time (taken, renewed, or taken over after it expired).
+    /// Ours until the requested time (free, or ours already and renewed).
     Acquired,
+    /// Ours until the requested time, taken over from another owner whose lease had run out
+    /// (it died, or stalled past its lease).
+    TakenOver,
     /// Another owner holds it until this time (ms).
     HeldUntil(i64),
 }

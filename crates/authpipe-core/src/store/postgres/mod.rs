@@ -152,9 +152,9 @@ fn take_lease(lease: &Lease<'_>, now: i64) -> Statement {
            SELECT {t}, {p}, {u}, {purpose}, {owner}, {until} WHERE NOT EXISTS (SELECT 1 FROM lease) \
            ON CONFLICT DO NOTHING \
            RETURNING expires_at) \
-         SELECT true, expires_at FROM renewed \
-         UNION ALL SELECT true, expires_at FROM created \
-         UNION ALL SELECT false, expires_at FROM lease \
+         SELECT true, expires_at, (SELECT owner FROM lease) <> {owner} FROM renewed \
+         UNION ALL SELECT true, expires_at, false FROM created \
+         UNION ALL SELECT false, expires_at, false FROM lease \
            WHERE NOT EXISTS (SELECT 1 FROM renewed)"
     ))
 }
@@ -700,6 +700,7 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let row = query_opt_cached(&client, &take, "take lease").await?;
         Ok(match row {
+            Some(row) if row.read::<bool>(0)? && row.read::<bool>(2)? => LeaseTake::TakenOver,
             Some(row) if row.read::<bool>(0)? => LeaseTake::Acquired,
             Some(row) => LeaseTake::HeldUntil(row.read(1)?),
             // Taken or released by another in the meantime: let the caller ask again.
