@@ -107,3 +107,10 @@ impl NativeAuthpipe {
             .collect())
     }
 }
+
+/// Whether an Authpipe store exists at `store` (the `store` option's syntax), creating nothing.
+#[napi]
+pub async fn store_exists(store: String) -> napi::Result<bool> {
+    let location = authpipe_core::StoreLocation::parse(&store).napi()?;
+    location.exists().await.napi()
+}

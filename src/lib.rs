@@ -17,6 +17,7 @@ use authpipe_core::{
 };
 use authpipe_core::{Client, Connector, ConnectorOptions, ConnectorSettings};
 use convert::{IntoNapi, OpenInput};
+pub use diagnostics::store_exists;
 use napi_derive::napi;
 use secrecy::SecretString;
 

@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Authpipe, type Connection, type ImportConnectionInput } from '../..';
-import { newKey, psql } from '../helpers';
+import { newKey, POSTGRES_URL, psql } from '../helpers';
 import { authpipe, CLI, json, seededStore, STORE_KINDS, workDir, type Run, type StoreKind } from './cli';
 
 const dir = workDir();
@@ -133,6 +133,12 @@ describe.each(STORE_KINDS)('on %s', (kind: StoreKind) => {
     } else {
       const unreachable = await authpipe(['status', '--store', 'postgres://postgres@127.0.0.1:1/test?schema=nowhere', '--master-key-file', keyFile]);
       expectExit(unreachable, 2, 'STORE_ERROR');
+      // A schema that holds no store is not created (opening it would make one).
+      const schema = `authpipe_jest_absent_${Date.now()}`;
+      const absent = await authpipe(['list', '--store', `${POSTGRES_URL}?schema=${schema}`, '--master-key-file', keyFile]);
+      expectExit(absent, 2, 'STORE_ERROR');
+      expect(absent.stderr).toContain(`no Authpipe store in schema '${schema}'`);
+      expect(psql(`SELECT count(*) FROM information_schema.schemata WHERE schema_name = '${schema}'`)).toBe('0');
     }
   });
 

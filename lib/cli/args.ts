@@ -44,7 +44,7 @@ export const GLOBAL_FLAGS: Readonly<Record<string, FlagSpec>> = {
   store: {
     type: 'string',
     value: 'path|url',
-    description: 'The store: an SQLite file (it must exist) or a postgres:// URL. Default: $AUTHPIPE_STORE, else ./.authpipe/authpipe.db',
+    description: 'The store: an SQLite file or a postgres:// URL; it must exist. Default: $AUTHPIPE_STORE, else ./.authpipe/authpipe.db',
   },
   'master-key-file': { type: 'string', value: 'file', description: 'A file holding the master key (base64 or hex). Default: $AUTHPIPE_MASTER_KEY' },
   'master-keys-file': {

@@ -7,7 +7,8 @@
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { Authpipe } from '../index';
-import { AuthpipeError } from '../errors';
+import { AuthpipeError, fromNative } from '../errors';
+import { native } from '../native';
 import type { AuthpipeOptions, MasterKeyConfig, ProviderConfig } from '../types';
 import { stringFlag, usageError, type Parsed } from './args';
 import { Output } from './output';
@@ -97,7 +98,13 @@ export class Context {
    * schedule: health checks run only when `check` asks.
    */
   async open(extra: Pick<AuthpipeOptions, 'providers'> = { providers: this.providers() }): Promise<Authpipe> {
-    const options: AuthpipeOptions = { store: this.store(), ...this.keys(), ...extra, healthCheckIntervalMs: 0, memoLimit: 0 };
+    const store = this.store();
+    const options: AuthpipeOptions = { store, ...this.keys(), ...extra, healthCheckIntervalMs: 0, memoLimit: 0 };
+    if (/^postgres(ql)?:\/\//i.test(store) && !(await native.storeExists(store).catch((err: unknown) => Promise.reject(fromNative(err))))) {
+      // Opening would create the schema and its tables: a mistyped schema would become a new store.
+      const schema = new URL(store).searchParams.get('schema') ?? 'authpipe';
+      throw new AuthpipeError('STORE_ERROR', `no Authpipe store in schema '${schema}' of that PostgreSQL database: the authpipe CLI opens existing stores only, it does not create one`);
+    }
     const authpipe = new Authpipe(options);
     this.#opened.push(authpipe);
     await authpipe.ready();

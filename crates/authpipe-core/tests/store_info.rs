@@ -4,7 +4,8 @@
 use authpipe_core::records::{
     ConnectionRecord, ConnectionStatus, CredentialKind, ProviderAccount, Sealed, TenantKeyRecord,
 };
-use authpipe_core::store::postgres::PostgresStore;
+use authpipe_core::store::postgres::tls::PostgresTls;
+use authpipe_core::store::postgres::{store_exists, PostgresStore};
 use authpipe_core::store::sqlite::SqliteStore;
 use authpipe_core::store::Store;
 use authpipe_core::{ConnectionKey, TenantId};
@@ -104,6 +105,19 @@ async fn postgres_reports_its_schema_clock_and_newest_write() {
         Err(e) => panic!("PostgreSQL is required under CI: {e}"),
     };
     reports(&store, "postgres").await;
+    // Found without creating anything: a schema without a store stays absent.
+    use secrecy::ExposeSecret;
+    let (plain, tls) = PostgresTls::split_url(&url).unwrap();
+    assert!(store_exists(plain.expose_secret(), &schema, &tls)
+        .await
+        .unwrap());
+    let absent = format!("{schema}_absent");
+    assert!(!store_exists(plain.expose_secret(), &absent, &tls)
+        .await
+        .unwrap());
+    assert!(!store_exists(plain.expose_secret(), &absent, &tls)
+        .await
+        .unwrap());
     let before = now_ms();
     let server = store
         .info()

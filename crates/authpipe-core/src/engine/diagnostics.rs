@@ -82,3 +82,18 @@ impl Engine {
         })
     }
 }
+
+impl super::StoreLocation {
+    /// Whether an Authpipe store is there already, found without creating one (opening would:
+    /// a file, or a PostgreSQL schema and its tables). An in-memory store never is.
+    pub async fn exists(&self) -> Result<bool> {
+        match self {
+            Self::File(path) => Ok(path.is_file()),
+            Self::Memory => Ok(false),
+            Self::Postgres { url, schema, tls } => {
+                use secrecy::ExposeSecret;
+                crate::store::postgres::store_exists(url.expose_secret(), schema, tls).await
+            }
+        }
+    }
+}

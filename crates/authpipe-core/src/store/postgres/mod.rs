@@ -12,7 +12,7 @@ mod feed;
 mod schema;
 pub mod tls;
 
-pub use schema::check_schema;
+pub use schema::{check_schema, store_exists};
 
 use super::row::{
     connection_from_row, flow_from_row, master_key_from_row, sealed_row, session_from_row,

@@ -263,3 +263,31 @@ pub(super) async fn info(client: &deadpool_postgres::Client) -> Result<StoreInfo
         newest_write_ms: row.get(2),
     })
 }
+
+/// Whether `schema` of the database at `url` holds an Authpipe store (its migration table),
+/// asked on a connection of its own and without creating anything: for a caller that must not
+/// turn a mistyped schema into a new, empty store (the `authpipe` command line).
+pub async fn store_exists(url: &str, schema: &str, tls: &super::tls::PostgresTls) -> Result<bool> {
+    check_schema(schema)?;
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|_| Error::invalid_argument("store is not a valid postgres:// URL"))?;
+    tls.apply(&mut config);
+    let (client, connection) = config
+        .connect(tls.connector()?)
+        .await
+        .map_err(pg("connect"))?;
+    let driver = tokio::spawn(connection);
+    let found = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.tables \
+             WHERE table_schema = $1 AND table_name = 'schema_migrations')",
+            &[&schema],
+        )
+        .await
+        .map_err(pg("look for the store"))?
+        .get(0);
+    drop(client);
+    let _ = driver.await;
+    Ok(found)
+}
