@@ -251,7 +251,8 @@ describe.each(STORE_KINDS)('on %s', (kind: StoreKind) => {
     const seeded = await seededStore(kind, dir, `clock-${kind}`, [CONNECTIONS[0]!]);
     const future = Date.now() + 3_600_000;
     if (kind === 'sqlite') {
-      execFileSync('sqlite3', [seeded.store, `UPDATE connections SET updated_at = ${future}`]);
+      // With a busy timeout: the seeding instance's engine may still be letting go of the file.
+      execFileSync('sqlite3', ['-cmd', '.timeout 10000', seeded.store, `UPDATE connections SET updated_at = ${future}`]);
     } else {
       const schema = new URL(seeded.store).searchParams.get('schema')!;
       psql(`UPDATE ${schema}.connections SET updated_at = ${future}`);
