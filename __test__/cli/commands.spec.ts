@@ -3,7 +3,7 @@
 // bad input (a wrong key, a missing store, a malformed JSONL line) refused with exit 2 and the
 // reason, never a secret or a stack trace.
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Authpipe, type Connection, type ImportConnectionInput } from '../..';
 import { newKey, POSTGRES_URL, psql } from '../helpers';
@@ -114,9 +114,11 @@ describe.each(STORE_KINDS)('on %s', (kind: StoreKind) => {
   test('a wrong master key, no key, an unreachable store: exit 2 with the reason', async () => {
     const wrongKeyFile = join(dir, `wrong-${kind}.key`);
     writeFileSync(wrongKeyFile, newKey());
+    chmodSync(wrongKeyFile, 0o644);
     const wrong = await authpipe(['status', '--store', store, '--master-key-file', wrongKeyFile]);
     expectExit(wrong, 2, 'VAULT_KEY_MISMATCH');
     expect(wrong.stderr).toContain('authpipe: hint: ');
+    expect(wrong.stderr).toContain(`authpipe: warning: --master-key-file ${wrongKeyFile} can be read by other users: chmod 600 it`);
     // AUTHPIPE_MASTER_KEY works as the key file does, and its absence is refused, not a dev key.
     const key = newKey();
     expectExit(await authpipe(['status', '--store', store], { AUTHPIPE_MASTER_KEY: key }), 2, 'VAULT_KEY_MISMATCH');

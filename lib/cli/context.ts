@@ -117,7 +117,18 @@ export class Context {
   }
 }
 
+/** Warns of a key file others can read, as ssh does of a private key (POSIX modes only). */
+function warnIfShared(file: string, flag: string): void {
+  if (process.platform === 'win32') return;
+  try {
+    if ((statSync(file).mode & 0o077) !== 0) process.stderr.write(`authpipe: warning: ${flag} ${file} can be read by other users: chmod 600 it\n`);
+  } catch {
+    // Unreadable: readText says why.
+  }
+}
+
 function readText(file: string, flag: string): string {
+  if (flag.startsWith('--master-key')) warnIfShared(file, flag);
   try {
     return readFileSync(file, 'utf8');
   } catch (err) {
