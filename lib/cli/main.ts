@@ -83,6 +83,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     try {
       return await run(ctx, parsed);
     } finally {
+      await ctx.close(); // under the handler still: closing waits for refreshes to be stored
       if (graceful) process.off('SIGINT', onInterrupt);
     }
   } catch (err) {
