@@ -9,6 +9,7 @@ use crate::convert::{
     SessionOutput, StartConnectInput, StartedOutput, StatsOutput, TenantDeletionOutput,
     TenantKeyRotationOutput, WebhookInput,
 };
+use crate::forward::{Forwarder, Listener};
 use crate::generation_pages::{page_buffer, PageBuffer};
 use authpipe_core::CallbackMethod;
 use authpipe_core::DevKeyNotice;
@@ -18,31 +19,21 @@ use authpipe_core::{ConnectionKey, TenantId, UserId};
 use authpipe_core::{Error, ErrorCode};
 use authpipe_core::{Lookup, RefreshReason};
 use napi::bindgen_prelude::{Either, PromiseRaw};
-use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Env;
 use napi_derive::napi;
 use parking_lot::RwLock;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
-use tokio::sync::broadcast;
 
 #[napi]
 pub struct NativeAuthpipe {
     client: RwLock<Option<Arc<Client>>>,
     dev_key: Option<DevKeyNotice>,
     /// Forwards engine events to the JS listener until `close()`.
-    events: parking_lot::Mutex<Option<EventForwarder>>,
+    events: parking_lot::Mutex<Option<Forwarder>>,
+    /// Forwards log records to the JS logger until `close()` (`telemetry.rs`).
+    pub(crate) telemetry_records: parking_lot::Mutex<Option<Forwarder>>,
 }
-
-/// The task that hands engine events to the JS listener, and how to end it.
-struct EventForwarder {
-    task: tokio::task::JoinHandle<()>,
-    /// Ends the task once it has handed over every event already sent.
-    stop: tokio::sync::oneshot::Sender<()>,
-}
-
-/// The JS event listener: weak, so it never keeps the process alive.
-type EventListener = ThreadsafeFunction<EventOutput, (), EventOutput, napi::Status, false, true>;
 
 impl NativeAuthpipe {
     pub fn new(client: Client, dev_key: Option<DevKeyNotice>) -> Self {
@@ -50,6 +41,7 @@ impl NativeAuthpipe {
             client: RwLock::new(Some(Arc::new(client))),
             dev_key,
             events: Default::default(),
+            telemetry_records: Default::default(),
         }
     }
 
@@ -65,7 +57,7 @@ impl NativeAuthpipe {
         Ok((client, key))
     }
 
-    fn client(&self) -> napi::Result<Arc<Client>> {
+    pub(crate) fn client(&self) -> napi::Result<Arc<Client>> {
         self.client
             .read()
             .clone()
@@ -399,43 +391,21 @@ impl NativeAuthpipe {
             drop(client);
             engine.settle(limit).await;
         }
-        let forwarder = self.events.lock().take();
-        if let Some(EventForwarder { task, stop }) = forwarder {
-            let _ = stop.send(());
-            let _ = task.await;
+        let events = self.events.lock().take();
+        let records = self.telemetry_records.lock().take();
+        for forwarder in [events, records].into_iter().flatten() {
+            forwarder.finish().await;
         }
         Ok(())
     }
 
     /// Delivers the engine's connection events to `listener` until `close()`.
     #[napi(catch_unwind, ts_args_type = "listener: (event: EventOutput) => void")]
-    pub fn subscribe(&self, listener: EventListener) -> napi::Result<()> {
-        let mut receiver = self.client()?.engine().subscribe();
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let deliver = move |event: authpipe_core::Event| {
-            listener.call(event.into(), ThreadsafeFunctionCallMode::NonBlocking);
-        };
-        let task = napi::bindgen_prelude::spawn(async move {
-            loop {
-                tokio::select! {
-                    // Events first: those sent before close() asked to stop are all delivered.
-                    biased;
-                    received = receiver.recv() => match received {
-                        Ok(event) => deliver(event),
-                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    },
-                    _ = &mut stopped => {
-                        while let Ok(event) = receiver.try_recv() {
-                            deliver(event);
-                        }
-                        break;
-                    }
-                }
-            }
-        });
-        if let Some(old) = self.events.lock().replace(EventForwarder { task, stop }) {
-            old.task.abort();
+    pub fn subscribe(&self, listener: Listener<EventOutput>) -> napi::Result<()> {
+        let receiver = self.client()?.engine().subscribe();
+        let forwarder = Forwarder::start(receiver, listener);
+        if let Some(old) = self.events.lock().replace(forwarder) {
+            old.abort();
         }
         Ok(())
     }

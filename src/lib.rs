@@ -4,7 +4,9 @@
 
 mod authpipe;
 mod convert;
+mod forward;
 mod generation_pages;
+mod telemetry;
 
 use authpipe::NativeAuthpipe;
 use authpipe_core::Catalog;

@@ -18,6 +18,7 @@
 //! | `providers`     | provider definitions (endpoints, quirks) and the app's settings        |
 //! | `input`         | what callers hand the engine (imports), validated                       |
 //! | `events`        | connection events, broadcast to every instance                          |
+//! | `telemetry`     | the operator's view: metric families and structured log records         |
 //! | `scheduler`     | one timer queue per engine: memo invalidation, refreshes, probes        |
 //! | `maintenance`   | refresh timing and backoff                                             |
 //! | `cache`         | sealed connections in memory, and `generations` for the JS memo        |
@@ -53,6 +54,7 @@ mod scheduler;
 mod secrets;
 pub mod store;
 mod string_enum;
+mod telemetry;
 #[cfg(test)]
 mod test_support;
 mod vault;
@@ -81,5 +83,7 @@ pub use secrets::{
     AccessToken, ApiKey, BrowserBinding, ClientSecret, PkceVerifier, RefreshToken, SessionToken,
     StateToken,
 };
+pub use telemetry::metrics::HistogramSnapshot;
+pub use telemetry::{Family, Level, MetricKind, Record, Series, Telemetry};
 pub use vault::MasterKeyConfig;
 pub use webhook::WebhookCall;

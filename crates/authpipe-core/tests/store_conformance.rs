@@ -835,8 +835,8 @@ async fn coordination(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     );
     assert_eq!(
         b.try_lease(lease("b", 3_000), 2_000).await.unwrap(),
-        LeaseTake::Acquired,
-        "expired"
+        LeaseTake::TakenOver,
+        "expired: taken over"
     );
     // Purposes are separate leases.
     let check = Lease {

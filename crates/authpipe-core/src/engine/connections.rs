@@ -99,7 +99,7 @@ impl Engine {
             let mut event = Event::new(EventKind::Created, &record.key, self.now_ms());
             event.status = Some(record.status);
             event.expires_at = record.expires_at;
-            self.events.emit(event);
+            self.emit(event);
         }
         Ok(stored)
     }
@@ -243,8 +243,7 @@ impl Engine {
         };
         self.refreshes.succeeded(key);
         if existed || cached {
-            self.events
-                .emit(Event::new(EventKind::Deleted, key, self.now_ms()));
+            self.emit(Event::new(EventKind::Deleted, key, self.now_ms()));
         }
         Ok(existed || cached)
     }

@@ -65,7 +65,10 @@ impl Engine {
     pub fn lookup(&self, provider: &str, tenant: &str, user: &str) -> Result<Lookup> {
         match self.cache.get(provider, tenant, user) {
             Some(entry) => match self.reveal(&entry, false)? {
-                Reveal::Credential(credential) => Ok(Lookup::Hit(credential)),
+                Reveal::Credential(credential) => {
+                    self.served_from_cache(provider);
+                    Ok(Lookup::Hit(credential))
+                }
                 Reveal::NeedsKey | Reveal::NeedsRefresh => {
                     Ok(Lookup::Pending(Pending(Some(entry))))
                 }
@@ -85,6 +88,14 @@ impl Engine {
     /// [`Engine::credential`], going on from what [`Engine::lookup`] found for `key`, so that a
     /// miss looks at the cache once.
     pub async fn resolve(&self, key: &ConnectionKey, pending: Pending) -> Result<Credential> {
+        let served = self.resolve_io(key, pending).await;
+        if served.is_ok() {
+            self.served_after_io(key);
+        }
+        served
+    }
+
+    async fn resolve_io(&self, key: &ConnectionKey, pending: Pending) -> Result<Credential> {
         let mut allow_stale = false;
         let mut refreshes = 0;
         let mut looked_up = Some(pending.0);

@@ -169,6 +169,7 @@ impl Engine {
             }
         }
         self.follow_stats.resyncs.fetch_add(1, Ordering::Relaxed);
+        self.resynced();
         Ok(())
     }
 
@@ -199,9 +200,9 @@ impl Engine {
                 let after = self.cache_put_from(record, super::Refresher::Elsewhere);
                 let changed = before.is_none_or(|b| !Arc::ptr_eq(&b, &after));
                 if changed {
-                    self.follow_stats
-                        .lags
-                        .record((self.now_ms() - written_at).max(0) as u64);
+                    let lag_ms = (self.now_ms() - written_at).max(0) as u64;
+                    self.follow_stats.lags.record(lag_ms);
+                    self.followed(lag_ms);
                 }
                 changed
             }

@@ -129,6 +129,7 @@ impl Engine {
                 None => already_current += 1,
             }
         }
+        self.master_key_rotated(&primary_key_id, rewrapped);
         Ok(Rotation {
             primary_key_id,
             rewrapped,
@@ -157,7 +158,9 @@ impl Engine {
         }
         // The store refuses (KEY_IN_USE) while a tenant key still uses it; only then forget it.
         self.store.retire_master_key(id, self.now_ms()).await?;
-        self.vault.retire(id)
+        self.vault.retire(id)?;
+        self.master_key_retired(id);
+        Ok(())
     }
 
     /// Deletes a tenant: its data key is destroyed and its rows deleted, with its connect
@@ -170,6 +173,7 @@ impl Engine {
         // reload that read before the deletion can still write into the cache.
         let _no_reload = self.reload_gate.write().await;
         self.forget_tenant(tenant);
+        self.tenant_deleted(tenant, &deletion);
         Ok(deletion)
     }
 

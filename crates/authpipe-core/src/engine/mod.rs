@@ -18,6 +18,7 @@ mod follow;
 mod health;
 mod jobs;
 mod keys;
+mod observe;
 mod open;
 mod probe;
 mod refresh;
@@ -45,6 +46,7 @@ use crate::maintenance::{self, timing};
 use crate::records::{ConnectionRecord, ConnectionStatus};
 use crate::scheduler::{Job, Runner, Scheduler};
 use crate::store::{SecretKey, Store, PRUNE_INTERVAL_MS};
+use crate::telemetry::Telemetry;
 use crate::vault::{RecordPlace, Vault};
 use follow::FollowTask;
 use secrecy::SecretString;
@@ -95,6 +97,8 @@ pub struct Engine {
     events: EventBus,
     /// When tenant keys are rotated on their own (`rotation.rs`).
     key_rotation: parking_lot::RwLock<KeyRotationPolicy>,
+    /// Instruments and log records for the operator (`observe.rs`).
+    telemetry: Arc<Telemetry>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -213,8 +217,10 @@ impl Engine {
         let records = store.all_connections().await?;
         let cache = Cache::default();
         let generations = cache.generations().clone();
+        let telemetry = Arc::new(Telemetry::default());
         let engine = Arc::new_cyclic(|weak: &Weak<Self>| {
             let runner: Weak<dyn Runner> = weak.clone();
+            Self::listen_to_store(&telemetry, weak, store.as_ref());
             Self {
                 id,
                 store,
@@ -233,6 +239,7 @@ impl Engine {
                 probes: Default::default(),
                 events: Default::default(),
                 key_rotation: parking_lot::RwLock::new(key_rotation),
+                telemetry,
             }
         });
         for record in records {

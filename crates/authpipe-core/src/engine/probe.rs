@@ -2,6 +2,7 @@
 //! under a store lease as long as the interval) or on demand with `checkConnection()`, decides
 //! whether a connection is alive (`revoked` otherwise) and still has its required scopes.
 
+use super::observe::probe_outcome;
 use super::Engine;
 use crate::error::{ErrorCode, Result};
 use crate::events::{Event, EventKind};
@@ -83,8 +84,10 @@ impl Engine {
             owner: &self.owner,
             until: now + interval,
         };
-        match self.store.try_lease(lease, now).await? {
-            LeaseTake::Acquired => {
+        let take = self.store.try_lease(lease, now).await?;
+        self.lease_taken(key, LeasePurpose::Check, take);
+        match take {
+            LeaseTake::Acquired | LeaseTake::TakenOver => {
                 let record = self.load(key).await?;
                 let probed_meanwhile = record
                     .last_check_at
@@ -126,8 +129,17 @@ impl Engine {
         let secrets = self.secrets_of(&record).await?;
         let url = identity::url(&provider, &[&secrets.values()])?;
         let outcome = {
-            let _permit = connector.permit(&key.provider).await;
-            identity::probe(&connector.http, &provider, url, &secrets.credential).await
+            let (_slot, waited) = connector.permit(&key.provider).await;
+            if waited {
+                self.waited_for_slot(key);
+            }
+            let sent = std::time::Instant::now();
+            let _in_flight = self.request_in_flight(key);
+            let outcome =
+                identity::probe(&connector.http, &provider, url, &secrets.credential).await;
+            let (label, code) = probe_outcome(&outcome, &provider);
+            self.probe_answered(key, label, code, sent.elapsed());
+            outcome
         };
         let now = self.now_ms();
         let Verdict {
@@ -189,7 +201,7 @@ impl Engine {
         if let Some(kind) = kind {
             let mut event = Event::about(kind, &stored, now);
             event.error = error;
-            self.events.emit(event);
+            self.emit(event);
         }
         Ok(stored)
     }

@@ -122,6 +122,7 @@ impl Engine {
         self.vault.forget(tenant);
         let resealed = self.finish_rotation(tenant).await?;
         let generation = self.tenant_key(tenant, false).await?.generation();
+        self.tenant_key_rotated(tenant, generation, resealed);
         Ok(TenantKeyRotation {
             tenant: tenant.clone(),
             generation,

@@ -124,17 +124,21 @@ impl Connector {
         self.closed.store(true, Ordering::SeqCst);
     }
 
-    /// Waits for a slot to call `provider`.
-    pub async fn permit(&self, provider: &ProviderId) -> OwnedSemaphorePermit {
+    /// A slot to call `provider`, waiting for one if all are taken; and whether it waited.
+    pub async fn permit(&self, provider: &ProviderId) -> (OwnedSemaphorePermit, bool) {
         let semaphore = self
             .limits
             .entry(provider.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(self.concurrency)))
             .clone();
-        semaphore
+        if let Ok(free) = semaphore.clone().try_acquire_owned() {
+            return (free, false);
+        }
+        let waited = semaphore
             .acquire_owned()
             .await
-            .expect("the semaphore is never closed")
+            .expect("the semaphore is never closed");
+        (waited, true)
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`postgres::PostgresStore`]: many app instances on one database (pooled, async; the change
 //!   feed is LISTEN/NOTIFY), over TLS as [`postgres::tls`] sets it up.
 
+mod health;
 pub mod postgres;
 mod row;
 mod sql;
@@ -25,6 +26,7 @@ use crate::records::{
     SessionRecord, TenantKeyRecord,
 };
 use async_trait::async_trait;
+pub use health::{Availability, StoreHealth};
 
 /// How long ended connect flows are kept (to tell a replay from a forged state) before a
 /// store drops them.
@@ -167,8 +169,11 @@ pub struct Lease<'a> {
 /// What asking for a lease found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseTake {
-    /// Ours until the requested time (taken, renewed, or taken over after it expired).
+    /// Ours until the requested time (free, or ours already and renewed).
     Acquired,
+    /// Ours until the requested time, taken over from another owner whose lease had run out
+    /// (it died, or stalled past its lease).
+    TakenOver,
     /// Another owner holds it until this time (ms).
     HeldUntil(i64),
 }
@@ -196,6 +201,9 @@ pub type ChangeFeed = tokio::sync::mpsc::UnboundedReceiver<Change>;
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// A description for messages, without credentials (e.g. `sqlite:/srv/app/.authpipe/authpipe.db`).
     fn describe(&self) -> String;
+
+    /// Whether the store answers, as its operations found (for metrics and logs).
+    fn health(&self) -> &StoreHealth;
 
     // Master keys and tenant keys -------------------------------------------------------------
 

@@ -139,7 +139,7 @@ impl Engine {
             Leased::Settled(record) => return Ok(record),
         };
         let refreshed = self
-            .refresh_leased(record, slot, &connector, &provider)
+            .refresh_leased(record, reason, slot, &connector, &provider)
             .await;
         // After the commit; if this fails, the lease runs out on its own.
         let _ = self
@@ -182,7 +182,10 @@ impl Engine {
         }
         loop {
             // The slot first: waiting for one must not eat into the lease.
-            let permit = connector.permit(&key.provider).await;
+            let (permit, waited) = connector.permit(&key.provider).await;
+            if waited {
+                self.waited_for_slot(key);
+            }
             let now = self.now_ms();
             // The wait for a slot can be long: the refresh we waited for may have come through
             // the change feed meanwhile.
@@ -197,8 +200,10 @@ impl Engine {
                 owner: &self.owner,
                 until: now + connector.refresh_lease_ms,
             };
-            let held_until = match self.store.try_lease(lease, now).await? {
-                LeaseTake::Acquired => {
+            let take = self.store.try_lease(lease, now).await?;
+            self.lease_taken(key, LeasePurpose::Refresh, take);
+            let held_until = match take {
+                LeaseTake::Acquired | LeaseTake::TakenOver => {
                     // Re-read under the lease: another process may have refreshed just before.
                     match self.load(key).await {
                         Ok(record) if refresh_needed(&record, reason, now) => {
@@ -262,6 +267,7 @@ impl Engine {
     async fn refresh_leased(
         &self,
         record: ConnectionRecord,
+        reason: RefreshReason,
         slot: tokio::sync::OwnedSemaphorePermit,
         connector: &Connector,
         provider: &Provider,
@@ -273,15 +279,30 @@ impl Engine {
             .as_ref()
             .ok_or_else(|| Error::internal("refresh token vanished"))?;
         let requested_at = self.now_ms();
-        let answer = grant::refresh(
-            &connector.http,
-            provider,
-            refresh_token,
-            &values,
-            requested_at,
-        )
-        .await;
+        let sent = std::time::Instant::now();
+        let answer = {
+            let _in_flight = self.request_in_flight(&record.key);
+            grant::refresh(
+                &connector.http,
+                provider,
+                refresh_token,
+                &values,
+                requested_at,
+            )
+            .await
+        };
         drop(slot);
+        let expires_at = answer
+            .as_ref()
+            .ok()
+            .and_then(|t| t.expires_at(requested_at));
+        self.refresh_answered(
+            &record.key,
+            reason,
+            answer.as_ref().err(),
+            sent.elapsed(),
+            expires_at,
+        );
         match answer {
             Ok(tokens) => {
                 let lease_ms = connector.refresh_lease_ms;

@@ -129,10 +129,9 @@ impl Engine {
         let mut event = Event::new(EventKind::Refreshed, &key, now);
         event.status = Some(ConnectionStatus::Active);
         event.expires_at = entry.record.expires_at;
-        self.events.emit(event);
+        self.emit(event);
         if record.status != ConnectionStatus::Active {
-            self.events
-                .emit(Event::about(EventKind::Recovered, &entry.record, now));
+            self.emit(Event::about(EventKind::Recovered, &entry.record, now));
         }
         Ok(entry.record.clone())
     }
@@ -235,7 +234,7 @@ impl Engine {
             self.refreshes.succeeded(&key);
             let mut event = Event::about(EventKind::Revoked, &revoked, now);
             event.error = Some(error);
-            self.events.emit(event);
+            self.emit(event);
             return Ok(revoked);
         }
         // Transient, ambiguous after the re-read, or a configuration problem: back off and keep
@@ -258,11 +257,11 @@ impl Engine {
         event.error = Some(error.clone());
         event.attempt = Some(attempts);
         event.next_retry_at = Some(retry_at);
-        self.events.emit(event);
+        self.emit(event);
         if record.status == ConnectionStatus::Active {
             let mut event = Event::about(EventKind::Degraded, &stored, now);
             event.error = Some(error);
-            self.events.emit(event);
+            self.emit(event);
         }
         Ok(stored)
     }

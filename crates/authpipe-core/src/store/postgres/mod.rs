@@ -21,7 +21,7 @@ use super::row::{
 use super::sql::{self, Params, Placeholders::Postgres, Statement};
 use super::{
     check_after_deleted, check_sealed_with, connection_generation, retired_master_key, ChangeFeed,
-    FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SealedRow, SecretKey, Store,
+    FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SealedRow, SecretKey, Store, StoreHealth,
     TenantDeletion, TenantKeyUsage,
 };
 use crate::error::{Error, ErrorCode, Result};
@@ -51,6 +51,7 @@ pub struct PostgresStore {
     connector: TlsConnector,
     /// The schema, which is also the notification channel.
     schema: String,
+    health: StoreHealth,
 }
 
 impl PostgresStore {
@@ -100,13 +101,17 @@ impl PostgresStore {
             tls: tls.clone(),
             connector,
             schema: schema.to_owned(),
+            health: StoreHealth::default(),
         };
         schema::migrate(&mut store.client().await?, schema).await?;
         Ok(store)
     }
 
+    /// A pooled connection: the one way to the database, so whether it answers is noted here.
     async fn client(&self) -> Result<deadpool_postgres::Client> {
-        self.pool.get().await.map_err(|e| pool_error(&self.tls, e))
+        let client = self.pool.get().await.map_err(|e| pool_error(&self.tls, e));
+        self.health.observe(&client);
+        client
     }
 }
 
@@ -151,9 +156,9 @@ fn take_lease(lease: &Lease<'_>, now: i64) -> Statement {
            SELECT {t}, {p}, {u}, {purpose}, {owner}, {until} WHERE NOT EXISTS (SELECT 1 FROM lease) \
            ON CONFLICT DO NOTHING \
            RETURNING expires_at) \
-         SELECT true, expires_at FROM renewed \
-         UNION ALL SELECT true, expires_at FROM created \
-         UNION ALL SELECT false, expires_at FROM lease \
+         SELECT true, expires_at, (SELECT owner FROM lease) <> {owner} FROM renewed \
+         UNION ALL SELECT true, expires_at, false FROM created \
+         UNION ALL SELECT false, expires_at, false FROM lease \
            WHERE NOT EXISTS (SELECT 1 FROM renewed)"
     ))
 }
@@ -193,6 +198,10 @@ async fn check_wrapping_key(tx: &impl GenericClient, master_key_id: &str) -> Res
 impl Store for PostgresStore {
     fn describe(&self) -> String {
         self.label.clone()
+    }
+
+    fn health(&self) -> &StoreHealth {
+        &self.health
     }
 
     async fn master_keys(&self) -> Result<Vec<MasterKeyRecord>> {
@@ -695,6 +704,7 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let row = query_opt_cached(&client, &take, "take lease").await?;
         Ok(match row {
+            Some(row) if row.read::<bool>(0)? && row.read::<bool>(2)? => LeaseTake::TakenOver,
             Some(row) if row.read::<bool>(0)? => LeaseTake::Acquired,
             Some(row) => LeaseTake::HeldUntil(row.read(1)?),
             // Taken or released by another in the meantime: let the caller ask again.

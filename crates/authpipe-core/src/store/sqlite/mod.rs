@@ -32,7 +32,7 @@ use super::row::{
 use super::sql::{self, Params, Placeholders::Sqlite, Statement};
 use super::{
     check_after_deleted, check_sealed_with, connection_generation, retired_master_key, ChangeFeed,
-    FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SealedRow, SecretKey, Store,
+    FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SealedRow, SecretKey, Store, StoreHealth,
     TenantDeletion, TenantKeyUsage,
 };
 use crate::error::{Error, ErrorCode, Result};
@@ -66,6 +66,7 @@ pub struct SqliteStore {
     label: String,
     /// Whether other processes can open it (a file, not `:memory:`).
     shared: bool,
+    health: StoreHealth,
 }
 
 impl SqliteStore {
@@ -138,6 +139,7 @@ impl SqliteStore {
             conn,
             label,
             shared,
+            health: StoreHealth::default(),
         })
     }
 
@@ -147,7 +149,9 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        run_on(&self.conn, f).await
+        let result = run_on(&self.conn, f).await;
+        self.health.observe(&result);
+        result
     }
 }
 
@@ -189,11 +193,13 @@ fn take_lease(lease: &Lease<'_>, now: i64) -> Statement {
     ))
 }
 
-/// When the lease held by someone else ends.
-fn lease_expiry(key: &ConnectionKey, purpose: LeasePurpose) -> Statement {
+/// Who holds the lease, and until when.
+fn lease_holder(key: &ConnectionKey, purpose: LeasePurpose) -> Statement {
     let mut params = Params::new(Sqlite);
     let lease = sql::lease_key(&mut params, key, purpose);
-    params.statement(format!("SELECT expires_at FROM leases WHERE {lease}"))
+    params.statement(format!(
+        "SELECT owner, expires_at FROM leases WHERE {lease}"
+    ))
 }
 
 /// The generation of the tenant's data key as stored, for [`check_sealed_with`].
@@ -224,6 +230,10 @@ fn check_wrapping_key(conn: &Connection, master_key_id: &str) -> Result<()> {
 impl Store for SqliteStore {
     fn describe(&self) -> String {
         self.label.clone()
+    }
+
+    fn health(&self) -> &StoreHealth {
+        &self.health
     }
 
     async fn master_keys(&self) -> Result<Vec<MasterKeyRecord>> {
@@ -716,19 +726,32 @@ impl Store for SqliteStore {
 
     async fn try_lease(&self, lease: Lease<'_>, now: i64) -> Result<LeaseTake> {
         let take = take_lease(&lease, now);
-        let expiry = lease_expiry(lease.key, lease.purpose);
-        run_on(&self.leases, move |conn| {
+        let holder = lease_holder(lease.key, lease.purpose);
+        let owner = lease.owner.to_owned();
+        let taken = run_on(&self.leases, move |conn| {
+            // Who held it before, to tell a takeover from a free lease. (Another process may
+            // take or release it in between: then the take below settles it, and at worst a
+            // takeover is counted as a plain take.)
+            let before: Option<(String, i64)> =
+                query_opt(conn, &holder, |r| Ok((r.read(0)?, r.read(1)?)))?;
             let taken = conn
                 .prepare_cached(&take.sql)?
                 .exists(params_from_iter(&take.values))?;
             if taken {
-                return Ok(LeaseTake::Acquired);
+                let took_over = before.is_some_and(|(previous, _)| previous != owner);
+                return Ok(if took_over {
+                    LeaseTake::TakenOver
+                } else {
+                    LeaseTake::Acquired
+                });
             }
-            let held_until = query_opt(conn, &expiry, |r| r.read(0))?;
+            let held_until = query_opt(conn, &holder, |r| r.read(1))?;
             // Released in between: free now, but let the caller ask again.
             Ok(LeaseTake::HeldUntil(held_until.unwrap_or(now)))
         })
-        .await
+        .await;
+        self.health.observe(&taken);
+        taken
     }
 
     async fn release_lease(
