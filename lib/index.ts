@@ -18,7 +18,7 @@ import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { native, type EventOutput, type NativeAuthpipe } from './native';
 import { parseOptions } from './options';
-import { attachTelemetry, prometheusText, type TelemetryHandle } from './telemetry/attach';
+import { attachTelemetry, prometheusText } from './telemetry/attach';
 import { memoHitTally, type MemoHitTally } from './telemetry/memo-hits';
 import type {
   AuthpipeEvents,
@@ -106,7 +106,7 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
           this.#hits = memoHitTally(handle.stats().engineId);
           this.#memo = memoLimit > 0 ? new CredentialMemo(handle, memoLimit, this.#hits) : undefined;
           handle.subscribe((event) => this.#deliver(event));
-          this.#stopTelemetry = attachTelemetry(handle as unknown as TelemetryHandle, telemetry, this.#hits);
+          this.#stopTelemetry = attachTelemetry(handle, telemetry, this.#hits);
           announceDevKey(handle);
           return handle;
         },
@@ -555,7 +555,7 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
    */
   async metrics(): Promise<string> {
     const handle = await this.#handle();
-    return call(() => prometheusText(handle as unknown as TelemetryHandle, this.#hits!));
+    return call(() => prometheusText(handle, this.#hits!));
   }
 
   /** Diagnostics of the native engine behind this instance. */
