@@ -133,7 +133,7 @@ describe('a real pino writing to a file, through the real flow', () => {
     const first = (event: string, where: Record<string, unknown> = {}) => records.find((r) => r.event === event && Object.entries(where).every(([k, v]) => r[k] === v));
     const ids = { provider: 'oidc', tenantId: TENANT };
     expect(first('refresh.succeeded', { userId: USERS.ok })).toMatchObject({ ...ids, level: 30, reason: 'forced', durationMs: expect.any(Number) });
-    expect(first('refresh.failed', { outcome: 'transient' })).toMatchObject({ ...ids, userId: USERS.ok, level: 40, code: 'http_500', durationMs: expect.any(Number) });
+    expect(first('refresh.failed', { outcome: 'transient' })).toMatchObject({ ...ids, userId: USERS.ok, level: 40, code: 'server_error', durationMs: expect.any(Number) }); // the 500's OAuth error
     expect(first('refresh.failed', { outcome: 'revoked' })).toMatchObject({ ...ids, userId: USERS.revoked, level: 40, code: 'invalid_grant' });
     expect(first('connection.revoked', { userId: USERS.revoked })).toMatchObject({ ...ids, level: 40, status: 'revoked', code: 'invalid_grant' });
     expect(first('probe.succeeded')).toMatchObject({ ...ids, userId: USERS.probed, level: 20, durationMs: expect.any(Number) });
@@ -143,9 +143,11 @@ describe('a real pino writing to a file, through the real flow', () => {
     const hits = new Scanner(needlesFor(rig.planted, [])).scan('the log file', Buffer.from(text));
     expect(rig.planted.filter((p) => p.kind === 'refresh_token').length).toBe(3);
     expect(hits.map((h) => `${h.what} at ${h.offset}`)).toEqual([]);
-    // A sample for the README (Operating, Logs): one record of each event the flow caused.
-    const sample = [...new Map(records.map((r) => [r.event, r])).values()].map((r) => JSON.stringify({ ...r, pid: 4242, hostname: 'app-1' }));
-    process.stdout.write(`logging: ${records.length} records, ${rig.planted.length} secrets looked for, ${hits.length} hits; one of each event:\n${sample.join('\n')}\n`);
+    // A sample for the README (Operating, Logs): the first record of each event and outcome.
+    const firsts = new Map<string, Record<string, unknown>>();
+    for (const r of records) if (!firsts.has(`${r.event} ${r.outcome}`)) firsts.set(`${r.event} ${r.outcome}`, r);
+    const sample = [...firsts.values()].map((r) => JSON.stringify({ ...r, pid: 4242, hostname: 'app-1' }));
+    process.stdout.write(`logging: ${records.length} records, ${rig.planted.length} secrets looked for, ${hits.length} hits; the first of each event and outcome:\n${sample.join('\n')}\n`);
   }, 60_000);
 
   test('without a logger nothing is written anywhere: the same flow in a child prints not a byte', async () => {

@@ -19,6 +19,8 @@ export interface PrometheusServer {
   origin: string;
   /** An instant query through /api/v1/query. */
   query(promql: string): Promise<PromSample[]>;
+  /** The loaded rules: name, health (`ok`, `err`, `unknown`), last error and alert state, from /api/v1/rules. */
+  rules(): Promise<Array<{ name: string; health: string; lastError: string; state?: string }>>;
   /** The scrape targets' health (`up`, `down`, `unknown`) and last error, from /api/v1/targets. */
   targets(): Promise<Array<{ scrapeUrl: string; health: string; lastError: string }>>;
   /** What the server wrote to stderr (its log), for a failure's message. */
@@ -35,8 +37,11 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-/** Starts Prometheus scraping `targets` (`host:port`, path /metrics) every second; resolves once it is ready. */
-export async function startPrometheus(targets: readonly string[]): Promise<PrometheusServer> {
+/**
+ * Starts Prometheus scraping `targets` (`host:port`, path /metrics) every second, evaluating
+ * the rules of `ruleFiles` every second too; resolves once it is ready.
+ */
+export async function startPrometheus(targets: readonly string[], ruleFiles: readonly string[] = []): Promise<PrometheusServer> {
   const dir = mkdtempSync(join(tmpdir(), 'authpipe-prometheus-'));
   const config = join(dir, 'prometheus.yml');
   writeFileSync(
@@ -46,6 +51,7 @@ export async function startPrometheus(targets: readonly string[]): Promise<Prome
       '  scrape_interval: 1s',
       '  scrape_timeout: 1s',
       '  evaluation_interval: 1s',
+      `rule_files: [${ruleFiles.map((f) => `'${f}'`).join(', ')}]`,
       'scrape_configs:',
       '  - job_name: authpipe-test-app',
       '    metrics_path: /metrics',
@@ -94,6 +100,10 @@ export async function startPrometheus(targets: readonly string[]): Promise<Prome
     async query(promql) {
       const data = await api<{ resultType: string; result: PromSample[] }>(`/api/v1/query?${new URLSearchParams({ query: promql })}`);
       return data.result;
+    },
+    async rules() {
+      const data = await api<{ groups: Array<{ rules: Array<{ name: string; health: string; lastError?: string; state?: string }> }> }>('/api/v1/rules');
+      return data.groups.flatMap((g) => g.rules.map(({ name, health, lastError, state }) => ({ name, health, lastError: lastError ?? '', state })));
     },
     async targets() {
       const data = await api<{ activeTargets: Array<{ scrapeUrl: string; health: string; lastError: string }> }>('/api/v1/targets');
