@@ -137,6 +137,10 @@ describe('through the real flow', () => {
     const refreshDurations = points(metrics.get('authpipe_refresh_duration_seconds')) as Record<string, { count: number; sum: number }>;
     expect(refreshDurations['oidc/revoked']!.count).toBe(1);
     expect(refreshDurations['oidc/ok']!.sum).toBeGreaterThan(0);
+    // Bucketed as the Prometheus text buckets them.
+    const text = await rig.authpipe.metrics();
+    const promBounds = [...text.matchAll(/^authpipe_refresh_duration_seconds_bucket\{provider="oidc",outcome="ok",le="([^"]+)"\}/gm)].map((m) => m[1]).filter((le) => le !== '+Inf').map(Number);
+    expect((refreshDurations['oidc/ok'] as unknown as { buckets: { boundaries: number[] } }).buckets.boundaries).toEqual(promBounds);
     // No attribute names a tenant, a user or carries a secret.
     for (const metric of metrics.values()) {
       for (const p of metric.dataPoints) {

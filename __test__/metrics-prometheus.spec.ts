@@ -112,7 +112,7 @@ test(`${PROMETHEUS_BINARY} scrapes metrics(); a refresh, a revocation and probes
   for (const secret of rig.planted) if (!secret.bytes) expect(last).not.toContain(secret.value);
   process.stdout.write(
     `prometheus: ${scraped.length} scrapes, ${series.length} authpipe_ series; authpipe_refreshes_total ${JSON.stringify(refreshes)}; excerpt:\n` +
-      `${last.split('\n').filter((l) => /^(# (HELP|TYPE) authpipe_refreshes_total|authpipe_refreshes_total|authpipe_refresh_duration_seconds_(bucket\{.*le="(0.05|\+Inf)"|sum|count)\{?)/.test(l)).join('\n')}\n` +
-      `query authpipe_refreshes_total: ${JSON.stringify(await prometheus.query('authpipe_refreshes_total'))}\n`,
+      `${last.split('\n').filter((l) => /^(# (HELP|TYPE) authpipe_refreshes_total|authpipe_refreshes_total|authpipe_refresh_duration_seconds_(bucket|sum|count)\{.*outcome="ok"(,le="(0.05|\+Inf)")?\}|authpipe_credential_requests_total\{)/.test(l)).join('\n')}\n` +
+      `query authpipe_refreshes_total{outcome="revoked"}: ${JSON.stringify(await prometheus.query('authpipe_refreshes_total{outcome="revoked"}'))}\n`,
   );
 }, 90_000);

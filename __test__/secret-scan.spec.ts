@@ -147,7 +147,7 @@ test('no planted secret is anywhere the library let it out, but in getCredential
   process.stdout.write(
     `secret scan (${STORE_KIND}): ${results.scenarios.length} scenarios, ${haystacks.length} outputs (${results.outputs.length} recorded, stdout, stderr, ` +
       `${storeBytes.length} store files or dumps), ${bytes.toLocaleString('en')} bytes; ${results.planted.length} planted and ${results.generated.length} generated values, ` +
-      `${needles.length} needles (${Object.keys(STRING_SPELLINGS).length} spellings each, fragments, key bytes); ${results.events} events; ${hits.length} hits\n`,
+      `${needles.length} needles (${Object.keys(STRING_SPELLINGS).length} spellings each, fragments, key bytes); ${results.events} events, ${logged.length} log records; ${hits.length} hits\n`,
   );
   expect(summarise(hits)).toEqual([]);
 }, 180_000);

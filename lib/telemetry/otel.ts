@@ -28,11 +28,11 @@ const HISTOGRAM_OF_EVENT: Readonly<Record<string, string>> = {
 };
 
 /**
- * Bucket bounds (seconds) advised to the SDK for the duration histograms: a token request's
- * round trip, from a fast loopback answer to the default 15 s timeout. (The SDK's own default
- * bounds are made for milliseconds.)
+ * Bucket bounds (seconds) advised to the SDK for the duration histograms: the core's
+ * `REQUEST_BOUNDS` (telemetry/metrics.rs), so that both paths bucket alike (metrics-otel.spec.ts
+ * compares them). The SDK's own default bounds are made for milliseconds.
  */
-export const DURATION_BOUNDS_SECONDS: readonly number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30];
+export const DURATION_BOUNDS_SECONDS: readonly number[] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 /**
  * The `meterProvider` option checked, and this package's meter got from it; undefined when
