@@ -11,7 +11,7 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { attachTelemetry, telemetryOptions } from '../lib/telemetry/attach';
 import { MemoHitTally } from '../lib/telemetry/memo-hits';
-import { tempDir } from './helpers';
+import { tempDir, testStore } from './helpers';
 import { FakeTelemetryHandle } from './support/fake-telemetry-handle';
 import { needlesFor, Scanner } from './support/planted';
 import { runFlow, startRig, TENANT, until, USERS } from './support/telemetry-flow';
@@ -109,7 +109,7 @@ describe('a real pino writing to a file, through the real flow', () => {
 
   test('stable event names with their fields, and no token or secret in the file', async () => {
     const logger = pino({ level: 'trace' }, pino.destination({ dest: logFile, sync: true }));
-    const rig = await startRig({ logger });
+    const rig = await startRig({ store: testStore(), logger });
     let records: Array<Record<string, unknown>> = [];
     try {
       await runFlow(rig);

@@ -7,6 +7,7 @@ import { Authpipe, AuthpipeError } from '..';
 import { attachTelemetry, telemetryOptions } from '../lib/telemetry/attach';
 import { MemoHitTally } from '../lib/telemetry/memo-hits';
 import { DURATION_BOUNDS_SECONDS, METER_NAME } from '../lib/telemetry/otel';
+import { testStore } from './helpers';
 import { FakeTelemetryHandle } from './support/fake-telemetry-handle';
 import { fullSnapshot } from './support/metrics-fixture';
 import { runFlow, startRig, TENANT, until, USERS, type FlowRig } from './support/telemetry-flow';
@@ -108,7 +109,7 @@ describe('through the real flow', () => {
   let otel: ReturnType<typeof sdk>;
   beforeAll(async () => {
     otel = sdk();
-    rig = await startRig({ meterProvider: otel.provider });
+    rig = await startRig({ store: testStore(), meterProvider: otel.provider });
   });
   afterAll(async () => {
     await rig.close();

@@ -5,7 +5,7 @@
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import { PROMETHEUS_CONTENT_TYPE } from '..';
-import { closeServer, listenOnLoopback } from './helpers';
+import { closeServer, listenOnLoopback, testStore } from './helpers';
 import { PROMETHEUS_BINARY, startPrometheus, type PrometheusServer, type PromSample } from './support/prometheus';
 import { runFlow, startRig, TENANT, until, USERS, type FlowRig } from './support/telemetry-flow';
 
@@ -17,7 +17,7 @@ let prometheus: PrometheusServer;
 const scraped: string[] = [];
 
 beforeAll(async () => {
-  rig = await startRig();
+  rig = await startRig({ store: testStore() });
   // The app's own /metrics, as the README shows it.
   app = createServer((req, res) => {
     if (req.url !== '/metrics') return void res.writeHead(404).end();

@@ -22,7 +22,10 @@ export interface FlowRig {
   close(): Promise<void>;
 }
 
-/** Starts the server and an instance on it (60-second tokens: no refresh runs on its own meanwhile). */
+/**
+ * Starts the server and an instance on it (60-second tokens: no refresh runs on its own
+ * meanwhile); `options` add to or override the instance's (the specs pass `testStore()`).
+ */
 export async function startRig(options: Partial<AuthpipeOptions> = {}): Promise<FlowRig> {
   const oidc = await startOidcProvider({ redirectUris: [REDIRECT_URI], accessTokenTtl: 60 });
   const masterKey = randomBytes(32).toString('base64');
