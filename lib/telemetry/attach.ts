@@ -38,18 +38,27 @@ export function prometheusText(handle: TelemetryHandle, tally: MemoHitTally): st
 export function attachTelemetry(handle: TelemetryHandle, options: TelemetryOptions, tally: MemoHitTally): () => void {
   const { logger, meter } = options;
   if (logger === undefined && meter === undefined) return () => {};
-  const otel = meter === undefined ? undefined : new OpenTelemetryMetrics(meter, () => withMemoHits(handle.metrics(), tally));
+  let otel: OpenTelemetryMetrics | undefined;
+  try {
+    otel = meter === undefined ? undefined : new OpenTelemetryMetrics(meter, () => withMemoHits(handle.metrics(), tally));
+  } catch (err) {
+    rethrowInApp(err); // the instance opens all the same, without the instruments
+  }
   handle.subscribeTelemetry((record) => {
     const fields = recordFields(record);
     try {
       otel?.record(record, fields);
       if (logger !== undefined) logRecord(logger, record, fields);
     } catch (err) {
-      // The app's logger or meter threw: its error surfaces in the app, never on the Rust thread.
-      process.nextTick(() => {
-        throw err;
-      });
+      rethrowInApp(err);
     }
   });
   return () => otel?.stop();
+}
+
+/** The app's logger or meter threw: its error surfaces in the app, never on the Rust thread or in open(). */
+function rethrowInApp(err: unknown): void {
+  process.nextTick(() => {
+    throw err;
+  });
 }
