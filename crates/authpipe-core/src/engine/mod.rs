@@ -45,7 +45,7 @@ use crate::ids::ConnectionKey;
 use crate::maintenance::{self, timing};
 use crate::records::{ConnectionRecord, ConnectionStatus};
 use crate::scheduler::{Job, Runner, Scheduler};
-use crate::store::{SecretKey, Store, PRUNE_INTERVAL_MS};
+use crate::store::{Observed, SecretKey, Store, StoreHealth, PRUNE_INTERVAL_MS};
 use crate::telemetry::Telemetry;
 use crate::vault::{RecordPlace, Vault};
 use follow::FollowTask;
@@ -99,6 +99,8 @@ pub struct Engine {
     key_rotation: parking_lot::RwLock<KeyRotationPolicy>,
     /// Instruments and log records for the operator (`observe.rs`).
     telemetry: Arc<Telemetry>,
+    /// Whether the store answers, as every operation on it finds (`store::Observed`).
+    store_health: Arc<StoreHealth>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -193,6 +195,8 @@ impl Engine {
         clock: Arc<dyn Clock>,
         key_rotation: KeyRotationPolicy,
     ) -> Result<Arc<Self>> {
+        let store_health = Arc::new(StoreHealth::default());
+        let store: Arc<dyn Store> = Arc::new(Observed::new(store, store_health.clone()));
         let now = clock.now_ms();
         let tenant_keys = store.tenant_keys().await?;
         let older_keys = store.older_tenant_keys().await?;
@@ -220,7 +224,7 @@ impl Engine {
         let telemetry = Arc::new(Telemetry::default());
         let engine = Arc::new_cyclic(|weak: &Weak<Self>| {
             let runner: Weak<dyn Runner> = weak.clone();
-            Self::listen_to_store(&telemetry, weak, store.as_ref());
+            Self::listen_to_store(&telemetry, weak, &store_health);
             Self {
                 id,
                 store,
@@ -240,6 +244,7 @@ impl Engine {
                 events: Default::default(),
                 key_rotation: parking_lot::RwLock::new(key_rotation),
                 telemetry,
+                store_health,
             }
         });
         for record in records {

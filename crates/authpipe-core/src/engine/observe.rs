@@ -7,7 +7,7 @@ use crate::events::Event;
 use crate::ids::{ConnectionKey, TenantId};
 use crate::protocol::refresh::RefreshFailure;
 use crate::providers::Provider;
-use crate::store::{Availability, LeasePurpose, LeaseTake, TenantDeletion};
+use crate::store::{Availability, LeasePurpose, LeaseTake, StoreHealth, TenantDeletion};
 use crate::telemetry::{Family, Level, Readings, Record, Telemetry};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -51,7 +51,7 @@ impl Engine {
                 .entry((record.key.provider.to_string(), record.status.as_str()))
                 .or_default() += 1;
         }
-        let health = self.store.health();
+        let health = &self.store_health;
         self.telemetry.families(Readings {
             connections,
             resyncs: self.follow_stats.resyncs.load(Ordering::Relaxed),
@@ -66,11 +66,11 @@ impl Engine {
     pub(super) fn listen_to_store(
         telemetry: &Arc<Telemetry>,
         engine: &Weak<Self>,
-        store: &dyn crate::store::Store,
+        store: &StoreHealth,
     ) {
         let telemetry = Arc::downgrade(telemetry);
         let engine = engine.clone();
-        store.health().listen(move |change| {
+        store.listen(move |change| {
             let (Some(telemetry), Some(engine)) = (telemetry.upgrade(), engine.upgrade()) else {
                 return;
             };

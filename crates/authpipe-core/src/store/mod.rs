@@ -14,6 +14,7 @@
 //!   feed is LISTEN/NOTIFY), over TLS as [`postgres::tls`] sets it up.
 
 mod health;
+mod observed;
 pub mod postgres;
 mod row;
 mod sql;
@@ -27,6 +28,7 @@ use crate::records::{
 };
 use async_trait::async_trait;
 pub use health::{Availability, StoreHealth};
+pub use observed::Observed;
 
 /// How long ended connect flows are kept (to tell a replay from a forged state) before a
 /// store drops them.
@@ -201,9 +203,6 @@ pub type ChangeFeed = tokio::sync::mpsc::UnboundedReceiver<Change>;
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// A description for messages, without credentials (e.g. `sqlite:/srv/app/.authpipe/authpipe.db`).
     fn describe(&self) -> String;
-
-    /// Whether the store answers, as its operations found (for metrics and logs).
-    fn health(&self) -> &StoreHealth;
 
     // Master keys and tenant keys -------------------------------------------------------------
 

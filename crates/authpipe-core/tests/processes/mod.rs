@@ -246,9 +246,6 @@ impl Store for HeldFeed {
     fn describe(&self) -> String {
         self.inner.describe()
     }
-    fn health(&self) -> &authpipe_core::store::StoreHealth {
-        self.inner.health()
-    }
     async fn master_keys(&self) -> Result<Vec<MasterKeyRecord>> {
         self.inner.master_keys().await
     }

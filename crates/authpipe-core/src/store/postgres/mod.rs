@@ -21,7 +21,7 @@ use super::row::{
 use super::sql::{self, Params, Placeholders::Postgres, Statement};
 use super::{
     check_after_deleted, check_sealed_with, connection_generation, retired_master_key, ChangeFeed,
-    FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SealedRow, SecretKey, Store, StoreHealth,
+    FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SealedRow, SecretKey, Store,
     TenantDeletion, TenantKeyUsage,
 };
 use crate::error::{Error, ErrorCode, Result};
@@ -51,7 +51,6 @@ pub struct PostgresStore {
     connector: TlsConnector,
     /// The schema, which is also the notification channel.
     schema: String,
-    health: StoreHealth,
 }
 
 impl PostgresStore {
@@ -101,17 +100,13 @@ impl PostgresStore {
             tls: tls.clone(),
             connector,
             schema: schema.to_owned(),
-            health: StoreHealth::default(),
         };
         schema::migrate(&mut store.client().await?, schema).await?;
         Ok(store)
     }
 
-    /// A pooled connection: the one way to the database, so whether it answers is noted here.
     async fn client(&self) -> Result<deadpool_postgres::Client> {
-        let client = self.pool.get().await.map_err(|e| pool_error(&self.tls, e));
-        self.health.observe(&client);
-        client
+        self.pool.get().await.map_err(|e| pool_error(&self.tls, e))
     }
 }
 
@@ -198,10 +193,6 @@ async fn check_wrapping_key(tx: &impl GenericClient, master_key_id: &str) -> Res
 impl Store for PostgresStore {
     fn describe(&self) -> String {
         self.label.clone()
-    }
-
-    fn health(&self) -> &StoreHealth {
-        &self.health
     }
 
     async fn master_keys(&self) -> Result<Vec<MasterKeyRecord>> {

@@ -32,7 +32,7 @@ use super::row::{
 use super::sql::{self, Params, Placeholders::Sqlite, Statement};
 use super::{
     check_after_deleted, check_sealed_with, connection_generation, retired_master_key, ChangeFeed,
-    FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SealedRow, SecretKey, Store, StoreHealth,
+    FlowTake, Lease, LeasePurpose, LeaseTake, ListQuery, SealedRow, SecretKey, Store,
     TenantDeletion, TenantKeyUsage,
 };
 use crate::error::{Error, ErrorCode, Result};
@@ -66,7 +66,6 @@ pub struct SqliteStore {
     label: String,
     /// Whether other processes can open it (a file, not `:memory:`).
     shared: bool,
-    health: StoreHealth,
 }
 
 impl SqliteStore {
@@ -139,7 +138,6 @@ impl SqliteStore {
             conn,
             label,
             shared,
-            health: StoreHealth::default(),
         })
     }
 
@@ -149,9 +147,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let result = run_on(&self.conn, f).await;
-        self.health.observe(&result);
-        result
+        run_on(&self.conn, f).await
     }
 }
 
@@ -230,10 +226,6 @@ fn check_wrapping_key(conn: &Connection, master_key_id: &str) -> Result<()> {
 impl Store for SqliteStore {
     fn describe(&self) -> String {
         self.label.clone()
-    }
-
-    fn health(&self) -> &StoreHealth {
-        &self.health
     }
 
     async fn master_keys(&self) -> Result<Vec<MasterKeyRecord>> {
@@ -728,7 +720,7 @@ impl Store for SqliteStore {
         let take = take_lease(&lease, now);
         let holder = lease_holder(lease.key, lease.purpose);
         let owner = lease.owner.to_owned();
-        let taken = run_on(&self.leases, move |conn| {
+        run_on(&self.leases, move |conn| {
             // Who held it before, to tell a takeover from a free lease. (Another process may
             // take or release it in between: then the take below settles it, and at worst a
             // takeover is counted as a plain take.)
@@ -749,9 +741,7 @@ impl Store for SqliteStore {
             // Released in between: free now, but let the caller ask again.
             Ok(LeaseTake::HeldUntil(held_until.unwrap_or(now)))
         })
-        .await;
-        self.health.observe(&taken);
-        taken
+        .await
     }
 
     async fn release_lease(
