@@ -3,7 +3,8 @@
 // makes (state, connect session token, browser binding, PKCE verifier) is looked for, in every
 // spelling a leak could take, in everything the library let out: each value a method returned or
 // rejected with (util.inspect with hidden fields, and JSON), thrown errors with stack and causes,
-// events, the handler's pages and headers, the child process's stdout and stderr, and the store
+// events, the handler's pages and headers, the metrics text, the log file a real pino logger
+// (level trace) wrote throughout, the child process's stdout and stderr, and the store
 // as bytes (every file of the SQLite store's directory, WAL and shared memory included; on
 // PostgreSQL a pg_dump of the test schema and the raw data files of its tables). The only place
 // a planted value may come out is what getCredential and getSecret return.
@@ -31,11 +32,12 @@ const dir = tempDir();
 const storeDir = join(dir, 'store');
 const snapshotDir = join(dir, 'snapshots');
 const store = STORE_KIND === 'sqlite' ? join(storeDir, 'authpipe.db') : postgresStore();
+const logFile = join(dir, 'authpipe.log');
 
 function runChild(): Promise<{ code: number | null; stdout: Buffer; stderr: Buffer }> {
   const configFile = join(dir, 'config.json');
   const snapshots = STORE_KIND === 'sqlite' ? snapshotDir : undefined;
-  writeFileSync(configFile, JSON.stringify({ store, results: join(dir, 'results.json'), snapshots }));
+  writeFileSync(configFile, JSON.stringify({ store, results: join(dir, 'results.json'), log: logFile, snapshots }));
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [join(__dirname, 'support', 'secret-scan-child.js'), configFile], {
       env: { ...process.env, NODE_ENV: 'test' },
@@ -109,6 +111,7 @@ test('no planted secret is anywhere the library let it out, but in getCredential
 
   const haystacks: Array<{ where: string; bytes: Buffer; allows?: string[] }> = [
     ...results.outputs.map((o) => ({ where: o.where, bytes: Buffer.from(o.text, 'utf8'), allows: o.allows })),
+    { where: 'the pino log file', bytes: readFileSync(logFile) },
     { where: 'stdout', bytes: run.stdout },
     { where: 'stderr', bytes: run.stderr },
     ...(STORE_KIND === 'sqlite' ? [...filesUnder(snapshotDir, 'store file after scenario'), ...filesUnder(storeDir, 'store file at the end:')] : postgresBytes()),
@@ -134,13 +137,17 @@ test('no planted secret is anywhere the library let it out, but in getCredential
   for (const kind of ['access_token', 'refresh_token', 'code', 'client_secret', 'api_key', 'webhook_secret', 'secret_value', 'master_key']) expect(kinds).toContain(kind);
   expect(new Set(results.generated.map((g) => g.kind))).toEqual(new Set(['state', 'session', 'binding', 'pkce_verifier']));
   expect(results.events).toBeGreaterThan(10);
+  // The log holds the records of the failures the scenarios caused, with their codes.
+  const logged = readFileSync(logFile, 'utf8').trim().split('\n').map((line) => JSON.parse(line) as { event: string; code?: string });
+  for (const event of ['refresh.succeeded', 'refresh.failed', 'probe.failed', 'connection.revoked', 'tenant_key.rotated', 'master_key.rotated']) expect(logged.map((r) => r.event)).toContain(event);
+  expect(logged.some((r) => r.event === 'refresh.failed' && r.code === 'invalid_grant')).toBe(true);
   expect(results.received).toBeGreaterThan(50);
 
   const bytes = haystacks.reduce((sum, h) => sum + h.bytes.length, 0);
   process.stdout.write(
     `secret scan (${STORE_KIND}): ${results.scenarios.length} scenarios, ${haystacks.length} outputs (${results.outputs.length} recorded, stdout, stderr, ` +
       `${storeBytes.length} store files or dumps), ${bytes.toLocaleString('en')} bytes; ${results.planted.length} planted and ${results.generated.length} generated values, ` +
-      `${needles.length} needles (${Object.keys(STRING_SPELLINGS).length} spellings each, fragments, key bytes); ${results.events} events; ${hits.length} hits\n`,
+      `${needles.length} needles (${Object.keys(STRING_SPELLINGS).length} spellings each, fragments, key bytes); ${results.events} events, ${logged.length} log records; ${hits.length} hits\n`,
   );
   expect(summarise(hits)).toEqual([]);
 }, 180_000);

@@ -8,7 +8,7 @@
  * const { credential } = await authpipe.getCredential({ provider: 'attio', tenantId: 'org_acme', userId: 'user_123' });
  */
 import * as args from './args';
-import { AuthpipeError, fromNative, invalidArgument } from './errors';
+import { AuthpipeError, fromNative } from './errors';
 import { createFetchHandler } from './handler/fetch';
 import { createNodeHandler } from './handler/node';
 import type { HandlerBackend, HandlerOptions } from './handler/routes';
@@ -18,6 +18,9 @@ import { CredentialMemo } from './memo';
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { native, type EventOutput, type NativeAuthpipe } from './native';
+import { parseOptions } from './options';
+import { attachTelemetry, prometheusText } from './telemetry/attach';
+import { memoHitTally, type MemoHitTally } from './telemetry/memo-hits';
 import type {
   AuthpipeEvents,
   AuthpipeOptions,
@@ -46,6 +49,7 @@ import { webhookInput } from './webhook';
 export { isWebhookRejection } from './webhook';
 
 export { AuthpipeError, ERROR_CODES, type AuthpipeErrorCode } from './errors';
+export { PROMETHEUS_CONTENT_TYPE } from './telemetry/prometheus';
 export type { ConnectedConnection, ConnectResultMessage } from './handler/pages';
 export type { HandlerOptions } from './handler/routes';
 export type * from './types';
@@ -59,9 +63,6 @@ interface StartInput {
   redirectUri: string | undefined;
   browserBinding: string | undefined;
 }
-const DEFAULT_MEMO_LIMIT = 100_000;
-const OPTION_FIELDS = ['store', 'masterKey', 'masterKeys', 'providers', 'memoLimit', 'httpTimeoutMs', 'providerConcurrency', 'healthCheckIntervalMs', 'tenantKeyRotation'] as const;
-const ROTATION_FIELDS = ['maxAgeDays', 'maxEncryptions'] as const;
 const OBJECT_PROTOTYPE: { provider?: unknown; tenantId?: unknown; userId?: unknown } = Object.prototype;
 /** Whether Object.prototype carries a connection id: the memo's plain reads would then see it. */
 const POLLUTED_REF = () => OBJECT_PROTOTYPE.provider !== undefined || OBJECT_PROTOTYPE.tenantId !== undefined || OBJECT_PROTOTYPE.userId !== undefined;
@@ -78,6 +79,9 @@ const warnedDevKeys = new Set<string>();
 export class Authpipe extends EventEmitter<AuthpipeEvents> {
   #native: NativeAuthpipe | undefined;
   #memo: CredentialMemo | undefined;
+  /** This engine's memo hits (set once open). */
+  #hits: MemoHitTally | undefined;
+  #stopTelemetry: (() => void) | undefined;
   readonly #opening: Promise<NativeAuthpipe>;
   #closed = false;
 
@@ -93,35 +97,7 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
    */
   constructor(options: AuthpipeOptions = {}) {
     super();
-    const opts = args.fields(options, 'options', OPTION_FIELDS);
-    const store = args.optionalString(opts.store, 'store');
-    const masterKeys = resolveMasterKeys(opts);
-    const providers = opts.providers === undefined || opts.providers === null ? {} : args.object(opts.providers, 'providers');
-    for (const [id, config] of args.entries(providers, 'providers')) args.object(config, `providers.${id}`);
-    const memoLimit = args.optionalInteger(opts.memoLimit, 'memoLimit') ?? DEFAULT_MEMO_LIMIT;
-    if (memoLimit < 0) throw invalidArgument('memoLimit must not be negative');
-    // Integers here; what they may be (ranges, defaults) is the core's to say.
-    const httpTimeoutMs = args.optionalInteger(opts.httpTimeoutMs, 'httpTimeoutMs');
-    const providerConcurrency = args.optionalInteger(opts.providerConcurrency, 'providerConcurrency');
-    const healthCheckIntervalMs = args.optionalInteger(opts.healthCheckIntervalMs, 'healthCheckIntervalMs');
-    const rotation: Partial<Record<(typeof ROTATION_FIELDS)[number], unknown>> =
-      opts.tenantKeyRotation === undefined || opts.tenantKeyRotation === null
-        ? {}
-        : args.fields(opts.tenantKeyRotation, 'tenantKeyRotation', ROTATION_FIELDS, 'tenantKeyRotation.');
-    const tenantKeyMaxAgeDays = args.optionalInteger(rotation.maxAgeDays, 'tenantKeyRotation.maxAgeDays');
-    const tenantKeyMaxEncryptions = args.optionalInteger(rotation.maxEncryptions, 'tenantKeyRotation.maxEncryptions');
-
-    const openInput = {
-      store,
-      masterKeys,
-      production: process.env.NODE_ENV === 'production',
-      providers: args.optionalJsonObject(providers, 'providers') ?? '{}',
-      httpTimeoutMs,
-      providerConcurrency,
-      healthCheckIntervalMs,
-      tenantKeyMaxAgeDays,
-      tenantKeyMaxEncryptions,
-    };
+    const { openInput, memoLimit, telemetry } = parseOptions(options);
     try {
       native.checkOptions(openInput);
     } catch (err) {
@@ -133,8 +109,10 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
         (handle) => {
           if (this.#closed) return handle; // close() closes it
           this.#native = handle;
-          this.#memo = memoLimit > 0 ? new CredentialMemo(handle, memoLimit) : undefined;
+          this.#hits = memoHitTally(handle.stats().engineId);
+          this.#memo = memoLimit > 0 ? new CredentialMemo(handle, memoLimit, this.#hits) : undefined;
           handle.subscribe((event) => this.#deliver(event));
+          this.#stopTelemetry = attachTelemetry(handle, telemetry, this.#hits);
           announceDevKey(handle);
           return handle;
         },
@@ -566,6 +544,26 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
     }
   }
 
+  /**
+   * The metrics of the engine behind this instance (shared by the instances on its store), in
+   * the Prometheus text exposition format 0.0.4, for the app to serve on its own `/metrics`
+   * with {@link PROMETHEUS_CONTENT_TYPE}: connections by provider and status, refreshes and
+   * probes by provider and outcome with their latency histograms, requests in flight, waits for
+   * a provider slot, getCredential calls by where they were served from, lease takeovers,
+   * change-feed lag, store errors and reconnects, and seconds since each provider's last
+   * successful refresh (README, Operating). Labels are only `provider`, `status` and `outcome`:
+   * never a tenant, a user or a secret. Counters count from the engine's start. No I/O.
+   * @example
+   * import { PROMETHEUS_CONTENT_TYPE } from '@authpipe/node';
+   * app.get('/metrics', async (req, res) => {
+   *   res.set('content-type', PROMETHEUS_CONTENT_TYPE).send(await authpipe.metrics());
+   * });
+   */
+  async metrics(): Promise<string> {
+    const handle = await this.#handle();
+    return call(() => prometheusText(handle, this.#hits!));
+  }
+
   /** Diagnostics of the native engine behind this instance. */
   async stats(): Promise<AuthpipeStats> {
     const handle = await this.#handle();
@@ -586,35 +584,13 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
     this.#memo = undefined;
     const handle = this.#native ?? (await this.#opening.catch(() => undefined));
     await handle?.close();
+    this.#stopTelemetry?.(); // after the close: the records of the refreshes it waited for are logged
   }
 
   async #handle(): Promise<NativeAuthpipe> {
     if (this.#closed) throw new AuthpipeError('CLOSED', 'this Authpipe instance was closed');
     return this.#native ?? this.#opening;
   }
-}
-
-function resolveMasterKeys(
-  opts: Record<string, unknown>,
-): Array<{ id?: string; key: string; retired?: boolean }> | undefined {
-  if (opts.masterKey !== undefined && opts.masterKeys !== undefined) {
-    throw invalidArgument('pass masterKey or masterKeys, not both');
-  }
-  if (opts.masterKeys !== undefined) {
-    return args.list(opts.masterKeys, 'masterKeys', 'an array of { id, key }').map((entry: unknown, i) => {
-      const e = args.fields(entry, `masterKeys[${i}]`, ['id', 'key', 'retired'], `masterKeys[${i}].`);
-      return {
-        id: args.string(e.id, `masterKeys[${i}].id`),
-        key: args.keyMaterial(e.key, `masterKeys[${i}].key`),
-        retired: args.optionalBoolean(e.retired, `masterKeys[${i}].retired`),
-      };
-    });
-  }
-  // `id` and `retired` named even when absent: napi would read a missing one from Object.prototype.
-  if (opts.masterKey !== undefined) return [{ id: undefined, key: args.keyMaterial(opts.masterKey, 'masterKey'), retired: undefined }];
-  const fromEnv = process.env.AUTHPIPE_MASTER_KEY;
-  if (fromEnv) return [{ id: undefined, key: fromEnv, retired: undefined }];
-  return undefined;
 }
 
 function announceDevKey(handle: NativeAuthpipe): void {

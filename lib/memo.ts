@@ -5,10 +5,12 @@
  * from shared memory, so a hit is three Map lookups and one typed-array read, with no call
  * into Rust and no clock read: Rust's scheduler also bumps the counter at a token's stale
  * point (`Engine::cache_put`), and Rust checks expiry against the clock whenever it serves.
+ * A hit also bumps its provider's memo-hit counter (the metrics' `memo_hit`), held by the entry.
  * @internal
  */
 import type { Credential } from './types';
 import { native, type NativeAuthpipe } from './native';
+import type { HitCounter, MemoHitTally } from './telemetry/memo-hits';
 
 interface Entry {
   /** Resolved once and handed out on every hit: awaiting it allocates nothing. */
@@ -16,6 +18,8 @@ interface Entry {
   readonly counters: Uint32Array;
   readonly index: number;
   readonly generation: number;
+  /** The provider's memo-hit counter, shared by the instances on this engine. */
+  readonly hits: HitCounter;
 }
 
 const SLOTS_PER_PAGE = native.GENERATION_PAGE_SLOTS;
@@ -23,19 +27,23 @@ const SLOTS_PER_PAGE = native.GENERATION_PAGE_SLOTS;
 export class CredentialMemo {
   readonly #native: NativeAuthpipe;
   readonly #limit: number;
+  readonly #hits: MemoHitTally;
   readonly #pages: Uint32Array[] = [];
   /** provider -> tenantId -> userId -> entry. Nested maps avoid building a key string per call. */
   #entries = new Map<string, Map<string, Map<string, Entry>>>();
   #size = 0;
 
-  constructor(nativeHandle: NativeAuthpipe, limit: number) {
+  constructor(nativeHandle: NativeAuthpipe, limit: number, hits: MemoHitTally) {
     this.#native = nativeHandle;
     this.#limit = limit;
+    this.#hits = hits;
   }
 
   get(provider: string, tenantId: string, userId: string): Promise<Credential> | undefined {
     const entry = this.#entries.get(provider)?.get(tenantId)?.get(userId);
-    return entry !== undefined && entry.counters[entry.index] === entry.generation ? entry.promise : undefined;
+    if (entry === undefined || entry.counters[entry.index] !== entry.generation) return undefined;
+    entry.hits.count++;
+    return entry.promise;
   }
 
   set(provider: string, tenantId: string, userId: string, value: Credential, slot: number, generation: number): void {
@@ -47,7 +55,7 @@ export class CredentialMemo {
     let byUser = byTenant.get(tenantId);
     if (byUser === undefined) byTenant.set(tenantId, (byUser = new Map()));
     if (!byUser.has(userId)) this.#size++;
-    byUser.set(userId, { promise: Promise.resolve(value), counters, index: slot % SLOTS_PER_PAGE, generation });
+    byUser.set(userId, { promise: Promise.resolve(value), counters, index: slot % SLOTS_PER_PAGE, generation, hits: this.#hits.counter(provider) });
   }
 
   delete(provider: string, tenantId: string, userId: string): void {

@@ -65,6 +65,81 @@ export interface AuthpipeOptions {
    * values each key has sealed in the store itself, so the count survives restarts.
    */
   tenantKeyRotation?: TenantKeyRotationPolicy;
+  /**
+   * A pino-compatible logger (an object with `trace`, `debug`, `info`, `warn` and `error`, each
+   * taking an object first): structured records with a stable `event` (`refresh.succeeded`,
+   * `refresh.failed`, `connection.revoked`, `probe.failed`, `lease.taken_over`,
+   * `store.unavailable`, `store.reconnected`, `tenant_key.rotated`, ... see the README, Logs),
+   * carrying ids, error codes and durations, never a token or a secret. Default: nothing is
+   * logged (but the one-time warning about a development master key, through `process.emitWarning`).
+   * @example
+   * import pino from 'pino';
+   * const authpipe = new Authpipe({ masterKey, logger: pino({ level: 'info' }).child({ component: 'authpipe' }) });
+   */
+  logger?: AuthpipeLogger;
+  /**
+   * An OpenTelemetry `MeterProvider` (from `@opentelemetry/api`'s `metrics.getMeterProvider()`
+   * or an SDK's): the metrics of {@link Authpipe.metrics} are registered on its meter
+   * `@authpipe/node` under the same names (counters and gauges observed at each collection; the
+   * refresh and probe duration histograms recorded as they happen). @opentelemetry/api is an
+   * optional peer dependency: nothing of it is loaded unless the app passes this.
+   * @example
+   * import { metrics } from '@opentelemetry/api';
+   * const authpipe = new Authpipe({ masterKey, meterProvider: metrics.getMeterProvider() });
+   */
+  meterProvider?: OpenTelemetryMeterProvider;
+}
+
+/**
+ * The logger the `logger` option takes: pino's, or any with these five methods, each called
+ * as `logger[level]({ event, ...fields }, message)`.
+ */
+export interface AuthpipeLogger {
+  trace(fields: object, message?: string): void;
+  debug(fields: object, message?: string): void;
+  info(fields: object, message?: string): void;
+  warn(fields: object, message?: string): void;
+  error(fields: object, message?: string): void;
+}
+
+/**
+ * What `meterProvider` takes: the part of `@opentelemetry/api`'s `MeterProvider` this package
+ * uses, declared by shape so that the package does not depend on @opentelemetry/api.
+ */
+export interface OpenTelemetryMeterProvider {
+  getMeter(name: string, version?: string): OpenTelemetryMeter;
+}
+
+/** The part of an OpenTelemetry `Meter` this package uses. */
+export interface OpenTelemetryMeter {
+  createHistogram(name: string, options?: OpenTelemetryInstrumentOptions): OpenTelemetryHistogram;
+  createObservableCounter(name: string, options?: OpenTelemetryInstrumentOptions): OpenTelemetryObservable;
+  createObservableGauge(name: string, options?: OpenTelemetryInstrumentOptions): OpenTelemetryObservable;
+  addBatchObservableCallback(callback: (result: OpenTelemetryBatchObservableResult) => void, observables: OpenTelemetryObservable[]): void;
+  removeBatchObservableCallback(callback: (result: OpenTelemetryBatchObservableResult) => void, observables: OpenTelemetryObservable[]): void;
+}
+
+/** An instrument's description, unit and (histograms) advised bucket bounds. */
+export interface OpenTelemetryInstrumentOptions {
+  description?: string;
+  unit?: string;
+  advice?: { explicitBucketBoundaries?: number[] };
+}
+
+/** Attributes of a measurement: only `provider`, `status` and `outcome` here. */
+export type OpenTelemetryAttributes = Record<string, string>;
+
+/** An OpenTelemetry histogram. */
+export interface OpenTelemetryHistogram {
+  record(value: number, attributes?: OpenTelemetryAttributes): void;
+}
+
+/** An OpenTelemetry observable instrument (opaque here: passed back to `observe`). */
+export type OpenTelemetryObservable = object;
+
+/** What a batch observable callback observes into. */
+export interface OpenTelemetryBatchObservableResult {
+  observe(observable: OpenTelemetryObservable, value: number, attributes?: OpenTelemetryAttributes): void;
 }
 
 /** When tenant data keys are rotated automatically. */

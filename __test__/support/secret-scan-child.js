@@ -13,7 +13,10 @@
 // with the outputs it may appear in. The spec then scans all of it, stdout, stderr and the
 // store, for every value in every encoding.
 //
-// Usage: node secret-scan-child.js <config.json> (config: { store, results, snapshots? }); writes
+// Every instance logs to a real pino logger at level trace, writing to the file `log`, which the
+// spec scans with the rest.
+//
+// Usage: node secret-scan-child.js <config.json> (config: { store, results, log, snapshots? }); writes
 // the results JSON to `results` and exits 0 once every scenario ran. With `snapshots`, every
 // file of the SQLite store's directory is copied there after each scenario while the store is
 // open (the WAL and shared-memory files exist only then).
@@ -23,6 +26,7 @@ const { createServer } = require('node:http');
 const { copyFileSync, mkdirSync, readdirSync, writeFileSync } = require('node:fs');
 const { dirname, join } = require('node:path');
 const { inspect } = require('node:util');
+const pino = require('pino');
 const { Authpipe, AuthpipeError } = require('../..');
 const { CONNECTION_EVENT_NAMES } = require('../../dist/generated');
 
@@ -681,6 +685,13 @@ const SCENARIOS = [
       record('the Node handler', ctx.authpipe.handler({ appOrigin: ctx.appOrigin }));
     },
   },
+  {
+    name: 'metrics: the Prometheus text after every path above (and the engine reopened in between)',
+    async run(ctx) {
+      const text = await ctx.authpipe.metrics();
+      if (!text.includes('authpipe_refreshes_total{')) throw new Error('metrics() shows no refresh');
+    },
+  },
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -709,7 +720,8 @@ async function main() {
     attio: { ...endpoints(provider.origin, 'attio'), clientId: 'client-attio', clientSecret: plant('client_secret') },
     refused: { ...endpoints(`http://127.0.0.1:${closedPort}`, 'refused'), clientId: 'client-refused', clientSecret: plant('client_secret') },
   };
-  const base = { store: config.store, httpTimeoutMs: HTTP_TIMEOUT_MS, healthCheckIntervalMs: 0, providers };
+  const logger = pino({ level: 'trace' }, pino.destination({ dest: config.log, sync: true }));
+  const base = { store: config.store, httpTimeoutMs: HTTP_TIMEOUT_MS, healthCheckIntervalMs: 0, providers, logger };
   const events = [];
   const ctx = {
     provider,

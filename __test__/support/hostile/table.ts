@@ -35,6 +35,7 @@ const id = (valid: string, optional = false): Node => ({ type: 'id', valid, opti
 const str = (valid: string | undefined, optional = false): Node => ({ type: 'string', valid, optional });
 const int = (valid: number): Node => ({ type: 'integer', valid, optional: true });
 const obj = (fields: Record<string, Node>, optional = false): Node => ({ type: 'object', fields, optional, valid: validOf({ type: 'object', fields }) });
+const fn = (): Node => ({ type: 'function', valid: () => {} });
 const arr = (element: Node, optional = true): Node => ({ type: 'array', element, optional, valid: [element.valid] });
 
 /** The valid value of a node, built from its fields'. */
@@ -93,6 +94,8 @@ function options(ctx: Context, keys: 'masterKey' | 'masterKeys'): Node {
     httpTimeoutMs: int(5000),
     providerConcurrency: int(4),
     healthCheckIntervalMs: int(0),
+    logger: obj(Object.fromEntries(['trace', 'debug', 'info', 'warn', 'error'].map((level) => [level, fn()])), true),
+    meterProvider: obj({ getMeter: { type: 'function', valid: () => NOOP_METER } }, true),
   };
   return obj(fields, true);
 }
@@ -106,6 +109,15 @@ async function openAndClose(opts: unknown): Promise<void> {
     await authpipe.close();
   }
 }
+
+/** A meter that creates instruments doing nothing: the `meterProvider` option's valid value. */
+const NOOP_METER = {
+  createHistogram: () => ({ record() {} }),
+  createObservableCounter: () => ({}),
+  createObservableGauge: () => ({}),
+  addBatchObservableCallback() {},
+  removeBatchObservableCallback() {},
+};
 
 type Method = (...args: unknown[]) => unknown;
 const method = (name: string) => (ctx: Context, args: unknown[]) => (ctx.authpipe[name as keyof Authpipe] as Method).apply(ctx.authpipe, args);
@@ -195,6 +207,7 @@ export const SCHEMAS: readonly CallSchema[] = [
   { call: 'refreshConnection', args: () => [refNode('user_2')], run: method('refreshConnection'), codes: REF_CODES, mutates: true },
   { call: 'checkConnection', args: () => [refNode('user_2')], run: method('checkConnection'), codes: REF_CODES, mutates: true },
   { call: 'health', args: () => [], run: method('health') },
+  { call: 'metrics', args: () => [], run: method('metrics') },
   { call: 'stats', args: () => [], run: method('stats') },
   ...(['masterKey', 'masterKeys'] as const).map(
     (keys): CallSchema => ({
@@ -237,6 +250,7 @@ export const NOT_IN_TABLE: Readonly<Record<string, string>> = {
   AuthpipeError: 'an Error subclass callers may construct themselves; it checks nothing',
   ERROR_CODES: 'a frozen list, not a call',
   isWebhookRejection: 'a predicate on any value (it reads only instanceof and code); it rejects nothing',
+  PROMETHEUS_CONTENT_TYPE: 'a constant string, not a call',
 };
 
 /** Where a hostile value goes: argument index, then field names and array indexes. */

@@ -8,7 +8,7 @@ use crate::ids::{ConnectionKey, TenantId};
 use crate::protocol::refresh::RefreshFailure;
 use crate::providers::Provider;
 use crate::store::{Availability, LeasePurpose, LeaseTake, StoreHealth, TenantDeletion};
-use crate::telemetry::{Family, Level, Readings, Record, Telemetry};
+use crate::telemetry::{metrics, Family, Level, Readings, Record, Telemetry};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -117,7 +117,7 @@ impl Engine {
         self.telemetry
             .metrics
             .concurrency_waits
-            .add(&key.provider.to_string());
+            .add(key.provider.as_str(), 0);
     }
 
     /// A credential served from the Rust cache, no I/O.
@@ -125,7 +125,7 @@ impl Engine {
         self.telemetry
             .metrics
             .credential_requests
-            .add(&(key_provider.to_owned(), "native_hit"));
+            .add(key_provider, metrics::NATIVE_HIT);
     }
 
     /// A credential served after I/O (a store read, a refresh).
@@ -133,7 +133,7 @@ impl Engine {
         self.telemetry
             .metrics
             .credential_requests
-            .add(&(key.provider.to_string(), "store_read"));
+            .add(key.provider.as_str(), metrics::STORE_READ);
     }
 
     /// What taking a lease found, counted if it was a takeover.

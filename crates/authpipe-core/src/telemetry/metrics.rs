@@ -93,39 +93,48 @@ impl Requests {
     }
 }
 
-/// A monotonic counter per label value set (the credential path counts here, so a lookup takes
-/// a shard read lock and an atomic add, no mutex).
-pub struct Counters<K: std::hash::Hash + Eq>(DashMap<K, AtomicU64>);
+/// A monotonic counter per provider, of `N` outcomes each. The credential path counts here: a
+/// count is a shard read lock and an atomic add, with no allocation once the provider is known.
+pub struct PerProvider<const N: usize>(DashMap<String, [AtomicU64; N]>);
 
-impl<K: std::hash::Hash + Eq> Default for Counters<K> {
+impl<const N: usize> Default for PerProvider<N> {
     fn default() -> Self {
         Self(DashMap::new())
     }
 }
 
-impl<K: std::hash::Hash + Eq + Clone + Ord> Counters<K> {
-    pub fn add(&self, labels: &K) {
-        if let Some(counter) = self.0.get(labels) {
-            counter.fetch_add(1, Ordering::Relaxed);
+impl<const N: usize> PerProvider<N> {
+    /// Counts one of outcome `index` for `provider`.
+    pub fn add(&self, provider: &str, index: usize) {
+        if let Some(counts) = self.0.get(provider) {
+            counts[index].fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.0
-            .entry(labels.clone())
-            .or_default()
+            .entry(provider.to_owned())
+            .or_insert_with(|| std::array::from_fn(|_| AtomicU64::new(0)))[index]
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Every series, in label order.
-    pub fn snapshot(&self) -> Vec<(K, u64)> {
+    /// Every provider's counts, in provider order.
+    pub fn snapshot(&self) -> Vec<(String, [u64; N])> {
         let mut all: Vec<_> = self
             .0
             .iter()
-            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .map(|e| {
+                let counts = std::array::from_fn(|i| e.value()[i].load(Ordering::Relaxed));
+                (e.key().clone(), counts)
+            })
             .collect();
         all.sort();
         all
     }
 }
+
+/// How `getCredential` was served in Rust, in [`Metrics::credential_requests`]' order.
+pub const SERVED: [&str; 2] = ["native_hit", "store_read"];
+pub const NATIVE_HIT: usize = 0;
+pub const STORE_READ: usize = 1;
 
 /// What one engine has measured since it opened.
 pub struct Metrics {
@@ -133,9 +142,9 @@ pub struct Metrics {
     pub probes: Requests,
     /// Token and identity requests sent and not yet answered, by provider.
     in_flight: Mutex<BTreeMap<String, u64>>,
-    pub concurrency_waits: Counters<String>,
-    /// `getCredential` served by provider and how: `native_hit`, `store_read`.
-    pub credential_requests: Counters<(String, &'static str)>,
+    pub concurrency_waits: PerProvider<1>,
+    /// `getCredential` served by provider and how ([`SERVED`]).
+    pub credential_requests: PerProvider<2>,
     pub lease_takeovers: AtomicU64,
     feed_lag: Mutex<Histogram>,
     /// When each provider's last refresh succeeded (engine clock, ms).
@@ -148,8 +157,8 @@ impl Default for Metrics {
             refreshes: Requests::default(),
             probes: Requests::default(),
             in_flight: Mutex::default(),
-            concurrency_waits: Counters::default(),
-            credential_requests: Counters::default(),
+            concurrency_waits: PerProvider::default(),
+            credential_requests: PerProvider::default(),
             lease_takeovers: AtomicU64::new(0),
             feed_lag: Mutex::new(Histogram::new(FEED_LAG_BOUNDS)),
             last_refresh_ok: Mutex::default(),
@@ -252,17 +261,15 @@ mod tests {
     }
 
     #[test]
-    fn counters_are_monotonic_per_label_set() {
-        let counters = Counters::<(String, &'static str)>::default();
-        counters.add(&("attio".into(), "native_hit"));
-        counters.add(&("attio".into(), "native_hit"));
-        counters.add(&("attio".into(), "store_read"));
+    fn counters_are_monotonic_per_provider_and_outcome() {
+        let counters = PerProvider::<2>::default();
+        counters.add("attio", NATIVE_HIT);
+        counters.add("attio", NATIVE_HIT);
+        counters.add("attio", STORE_READ);
+        counters.add("hubspot", STORE_READ);
         assert_eq!(
             counters.snapshot(),
-            vec![
-                (("attio".into(), "native_hit"), 2),
-                (("attio".into(), "store_read"), 1)
-            ]
+            vec![("attio".into(), [2, 1]), ("hubspot".into(), [0, 1])]
         );
     }
 }

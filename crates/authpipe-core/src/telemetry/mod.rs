@@ -176,10 +176,12 @@ impl Telemetry {
                 m.in_flight_snapshot().into_iter().map(|(p, n)| Series::of(provider(&p), n as f64)).collect()),
             family("authpipe_provider_concurrency_waits_total", Counter, "",
                 "Requests that waited for a free slot under providerConcurrency.",
-                m.concurrency_waits.snapshot().into_iter().map(|(p, n)| Series::of(provider(&p), n as f64)).collect()),
+                m.concurrency_waits.snapshot().into_iter().map(|(p, [n])| Series::of(provider(&p), n as f64)).collect()),
             family("authpipe_credential_requests_total", Counter, "",
                 "getCredential calls by how they were served: memo_hit (JS, no native call), native_hit (Rust cache), store_read (after I/O: a store read or a refresh).",
-                m.credential_requests.snapshot().into_iter().map(|((p, how), n)| Series::of(provider_outcome(&p, how), n as f64)).collect()),
+                m.credential_requests.snapshot().into_iter().flat_map(|(p, counts)| {
+                    metrics::SERVED.iter().zip(counts).map(move |(how, n)| Series::of(provider_outcome(&p, how), n as f64))
+                }).collect()),
             family("authpipe_lease_takeovers_total", Counter, "",
                 "Refresh and probe leases taken over from another process after they ran out (it died or stalled).",
                 single(m.lease_takeovers.load(std::sync::atomic::Ordering::Relaxed) as f64)),
