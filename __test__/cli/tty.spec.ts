@@ -3,17 +3,17 @@
 // are aligned and coloured (not with NO_COLOR), a long import draws a progress bar on stderr and
 // clears it, delete-tenant asks for the tenant id; with stderr sent to a file, no bar at all.
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI, seededStore, workDir } from './cli';
 
 const dir = workDir();
-const socket = `authpipe-cli-${randomBytes(4).toString('hex')}`;
+// A server of this test's own, its socket in the test's directory (removed with it).
+const socket = join(dir, 'tmux.sock');
 const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('AUTHPIPE_') && name !== 'NO_COLOR'));
 
 function tmux(...args: string[]): string {
-  return execFileSync('tmux', ['-L', socket, ...args], { encoding: 'utf8', env: { ...env, TERM: 'xterm-256color' } });
+  return execFileSync('tmux', ['-S', socket, ...args], { encoding: 'utf8', env: { ...env, TERM: 'xterm-256color' } });
 }
 
 /** The pane as text (`escapes`: with its colours as SGR sequences). */
