@@ -3,13 +3,16 @@
 // are aligned and coloured (not with NO_COLOR), a long import draws a progress bar on stderr and
 // clears it, delete-tenant asks for the tenant id; with stderr sent to a file, no bar at all.
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI, seededStore, workDir } from './cli';
 
 const dir = workDir();
-// A server of this test's own, its socket in the test's directory (removed with it).
-const socket = join(dir, 'tmux.sock');
+// A server of this test's own, its socket in a directory of its own: removed after the server
+// is killed (Jest may run workDir()'s cleanup first, and a server whose socket is gone lives on).
+const socketDir = mkdtempSync(join(tmpdir(), 'authpipe-tmux-'));
+const socket = join(socketDir, 'tmux.sock');
 const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('AUTHPIPE_') && name !== 'NO_COLOR'));
 
 function tmux(...args: string[]): string {
@@ -57,7 +60,11 @@ beforeAll(async () => {
 });
 
 afterAll(() => {
-  tmux('kill-server'); // this test's own server (its own socket), nobody else's
+  try {
+    tmux('kill-server'); // this test's own server (its own socket), nobody else's
+  } finally {
+    rmSync(socketDir, { recursive: true, force: true });
+  }
 });
 
 test('list on a terminal: an aligned, coloured table', async () => {
