@@ -123,6 +123,7 @@ async function main() {
   await Promise.all(Array.from({ length: CALLERS }, caller));
   const endedAt = Date.now();
   const stats = await authpipe.stats();
+  const metrics = await authpipe.metrics();
   // Refreshes still under way finish in close(), and their events (problems too) arrive before
   // it resolves: the report covers them.
   await authpipe.close();
@@ -142,6 +143,7 @@ async function main() {
       own,
       firstServed,
       stats,
+      metrics,
       endedAt,
       closedAt: Date.now(),
     })}\n`,

@@ -26,6 +26,8 @@ export interface WorkerReport {
   /** When this worker first returned each token: `${userId}|${expiresAt}` -> ms. */
   firstServed: Record<string, number>;
   stats: { remoteChanges: number; resyncs: number; storeReads: number; remoteChangeLagMs: [number, number, number] | null };
+  /** `authpipe.metrics()` as the worker closed: the Prometheus text. */
+  metrics: string;
   /** When its callers stopped, and when its close() resolved (ms). */
   endedAt: number;
   closedAt: number;
@@ -181,4 +183,14 @@ export function summarise(reports: WorkerReport[]) {
     cacheLagMs: reports.map((r) => r.stats.remoteChangeLagMs),
     resyncs: reports.map((r) => r.stats.resyncs),
   };
+}
+
+/** The sum of every series of the (counter or gauge) metric `name` in Prometheus text. */
+export function metricSum(text: string, name: string): number {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    const match = /^([a-z_]+)(\{[^}]*\})? (\S+)$/.exec(line);
+    if (match?.[1] === name) sum += Number(match[3]);
+  }
+  return sum;
 }

@@ -73,13 +73,15 @@ impl PostgresStore {
         tls.apply(&mut config);
         let connector = tls.connector()?;
         config.options(format!("-c search_path={schema}"));
+        // Host, port and database only: never the user's password.
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(name)) => name.clone(),
+            Some(tokio_postgres::config::Host::Unix(dir)) => dir.display().to_string(),
+            None => String::new(),
+        };
+        let port = config.get_ports().first().map_or(5432, |p| *p);
         let label = format!(
-            "postgres://{}/{}?schema={schema}",
-            config
-                .get_hosts()
-                .first()
-                .map(|h| format!("{h:?}"))
-                .unwrap_or_default(),
+            "postgres://{host}:{port}/{}?schema={schema}",
             config.get_dbname().unwrap_or("")
         );
         config.keepalives_idle(Duration::from_secs(10));
