@@ -6,8 +6,8 @@
  */
 import * as args from './args';
 import { fromNative, invalidArgument } from './errors';
-import type { ConnectionOutput, CredentialOutput, EventOutput } from './native';
-import type { CallbackInput, Connection, ConnectionEventName, ConnectionRef, ConnectionStatus, Credential, CredentialType } from './types';
+import type { ConnectionOutput, CredentialOutput, EventOutput, HealthOutput } from './native';
+import type { CallbackInput, Connection, ConnectionEventName, ConnectionRef, ConnectionStatus, Credential, CredentialType, HealthSummary } from './types';
 
 const EMPTY_EXTRAS: Readonly<Record<string, unknown>> = Object.freeze({});
 
@@ -131,6 +131,13 @@ export function toConnection(c: ConnectionOutput): Connection {
     lastCheckAt: date(c.lastCheckAt),
     lastError: c.lastErrorCode === undefined ? null : Object.freeze({ code: c.lastErrorCode, message: c.lastErrorMessage ?? '' }),
   });
+}
+
+/** The health summary, its keys in order (napi builds the objects from unordered maps). */
+export function toHealth(h: HealthOutput): HealthSummary {
+  const sorted = <T>(o: Record<string, T>, each: (v: T) => T = (v) => v) =>
+    Object.freeze(Object.fromEntries(Object.keys(o).sort().map((k) => [k, each(o[k]!)])));
+  return Object.freeze({ total: h.total, byStatus: sorted(h.byStatus), byProvider: sorted(h.byProvider, (counts) => sorted(counts)) }) as HealthSummary;
 }
 
 export function toEvent(e: EventOutput) {

@@ -12,7 +12,7 @@ import { AuthpipeError, fromNative } from './errors';
 import { createFetchHandler } from './handler/fetch';
 import { createNodeHandler } from './handler/node';
 import type { HandlerBackend, HandlerOptions } from './handler/routes';
-import { call, callbackParams, connectionRef, importInput, secretRef, toConnection, toCredential, toEvent } from './convert';
+import { call, callbackParams, connectionRef, importInput, secretRef, toConnection, toCredential, toEvent, toHealth } from './convert';
 import { internals } from './internal';
 import { CredentialMemo } from './memo';
 import { EventEmitter } from 'node:events';
@@ -49,7 +49,7 @@ import { webhookInput } from './webhook';
 export { isWebhookRejection } from './webhook';
 
 export { AuthpipeError, ERROR_CODES, type AuthpipeErrorCode } from './errors';
-export { PROMETHEUS_CONTENT_TYPE } from './telemetry/prometheus';
+export { PROMETHEUS_CONTENT_TYPE } from './telemetry/content-type';
 export type { ConnectedConnection, ConnectResultMessage } from './handler/pages';
 export type { HandlerOptions } from './handler/routes';
 export type * from './types';
@@ -528,8 +528,7 @@ export class Authpipe extends EventEmitter<AuthpipeEvents> {
   /** Connection counts by status and by provider, from the in-memory cache (no I/O). */
   async health(): Promise<HealthSummary> {
     const handle = await this.#handle();
-    const h = await call(() => handle.health());
-    return Object.freeze({ total: h.total, byStatus: Object.freeze(h.byStatus), byProvider: Object.freeze(h.byProvider) }) as HealthSummary;
+    return toHealth(await call(() => handle.health()));
   }
 
   #deliver(e: EventOutput): void {

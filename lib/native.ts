@@ -74,3 +74,4 @@ export type CredentialOutput = Binding.CredentialOutput;
 export type ConnectionOutput = Binding.ConnectionOutput;
 export type EventOutput = Binding.EventOutput;
 export type WebhookInput = Binding.WebhookInput;
+export type HealthOutput = Binding.HealthOutput;

@@ -6,8 +6,6 @@
  */
 import type { MetricFamily, MetricLabel, MetricSeries, MetricsSnapshot } from './snapshot';
 
-/** The Content-Type to serve {@link renderPrometheus}'s text with. */
-export const PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
 
 const KINDS = new Set(['counter', 'gauge', 'histogram']);
 

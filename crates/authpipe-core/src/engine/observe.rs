@@ -45,15 +45,22 @@ impl Engine {
     /// Every metric family, read now (no I/O).
     pub fn metrics(&self) -> Vec<Family> {
         let mut connections: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        let mut last_refresh_at: BTreeMap<String, i64> = BTreeMap::new();
         for entry in self.cache.entries() {
             let record = &entry.record;
+            let provider = record.key.provider.to_string();
+            if let Some(at) = record.last_refresh_at {
+                let latest = last_refresh_at.entry(provider.clone()).or_insert(at);
+                *latest = (*latest).max(at);
+            }
             *connections
-                .entry((record.key.provider.to_string(), record.status.as_str()))
+                .entry((provider, record.status.as_str()))
                 .or_default() += 1;
         }
         let health = &self.store_health;
         self.telemetry.families(Readings {
             connections,
+            last_refresh_at,
             resyncs: self.follow_stats.resyncs.load(Ordering::Relaxed),
             store_errors: health.errors(),
             store_reconnects: health.reconnects(),
@@ -179,9 +186,6 @@ impl Engine {
             .refreshes
             .observe(key.provider.as_str(), outcome, took.as_secs_f64());
         let at = self.now_ms();
-        if failure.is_none() {
-            metrics.refresh_succeeded(key.provider.as_str(), at);
-        }
         self.telemetry.record(|| match failure {
             None => Record::new(
                 Level::Info,

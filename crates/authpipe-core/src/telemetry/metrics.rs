@@ -147,8 +147,6 @@ pub struct Metrics {
     pub credential_requests: PerProvider<2>,
     pub lease_takeovers: AtomicU64,
     feed_lag: Mutex<Histogram>,
-    /// When each provider's last refresh succeeded (engine clock, ms).
-    last_refresh_ok: Mutex<BTreeMap<String, i64>>,
 }
 
 impl Default for Metrics {
@@ -161,7 +159,6 @@ impl Default for Metrics {
             credential_requests: PerProvider::default(),
             lease_takeovers: AtomicU64::new(0),
             feed_lag: Mutex::new(Histogram::new(FEED_LAG_BOUNDS)),
-            last_refresh_ok: Mutex::default(),
         }
     }
 }
@@ -197,17 +194,6 @@ impl Metrics {
     pub fn in_flight_snapshot(&self) -> Vec<(String, u64)> {
         let in_flight = self.in_flight.lock();
         in_flight.iter().map(|(p, n)| (p.clone(), *n)).collect()
-    }
-
-    pub fn refresh_succeeded(&self, provider: &str, at: i64) {
-        let mut last = self.last_refresh_ok.lock();
-        let entry = last.entry(provider.to_owned()).or_insert(at);
-        *entry = (*entry).max(at);
-    }
-
-    pub fn last_refresh_ok(&self) -> Vec<(String, i64)> {
-        let last = self.last_refresh_ok.lock();
-        last.iter().map(|(p, at)| (p.clone(), *at)).collect()
     }
 
     pub fn observe_feed_lag(&self, lag_ms: u64) {

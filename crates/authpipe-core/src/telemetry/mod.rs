@@ -97,6 +97,9 @@ impl Series {
 pub struct Readings {
     /// Connections by (provider, status).
     pub connections: BTreeMap<(String, &'static str), u64>,
+    /// The latest `last_refresh_at` of each provider's connections (ms): a refresh by any
+    /// process on the store, as the cache follows them.
+    pub last_refresh_at: BTreeMap<String, i64>,
     pub resyncs: u64,
     pub store_errors: u64,
     pub store_reconnects: u64,
@@ -199,9 +202,9 @@ impl Telemetry {
                 "1 while the store answers; 0 from a failed operation until one succeeds.",
                 single(if readings.store_up { 1.0 } else { 0.0 })),
             family("authpipe_seconds_since_last_successful_refresh", Gauge, "seconds",
-                "Time since this process last refreshed a token of the provider.",
-                m.last_refresh_ok().into_iter().map(|(p, at)| {
-                    Series::of(provider(&p), (readings.now_ms - at).max(0) as f64 / 1000.0)
+                "Time since a token of the provider was last refreshed, by any process on the store.",
+                readings.last_refresh_at.iter().map(|(p, at)| {
+                    Series::of(provider(p), (readings.now_ms - at).max(0) as f64 / 1000.0)
                 }).collect()),
         ]
     }
@@ -214,6 +217,7 @@ mod tests {
     fn readings() -> Readings {
         Readings {
             connections: BTreeMap::from([(("attio".to_owned(), "active"), 3)]),
+            last_refresh_at: BTreeMap::from([("attio".to_owned(), 4_000)]),
             resyncs: 0,
             store_errors: 2,
             store_reconnects: 1,
@@ -242,7 +246,6 @@ mod tests {
     fn refresh_counts_and_latencies_come_from_one_observation() {
         let telemetry = Telemetry::default();
         telemetry.metrics.refreshes.observe("attio", "ok", 0.3);
-        telemetry.metrics.refresh_succeeded("attio", 4_000);
         let families = telemetry.families(readings());
         let find = |name: &str| families.iter().find(|f| f.name == name).unwrap();
         let total = &find("authpipe_refreshes_total").series[0];
